@@ -1,0 +1,11 @@
+"""mammut-search: search image collections with MaMMUT, one model that retrieves images and captions them."""
+
+from .api import MammutModel, default_device, load_model
+from .config import ImageEncoderConfig, MammutConfig
+from .errors import CheckpointError, ImageLoadError, IndexStoreError, UserError
+
+__all__ = [
+    "MammutModel", "load_model", "default_device", "MammutConfig", "ImageEncoderConfig",
+    "UserError", "CheckpointError", "ImageLoadError", "IndexStoreError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,115 @@
+"""Checkpoint directories: config.json + model.safetensors + tokenizer.json (no pickle anywhere).
+
+A checkpoint's identity is the sha256 of its model.safetensors. Files are written to temporary names,
+fsynced and renamed into place, config.json last, so a crash never leaves a half-written checkpoint that loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import MammutConfig
+from .errors import CheckpointError
+from .model import MaMMUT
+from .tokenizer import Tokenizer
+
+CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    directory: str | Path, net: MaMMUT, tokenizer: Tokenizer, *, dtype: torch.dtype = torch.float32
+) -> str:
+    """Write a checkpoint directory; returns its identity (sha256 of model.safetensors)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        name: t.detach().to("cpu", dtype=dtype if t.is_floating_point() else t.dtype).contiguous()
+        for name, t in net.state_dict().items()
+    }
+    tmp = directory / f".{WEIGHTS}.tmp-{os.getpid()}"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / WEIGHTS)
+    atomic_write_bytes(directory / TOKENIZER, tokenizer.hf.to_str().encode())
+    config = json.dumps(net.config.to_dict(), indent=2, sort_keys=True)
+    atomic_write_bytes(directory / CONFIG, config.encode())  # written last: the commit point
+    return file_sha256(directory / WEIGHTS)
+
+
+def read_config(directory: str | Path) -> MammutConfig:
+    """config.json -> MammutConfig, refusing a missing or malformed file with its path."""
+    path = Path(directory) / CONFIG
+    if not Path(directory).is_dir():
+        raise CheckpointError(f"{directory}: not a checkpoint directory (it does not exist or is not a folder)")
+    try:
+        return MammutConfig.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; a checkpoint holds {CONFIG}, {WEIGHTS} and {TOKENIZER}") from None
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a valid model config ({e})") from None
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[MaMMUT, Tokenizer, str]:
+    """Checkpoint directory -> (network in eval mode, tokenizer, sha256 of the weights).
+
+    Refuses, naming the file: a missing file, a truncated or corrupt weights file, or weights whose names
+    or shapes do not match the config.
+    """
+    directory = Path(directory)
+    config = read_config(directory)
+    weights_path, tokenizer_path = directory / WEIGHTS, directory / TOKENIZER
+    try:
+        tokenizer = Tokenizer.from_file(tokenizer_path)
+    except Exception as e:  # tokenizers raises its own exception types
+        raise CheckpointError(f"{tokenizer_path}: cannot read tokenizer ({e})") from None
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(
+            f"{tokenizer_path}: {tokenizer.vocab_size} tokens, but {directory / CONFIG} says {config.vocab_size}"
+        )
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path}: missing")
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights_path}: corrupt or truncated weights ({e})") from None
+    net = MaMMUT(config)
+    expected = net.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights_path}: weights do not match {CONFIG} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(
+                f"{weights_path}: {name} has shape {tuple(tensor.shape)}, config expects {tuple(expected[name].shape)}"
+            )
+    net.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+    return net.to(device).eval(), tokenizer, file_sha256(weights_path)

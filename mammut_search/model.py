@@ -1,0 +1,179 @@
+"""MaMMUT (Kuo et al. 2023, https://arxiv.org/abs/2303.16839): one text decoder trained with two passes.
+
+- contrastive pass: the decoder's self-attention layers only (no cross-attention), bidirectional by default,
+  read out at a CLS token -> text latent; the image's attention-pooled CLS query -> image latent.
+- captioning pass: the same decoder, causal, with cross-attention to the attention-pooled image tokens.
+
+einstein notation: b batch, n text length, j image tokens, d model width, c image feature width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from .config import MammutConfig
+from .contrastive import contrastive_loss
+from .image_encoders import build_image_encoder
+from .layers import CrossAttention, LayerNorm, ParallelTransformerBlock
+
+MAX_LOGIT_SCALE = 100.0
+
+
+class MaMMUT(nn.Module):
+    """The network: image encoder, attention pooler, text decoder and the two latent projections."""
+
+    def __init__(self, config: MammutConfig, *, pretrained_encoder: bool = False):
+        super().__init__()
+        self.config = c = config
+        self.image_encoder = build_image_encoder(c.image_encoder, pretrained=pretrained_encoder)
+        self.token_emb = nn.Embedding(c.vocab_size, c.dim)
+        self.text_cls_token = nn.Parameter(torch.randn(c.dim) * 0.02)
+
+        # one extra query: its output is the image's CLS for the contrastive latent
+        self.img_queries = nn.Parameter(torch.randn(c.num_img_queries + 1, c.dim) * 0.02)
+        self.img_attn_pool = CrossAttention(
+            c.dim, context_dim=c.image_encoder.feature_dim, dim_head=c.dim_head, heads=c.heads, norm_context=True
+        )
+        self.img_attn_pool_norm = LayerNorm(c.dim)
+        self.text_cls_norm = LayerNorm(c.dim)
+        self.img_to_latents = nn.Linear(c.dim, c.dim_latents, bias=False)
+        self.text_to_latents = nn.Linear(c.dim, c.dim_latents, bias=False)
+        # learnable log temperature, initialised like CLIP's 1/0.07 and clamped at 100 where used
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+        self.self_attn_layers = nn.ModuleList(
+            ParallelTransformerBlock(c.dim, dim_head=c.dim_head, heads=c.heads, ff_mult=c.ff_mult)
+            for _ in range(c.depth)
+        )
+        self.cross_attn_layers = nn.ModuleList(
+            CrossAttention(c.dim, dim_head=c.dim_head, heads=c.heads, parallel_ff=True, ff_mult=c.ff_mult)
+            if (layer + 1) % c.cross_attend_every == 0
+            else nn.Identity()
+            for layer in range(c.depth)
+        )
+        self.to_logits_norm = LayerNorm(c.dim)
+        nn.init.normal_(self.token_emb.weight, std=0.02)
+
+    # ----- image side -----
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (b 3 H W) -> image encoder tokens (b j c)."""
+        return self.image_encoder(pixels)
+
+    def pool_image(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (b j c) -> (image CLS embedding (b d), image tokens for the decoder (b q d))."""
+        queries = repeat(self.img_queries, "q d -> b q d", b=features.shape[0])
+        pooled = self.img_attn_pool(queries, self.img_attn_pool.context_kv(features))
+        pooled = self.img_attn_pool_norm(pooled)
+        return pooled[:, 0], pooled[:, 1:]
+
+    def image_latents(self, features: torch.Tensor) -> torch.Tensor:
+        """features (b j c) -> unit-norm contrastive latents (b l)."""
+        cls, _ = self.pool_image(features)
+        return F.normalize(self.img_to_latents(cls), dim=-1)
+
+    # ----- contrastive text pass -----
+
+    def text_latents(self, text: torch.Tensor) -> torch.Tensor:
+        """ids (b n) framed <bos> ... <eos> <pad>... -> unit-norm contrastive latents (b l).
+
+        The CLS token is placed right after each caption's <eos>, so its position, and so its rotary
+        distance to the words, does not depend on how much padding the batch needs.
+        """
+        b, n = text.shape
+        lengths = (text != self.config.pad_id).sum(dim=-1)  # (b)
+        tokens = self.token_emb(F.pad(text, (0, 1), value=self.config.pad_id))  # (b n+1 d)
+        rows = torch.arange(b, device=text.device)
+        tokens[rows, lengths] = self.text_cls_token.to(tokens.dtype)
+        positions = torch.arange(n + 1, device=text.device)
+        keys_valid = positions[None, :] <= lengths[:, None]  # words and CLS; pads are masked
+        mask = rearrange(keys_valid, "b j -> b 1 1 j")
+        if self.config.contrastive_mask == "causal":
+            mask = mask & torch.ones(n + 1, n + 1, dtype=torch.bool, device=text.device).tril()
+        for block in self.self_attn_layers:
+            tokens, _ = block(tokens, positions=positions, attn_mask=mask)
+        cls = self.text_cls_norm(tokens[rows, lengths])
+        return F.normalize(self.text_to_latents(cls), dim=-1)
+
+    # ----- captioning pass -----
+
+    def cross_attention_kv(self, image_tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Pooled image tokens (b q d) -> per layer cross-attention keys/values, computed once per image."""
+        return [
+            layer.context_kv(image_tokens) if isinstance(layer, CrossAttention) else None
+            for layer in self.cross_attn_layers
+        ]
+
+    def decode(
+        self,
+        text: torch.Tensor,
+        cross_kv: list,
+        *,
+        cache: list | None = None,
+        start: int = 0,
+    ) -> tuple[torch.Tensor, list]:
+        """Causal decoder. ids (b n) at positions start..start+n-1 -> (logits (b n vocab), new self-attn cache).
+
+        Without a cache the whole prefix is given; with one, only the new tokens (incremental decoding).
+        """
+        n = text.shape[1]
+        x = self.token_emb(text)
+        positions = torch.arange(start, start + n, device=text.device)
+        mask = None
+        if cache is None:  # key padding: pads never serve as keys (pads only follow the words)
+            valid = rearrange(text != self.config.pad_id, "b j -> b 1 1 j")
+            mask = valid & torch.ones(n, n, dtype=torch.bool, device=text.device).tril()
+        new_cache = []
+        for i, (block, cross) in enumerate(zip(self.self_attn_layers, self.cross_attn_layers)):
+            layer_cache = cache[i] if cache is not None else None
+            x, kv = block(x, positions=positions, attn_mask=mask, cache=layer_cache)
+            new_cache.append(kv)
+            if cross_kv[i] is not None:
+                x = x + cross(x, cross_kv[i])
+        logits = self.to_logits_norm(x) @ self.token_emb.weight.t()  # output embedding tied to the input's
+        return logits, new_cache
+
+    def caption_log_probs(self, text: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced log p(token | earlier tokens, image): ids (b n) -> (b n-1) for tokens 1..n-1;
+        zero where the target is padding."""
+        logits, _ = self.decode(text[:, :-1], self.cross_attention_kv(image_tokens))
+        targets = text[:, 1:]
+        log_probs = logits.float().log_softmax(dim=-1).gather(-1, targets[..., None])[..., 0]
+        return log_probs * (targets != self.config.pad_id)
+
+    # ----- training -----
+
+    def forward(
+        self,
+        text: torch.Tensor,
+        *,
+        pixels: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
+        group_ids: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Both losses for a batch of (caption ids (b n), image) pairs. Give pixels (b 3 H W) or precomputed
+        encoder features (b j c). group_ids (b): pairs sharing an id are positives of each other."""
+        if features is None:
+            features = self.image_features(pixels)
+        image_cls, image_tokens = self.pool_image(features)
+        losses = {}
+        c = self.config
+        if c.caption_loss_weight > 0:
+            logits, _ = self.decode(text[:, :-1], self.cross_attention_kv(image_tokens))
+            losses["caption"] = F.cross_entropy(
+                rearrange(logits.float(), "b n v -> b v n"), text[:, 1:], ignore_index=c.pad_id
+            )
+        if c.contrastive_loss_weight > 0:
+            image_latents = F.normalize(self.img_to_latents(image_cls), dim=-1)
+            text_latents = self.text_latents(text)  # the whole caption, <eos> included
+            scale = self.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+            losses["contrastive"] = contrastive_loss(text_latents.float(), image_latents.float(), scale, group_ids)
+        losses["loss"] = c.caption_loss_weight * losses.get("caption", 0.0) + c.contrastive_loss_weight * losses.get(
+            "contrastive", 0.0
+        )
+        return losses

@@ -1,0 +1,84 @@
+"""Text tokenizer: a HF `tokenizers` model with beginning, end and padding tokens, saved as tokenizer.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+
+
+class Tokenizer:
+    """Wraps a `tokenizers.Tokenizer`; ids are framed as <bos> text <eos> and right-padded with <pad>."""
+
+    def __init__(self, hf: HFTokenizer, *, pad: str = PAD, bos: str = BOS, eos: str = EOS):
+        self.hf = hf
+        ids = {name: hf.token_to_id(name) for name in (pad, bos, eos)}
+        missing = [name for name, i in ids.items() if i is None]
+        if missing:
+            raise ValueError(f"tokenizer has no special tokens {missing}")
+        self.pad_id, self.bos_id, self.eos_id = ids[pad], ids[bos], ids[eos]
+        self.hf.no_padding()
+        self.hf.no_truncation()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Tokenizer":
+        """Read a tokenizer.json written by `save`."""
+        return cls(HFTokenizer.from_file(str(path)))
+
+    def save(self, path: str | Path) -> None:
+        self.hf.save(str(path))
+
+    def encode(self, texts: list[str], max_len: int) -> torch.Tensor:
+        """texts -> ids (b n), n <= max_len, each row <bos> ... <eos> then pads; over-long texts are cut."""
+        if max_len < 3:
+            raise ValueError("max_len must leave room for <bos>, one token and <eos>")
+        rows = []
+        for encoding in self.hf.encode_batch([text.strip() for text in texts], add_special_tokens=False):
+            rows.append([self.bos_id, *encoding.ids[: max_len - 2], self.eos_id])
+        width = max(len(row) for row in rows)
+        out = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = torch.tensor(row)
+        return out
+
+    def token_count(self, text: str) -> int:
+        """Number of word-piece tokens in a text, without the frame."""
+        return len(self.hf.encode(text.strip(), add_special_tokens=False).ids)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """ids -> text, stopping at <eos> and dropping special tokens."""
+        words = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id:
+                break
+            if i not in (self.bos_id, self.pad_id):
+                words.append(i)
+        return self.hf.decode(words, skip_special_tokens=True).strip()
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> Tokenizer:
+    """Train a lower-cased byte-pair encoding on caption texts."""
+    hf = HFTokenizer(models.BPE(unk_token=UNK))
+    hf.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    # byte-level, so that no query character is ever unknown
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[PAD, BOS, EOS, UNK],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    hf.train_from_iterator(texts, trainer=trainer)
+    return Tokenizer(hf)

@@ -1,0 +1,14 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests run on the CPU
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def model():
+    from mammut_search.testing import tiny_model
+
+    return tiny_model(seed=0)
