@@ -10,18 +10,22 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+# BERT-style WordPiece vocabularies (e.g. MiniLM's) frame texts with [CLS] ... [SEP]
+BERT_SPECIALS = ("[PAD]", "[CLS]", "[SEP]")
 
 
 class Tokenizer:
     """Wraps a `tokenizers.Tokenizer`; ids are framed as <bos> text <eos> and right-padded with <pad>."""
 
-    def __init__(self, hf: HFTokenizer, *, pad: str = PAD, bos: str = BOS, eos: str = EOS):
+    def __init__(self, hf: HFTokenizer):
         self.hf = hf
-        ids = {name: hf.token_to_id(name) for name in (pad, bos, eos)}
-        missing = [name for name, i in ids.items() if i is None]
-        if missing:
-            raise ValueError(f"tokenizer has no special tokens {missing}")
-        self.pad_id, self.bos_id, self.eos_id = ids[pad], ids[bos], ids[eos]
+        for names in ((PAD, BOS, EOS), BERT_SPECIALS):
+            ids = [hf.token_to_id(name) for name in names]
+            if None not in ids:
+                self.pad_id, self.bos_id, self.eos_id = ids
+                break
+        else:
+            raise ValueError(f"tokenizer has neither {(PAD, BOS, EOS)} nor {BERT_SPECIALS} special tokens")
         self.hf.no_padding()
         self.hf.no_truncation()
 
