@@ -11,17 +11,18 @@ import torch
 from .model import MaMMUT
 
 
-def blocked_tokens(sequences: torch.Tensor, ngram: int) -> list[set[int]]:
-    """For each sequence (b n), the tokens that would repeat an n-gram it already contains."""
-    blocked: list[set[int]] = []
-    for row in sequences.tolist():
-        if ngram <= 0 or len(row) < ngram:
-            blocked.append(set())
-            continue
-        prefix = tuple(row[len(row) - ngram + 1 :]) if ngram > 1 else ()
-        seen = {row[i + ngram - 1] for i in range(len(row) - ngram + 1) if tuple(row[i : i + ngram - 1]) == prefix}
-        blocked.append(seen)
-    return blocked
+def block_repeated_ngrams(log_probs: torch.Tensor, sequences: torch.Tensor, ngram: int) -> torch.Tensor:
+    """Forbid (set to -inf) every next token that would repeat an n-gram already in its sequence.
+
+    log_probs (b v), sequences (b n): the windows of the last n-1 tokens are matched against all earlier ones.
+    """
+    if ngram <= 0 or sequences.shape[1] < ngram:
+        return log_probs
+    windows = sequences.unfold(1, ngram, 1)  # (b w ngram)
+    last = sequences[:, sequences.shape[1] - ngram + 1 :]  # (b ngram-1)
+    repeats = (windows[:, :, :-1] == last[:, None, :]).all(dim=-1)  # (b w)
+    penalty = torch.zeros_like(windows[:, :, -1], dtype=log_probs.dtype).masked_fill(repeats, -float("inf"))
+    return log_probs.scatter_add(1, windows[:, :, -1], penalty)
 
 
 def next_token_log_probs(
@@ -31,10 +32,7 @@ def next_token_log_probs(
     and no n-gram repeated (a guard against endless repetition)."""
     log_probs = logits.float().log_softmax(dim=-1)
     log_probs[:, [net.config.pad_id, net.config.bos_id]] = -float("inf")
-    for i, tokens in enumerate(blocked_tokens(sequences, no_repeat_ngram)):
-        if tokens:
-            log_probs[i, list(tokens)] = -float("inf")
-    return log_probs
+    return block_repeated_ngrams(log_probs, sequences, no_repeat_ngram)
 
 
 @torch.no_grad()
@@ -43,6 +41,7 @@ def generate(
     image_tokens: torch.Tensor,
     *,
     max_len: int = 24,
+    min_len: int = 2,
     beam_width: int = 1,
     no_repeat_ngram: int = 3,
     use_cache: bool = True,
@@ -51,6 +50,7 @@ def generate(
     """Pooled image tokens (b q d) -> generated ids (b n) starting with <bos>, padded after <eos>.
 
     beam_width 1 is greedy decoding. Beams are ranked by total log-probability / length ** length_penalty.
+    <eos> is only allowed once a sequence holds min_len tokens (<bos> included), so captions are never empty.
     """
     c = net.config
     b, device = image_tokens.shape[0], image_tokens.device
@@ -65,10 +65,14 @@ def generate(
     for step in range(max_len - 1):
         if use_cache:
             inputs = sequences[:, -1:] if cache is not None else sequences
-            logits, cache = net.decode(inputs, cross_kv, cache=cache, start=sequences.shape[1] - inputs.shape[1])
+            logits, cache = net.decode(
+                inputs, cross_kv, cache=cache, start=sequences.shape[1] - inputs.shape[1], last_only=True
+            )
         else:
             logits, _ = net.decode(sequences, cross_kv)
         log_probs = next_token_log_probs(logits[:, -1], sequences, net, no_repeat_ngram)  # (b*w v)
+        if sequences.shape[1] < min_len:
+            log_probs[:, c.eos_id] = -float("inf")
         # a finished sequence can only continue with padding, at no cost
         log_probs[finished] = -float("inf")
         log_probs[finished, c.pad_id] = 0.0
@@ -79,7 +83,7 @@ def generate(
         beam, token = beam.view(-1), (flat % vocab).view(-1)
         sequences = torch.cat((sequences[beam], token[:, None]), dim=-1)
         finished = finished[beam] | (token == c.eos_id)
-        if cache is not None:
+        if cache is not None and w > 1:  # greedy never reorders
             cache = [(k[beam], v[beam]) for k, v in cache]
         if finished.all():
             break

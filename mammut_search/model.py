@@ -116,10 +116,12 @@ class MaMMUT(nn.Module):
         *,
         cache: list | None = None,
         start: int = 0,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, list]:
         """Causal decoder. ids (b n) at positions start..start+n-1 -> (logits (b n vocab), new self-attn cache).
 
         Without a cache the whole prefix is given; with one, only the new tokens (incremental decoding).
+        last_only: logits of the last position only (b 1 vocab), all that generation needs.
         """
         n = text.shape[1]
         x = self.token_emb(text)
@@ -135,6 +137,8 @@ class MaMMUT(nn.Module):
             new_cache.append(kv)
             if cross_kv[i] is not None:
                 x = x + cross(x, cross_kv[i])
+        if last_only:
+            x = x[:, -1:]
         logits = self.to_logits_norm(x) @ self.token_emb.weight.t()  # output embedding tied to the input's
         return logits, new_cache
 
