@@ -1,0 +1,89 @@
+"""`mammut eval`: recall@k both ways, caption quality and the approximate index's cost on captioned images."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+CONVENTIONS_HELP = """\
+scoring (as in CLIP_benchmark):
+  rank of the right item = 1 + number of items scored strictly higher than it (ties are optimistic);
+  a hit at k means rank <= k.
+  text->image recall@k: share of captions whose image is among the top k images; when several images
+    carry the identical caption text, any of them counts.
+  image->text recall@k: share of images with at least one of their captions among the top k distinct
+    caption texts.
+  BLEU-4 (corpus, closest reference length) and CIDEr-D (coco-caption, document frequencies over the
+    references of the evaluated set) compare each image's generated caption with all its captions.
+  --index: text->image recall through the index (approximate) beside exact search over the index's
+    vectors; the gallery is the whole index, eval images are matched to index items by path.
+outputs (--out DIR): report.json, captions.csv (rank of the right image per caption),
+  images.csv (rank per image, generated caption), recall_curve.png.
+Unreadable or missing images are listed and left out."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = CONVENTIONS_HELP
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--captions", metavar="FILE",
+                        help="CSV, TSV or JSONL of image-caption pairs (several rows per image allowed)")
+    source.add_argument("--folder", metavar="DIR", help="images with a same-name .txt caption file beside them")
+    parser.add_argument("--images-root", metavar="DIR",
+                        help="folder that relative image paths start from (default: the captions file's folder)")
+    parser.add_argument("--image-column", help="image path column (default: image/path/file/filename)")
+    parser.add_argument("--caption-column", help="caption column (default: caption/text)")
+    parser.add_argument("--group-column", help="rank each caption only among the images of its group")
+    parser.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory (default: the bundled model)")
+    parser.add_argument("--index", metavar="DIR", help="also measure recall through this index")
+    parser.add_argument("-k", type=_positive, nargs="+", default=[1, 5, 10], metavar="K", help="recall@k cut-offs (default 1 5 10)")
+    parser.add_argument("--out", metavar="DIR", help="write report.json, CSVs and the recall curve here")
+    parser.add_argument("--no-captions", action="store_true", help="skip caption generation and BLEU/CIDEr")
+    parser.add_argument("--beam-width", type=_positive, default=1, help="beam width for generated captions (default 1)")
+    parser.add_argument("--max-len", type=_positive, default=24, help="longest generated caption in tokens (default 24)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--batch-size", type=_positive, help="images per batch (default: chosen for the device)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..api import load_model
+    from ..errors import UserError
+    from ..evaluation import evaluate, format_table, read_folder, read_pairs, write_report
+
+    if args.group_column and args.folder:
+        raise UserError("--group-column needs --captions (a folder has no group column)")
+    if args.folder:
+        pairs = read_folder(args.folder)
+        inputs = {"folder": args.folder}
+    else:
+        pairs = read_pairs(args.captions, images_root=args.images_root, image_column=args.image_column,
+                           caption_column=args.caption_column, group_column=args.group_column)
+        inputs = {"captions": args.captions, "images_root": args.images_root}
+    model = load_model(args.checkpoint, device=args.device)
+    store = None
+    if args.index:
+        from ..store import IndexStore
+
+        store = IndexStore.open(args.index, checkpoint_sha256=model.checkpoint_sha256 or None)
+        inputs["index"] = args.index
+    result = evaluate(pairs, model, ks=args.k, group_column="group" if args.group_column else None,
+                      captions=not args.no_captions, beam_width=args.beam_width, max_len=args.max_len,
+                      index=store, batch_size=args.batch_size, progress=not args.quiet)
+    print(format_table(result))
+    if args.out:
+        paths = write_report(result, args.out, inputs=inputs)
+        print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    else:
+        print("\n(pass --out DIR to write report.json, per-caption ranks and the recall curve)", file=sys.stderr)
+    return 0
