@@ -1,0 +1,151 @@
+"""`mammut corpus build`: fetch every allowed source, render it, and write the manifest and its summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from tqdm import tqdm
+
+from ..errors import UserError
+from . import collect
+from .concepts import load_concepts
+from .fetch import fetch
+from .render import render_job
+from .sources import EMOJI_DATA, ICONIFY_SETS, OPENMOJI, SOURCES, check_allowed
+from .splits import HELDOUT_FRACTION, heldout_concepts, heldout_families
+
+MANIFEST_COLUMNS = ["path", "concept_id", "name", "captions", "style", "split", "source", "licence"]
+OPENMOJI_MEMBERS = ("package/data/openmoji.json", "package/color/svg/", "package/black/svg/")
+Fetcher = Callable[..., Path]  # fetch(package, cache_dir, members=()) -> unpacked folder
+
+
+def _collectors(fetcher: Fetcher, cache_dir: Path) -> dict[str, Callable[[collect.Context], list[collect.Item]]]:
+    """One function per source: fetch its package(s), then list its items."""
+
+    def pkg(source: str, members: tuple[str, ...] = ()) -> Path:
+        return fetcher(SOURCES[source].packages[0], cache_dir, members)
+
+    out = {
+        "google": lambda ctx: collect.vendor_png_items(
+            ctx, pkg("google", ("package/img/google/64/",)), "google", SOURCES["google"].licence),
+        "twitter": lambda ctx: collect.vendor_png_items(
+            ctx, pkg("twitter", ("package/img/twitter/64/",)), "twitter", SOURCES["twitter"].licence),
+        "openmoji": lambda ctx: collect.openmoji_items(ctx, pkg("openmoji", OPENMOJI_MEMBERS)),
+        "noto-font": lambda ctx: collect.noto_font_items(ctx, pkg("noto-font")),
+        "openclipart": lambda ctx: collect.openclipart_items(ctx, pkg("openclipart")),
+    }
+    for set_name, version in ICONIFY_SETS.items():
+        name = f"iconify-{set_name}"
+        out[name] = (lambda n, s, v: lambda ctx: collect.iconify_items(ctx, pkg(n), s, v))(name, set_name, version)
+    return out
+
+
+def build_corpus(
+    cache_dir: Path | str = "data/cache",
+    sources: list[str] | None = None,
+    size: int = 128,
+    workers: int | None = None,
+    fetcher: Fetcher = fetch,
+    heldout_fraction: float = HELDOUT_FRACTION,
+) -> dict:
+    """Fetch, render and index the corpus under cache_dir/corpus; returns the summary written beside it."""
+    start = time.time()
+    cache_dir = Path(cache_dir)
+    sources = list(sources or SOURCES)
+    for name in sources:
+        check_allowed(name)
+    if size < 16 or size > 1024:
+        raise UserError(f"--size {size}: choose a size between 16 and 1024 px")
+    corpus_dir = cache_dir / "corpus"
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+
+    # The concept list and its CLDR names are needed by every emoji source.
+    emoji_json = fetcher(EMOJI_DATA, cache_dir, ("package/emoji.json",)) / "package" / "emoji.json"
+    openmoji_root = fetcher(OPENMOJI, cache_dir, OPENMOJI_MEMBERS)
+    concepts = load_concepts(emoji_json, openmoji_root / "package" / "data" / "openmoji.json")
+    heldout = heldout_concepts(concepts, heldout_fraction)
+    ctx = collect.Context(concepts, heldout, heldout_families(concepts, heldout_fraction), corpus_dir, size)
+
+    items: list[collect.Item] = []
+    failed: dict[str, str] = {}
+    collectors = _collectors(fetcher, cache_dir)
+    for name in sources:
+        try:
+            found = collectors[name](ctx)
+            print(f"{name}: {len(found)} images to render", file=sys.stderr)
+            items += found
+        except Exception as e:  # one source failing is reported; the others go on
+            failed[name] = f"{type(e).__name__}: {e}"
+            print(f"warning: source {name} skipped: {failed[name]}", file=sys.stderr)
+
+    errors = render_all(items, size, workers)
+    rows = [it.row for it in items if it.job.out_path not in errors]
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    write_parquet(manifest, corpus_dir / "manifest.parquet")
+    summary = summarise(manifest, size, failed, errors, len(concepts), len(heldout), time.time() - start)
+    _write_text(corpus_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def render_all(items: list[collect.Item], size: int, workers: int | None) -> dict[str, str]:
+    """Render every item in a process pool; returns {out_path: reason} for the images that failed."""
+    errors: dict[str, str] = {}
+    jobs = [it.job for it in items]
+    workers = workers or max(1, os.cpu_count() or 1)
+    bar = tqdm(total=len(jobs), desc="rendering", unit="img")
+    if workers == 1:
+        results = (render_job(j, size) for j in jobs)
+        for path, err in results:
+            if err:
+                errors[path] = err
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for path, err in pool.map(render_job, jobs, [size] * len(jobs), chunksize=32):
+                if err:
+                    errors[path] = err
+                bar.update()
+    bar.close()
+    return errors
+
+
+def summarise(manifest: pd.DataFrame, size: int, failed: dict[str, str], errors: dict[str, str],
+              n_concepts: int, n_heldout: int, seconds: float) -> dict:
+    """Counts per style and split, failures, and how long it took."""
+    per_style = {
+        style: {split: int(n) for split, n in group["split"].value_counts().sort_index().items()}
+        for style, group in manifest.groupby("style")
+    }
+    return {
+        "size": size,
+        "images": int(len(manifest)),
+        "per_split": {k: int(v) for k, v in manifest["split"].value_counts().sort_index().items()},
+        "per_style": per_style,
+        "emoji_concepts": n_concepts,
+        "heldout_concepts": n_heldout,
+        "failed_sources": failed,
+        "render_failures": len(errors),
+        "render_failure_reasons": dict(Counter(e.split(":")[0] for e in errors.values()).most_common()),
+        "seconds": round(seconds, 1),
+    }
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Write atomically: a temp file renamed over the old manifest."""
+    tmp = path.with_suffix(".tmp.parquet")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

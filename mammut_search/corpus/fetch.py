@@ -1,0 +1,98 @@
+"""Fetching pinned packages with the registries' own clients (npm pack, apt-get download) and unpacking them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from ..errors import UserError
+from .sources import Package, check_allowed
+
+
+class FetchError(UserError):
+    """A package could not be downloaded or unpacked."""
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    try:
+        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
+    except FileNotFoundError as e:
+        raise FetchError(f"{cmd[0]}: not installed; install it or fetch this source elsewhere") from e
+    except subprocess.TimeoutExpired as e:
+        raise FetchError(f"{' '.join(cmd)}: timed out") from e
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise FetchError(f"{' '.join(cmd)}: failed: {last}")
+    return done.stdout
+
+
+def fetch(package: Package, cache_dir: Path, members: tuple[str, ...] = ()) -> Path:
+    """Download and unpack one package into cache_dir/sources/<name>@<version>/; returns that folder.
+
+    `members` restricts a tarball to paths under those prefixes (for example "package/emoji.json"), which
+    also keeps reserved images (emoji-datasource ships Apple and Facebook sheets) off the disk.
+    Already unpacked packages are reused.
+    """
+    check_allowed(package.name)
+    cache_dir = Path(cache_dir).resolve()  # the registry clients run in another directory
+    label = f"{package.name.replace('/', '__')}@{package.version or 'debian'}"
+    dest = cache_dir / "sources" / label
+    if (dest / ".complete").exists():
+        return dest
+    downloads = cache_dir / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    if package.registry == "npm":
+        archive = _npm_pack(package, downloads)
+        _untar(archive, dest, members)
+    elif package.registry == "deb":
+        archive = _apt_download(package, downloads)
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        _run(["dpkg-deb", "-x", str(archive), str(dest)], cwd=downloads)
+    else:
+        raise FetchError(f"{package.name}: unknown registry {package.registry!r}")
+    (dest / ".complete").write_text(archive.name + "\n")
+    return dest
+
+
+def _npm_pack(package: Package, downloads: Path) -> Path:
+    spec = f"{package.name}@{package.version}"
+    expected = downloads / (package.name.lstrip("@").replace("/", "-") + f"-{package.version}.tgz")
+    if not expected.exists():
+        out = _run(["npm", "pack", "--silent", spec], cwd=downloads).strip().splitlines()
+        produced = downloads / out[-1].strip() if out else expected
+        if produced != expected and produced.exists():
+            produced.rename(expected)
+    if not expected.exists():
+        raise FetchError(f"{spec}: npm pack produced no {expected.name}")
+    return expected
+
+
+def _apt_download(package: Package, downloads: Path) -> Path:
+    found = sorted(downloads.glob(f"{package.name}_*.deb"))
+    if not found:
+        _run(["apt-get", "download", package.name], cwd=downloads)
+        found = sorted(downloads.glob(f"{package.name}_*.deb"))
+    if not found:
+        raise FetchError(f"{package.name}: apt-get download produced no .deb (run apt-get update first?)")
+    return found[-1]
+
+
+def _untar(archive: Path, dest: Path, members: tuple[str, ...]) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".unpack-"))
+    try:
+        with tarfile.open(archive) as tar:
+            chosen = [m for m in tar.getmembers() if not members or m.name.startswith(members)]
+            if not chosen:
+                raise FetchError(f"{archive.name}: none of {members} inside")
+            tar.extractall(tmp, members=chosen, filter="data")
+        tmp.rename(dest)  # only a complete unpack gets the final name
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
