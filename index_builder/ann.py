@@ -1,0 +1,385 @@
+"""Which FAISS index a collection gets, how it is trained, and which search parameters it is served with.
+
+- Up to `exact_threshold` vectors: exact search (flat inner product). Nothing to tune, recall is 1.
+- Above it: IVF-Flat (vectors kept exactly, removable, fast to train); when the raw float32 vectors would not
+  fit `memory_budget_bytes`, IVF-SQ8 (one byte per dimension, recall close to IVF-Flat), and when even that
+  does not fit, IVF-PQ (a few bytes per vector; its recall may stay below the target, which is then recorded
+  as not met). HNSW when asked for (fast queries, slow to build, removals rebuild the graph).
+- IVF quantizers (and PQ codebooks) are trained on a sample; nprobe / efSearch is then raised until recall@10
+  against exact search reaches `target_recall` on held-out queries. The measured recall goes into the index
+  description, and so into the manifest.
+
+Held-out queries are data vectors left out of the training sample and added to the index only after tuning,
+unless the caller gives real queries (e.g. text latents). Re-tuning an updated IVF index, which already holds
+everything, searches data vectors leave-one-out (the query's own vector is not counted). A parameter is
+accepted when the recall's lower confidence bound (mean − 2 standard errors over the queries) reaches the
+target, so fresh queries meet it too. Recall is tie-aware: a result counts when its true score reaches the
+k-th exact score, so duplicate images cannot make a right answer wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from mammut_search.vector_index import VectorIndex, check_vectors
+
+log = logging.getLogger(__name__)
+
+# Exact search of 100k 256-d vectors takes ~8 ms per query on one core of the 2-core reference machine, 1M
+# takes ~73 ms, while IVF answers either in ~1 ms at recall ≥ 0.95 (benchmarks/RESULTS.md, "Vector search").
+DEFAULT_EXACT_THRESHOLD = 100_000
+DEFAULT_TARGET_RECALL = 0.95
+DEFAULT_MEMORY_BUDGET = 16 * 2**30  # bytes of float32 vectors held in memory before they are stored compressed
+RECALL_K = 10
+TUNING_QUERIES = 1000
+CONFIDENCE_ERRORS = 2.0  # a setting meets the target when its recall minus 2 standard errors reaches it
+PLATEAU_SLACK = 0.005  # below an unreachable target, settle for this much less than the best recall
+REBUILD_GROWTH = 2.0  # rebuild an approximate index once the collection has grown or shrunk this much
+HNSW_M, HNSW_EF_CONSTRUCTION = 32, 64
+KMEANS_ITERATIONS = 10  # enough for a coarse quantizer; FAISS's default 25 mostly polishes
+TRAIN_POINTS_PER_LIST = 64
+ADD_CHUNK = 65536
+GROUND_TRUTH_BLOCK = 16384  # rows per block of the exact search (a 1000-query block of scores is 64 MB)
+COMPRESSED_KINDS = ("ivf_sq8", "ivf_pq")
+SQ_RANGE_MARGIN = 0.05  # widen the trained 8-bit ranges so vectors outside the training sample clip less
+
+
+def build_vector_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto",
+                       exact_threshold: int = DEFAULT_EXACT_THRESHOLD, target_recall: float = DEFAULT_TARGET_RECALL,
+                       memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET, queries: np.ndarray | None = None,
+                       use_gpu: bool | None = None, seed: int = 0, progress: bool = False) -> VectorIndex:
+    """A VectorIndex of `vectors` (n d, unit norm) under `ids` (n int64): exact below `exact_threshold`, else
+    approximate with search parameters tuned to `target_recall` (recall@10 against exact search).
+
+    kind: "auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq" or "hnsw". queries: optional real queries (q d) to
+    tune on (e.g. text latents; default: up to 1000 data vectors held out of training and tuning).
+    """
+    started = time.perf_counter()
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    check_vectors(vectors, ids)
+    if vectors.shape[1] < 1:
+        raise ValueError("vectors need at least one dimension")
+    _warn_if_not_unit(vectors)
+    count, dim = vectors.shape
+    if kind == "auto":
+        kind = choose_kind(count, dim, exact_threshold=exact_threshold, memory_budget_bytes=memory_budget_bytes)
+    if kind != "flat" and count < 2 * RECALL_K:
+        kind = "flat"  # too few vectors to train or to measure anything; exact is also fastest here
+    if kind == "flat":
+        index = VectorIndex(_flat(vectors, ids), {"exact": True, "recall_at_10": 1.0}, use_gpu=use_gpu)
+    else:
+        index = _build_approximate(kind, vectors, ids, queries=queries, target_recall=target_recall,
+                                   memory_budget_bytes=memory_budget_bytes, use_gpu=use_gpu, seed=seed,
+                                   progress=progress)
+    index.describe(metric="inner_product", built_with=count, build_seconds=round(time.perf_counter() - started, 3))
+    log.info("vector index: %s", index.description)
+    return index
+
+
+def _build_approximate(kind: str, vectors: np.ndarray, ids: np.ndarray, *, queries: np.ndarray | None,
+                       target_recall: float, memory_budget_bytes: int, use_gpu: bool | None, seed: int,
+                       progress: bool) -> VectorIndex:
+    """Train, add and tune. Without given queries, some data vectors are held out: not trained on, and added
+    only after the search parameters were tuned with them as queries against the rest."""
+    rng = np.random.default_rng(seed)
+    held_out = np.zeros(len(ids), bool)
+    if queries is None:
+        held_out[_query_rows(len(ids), rng)] = True
+    faiss_index, facts = _train(kind, vectors, _training_rows(kind, ~held_out, rng), seed=seed,
+                                memory_budget_bytes=memory_budget_bytes)
+    index = VectorIndex(faiss_index, {"exact": False, **facts}, use_gpu=use_gpu)
+    _add_in_chunks(index, vectors, ids, ~held_out, progress)
+    truth = ground_truth(vectors, ids, queries=vectors[held_out] if queries is None else queries,
+                         candidates=~held_out, progress=progress)
+    tune_search_params(index, truth, target_recall=target_recall, progress=progress)
+    if queries is None:
+        index.add(vectors[held_out], ids[held_out])
+        index.describe(recall_query_source="held-out data vectors")
+    return index
+
+
+def choose_kind(count: int, dim: int, *, exact_threshold: int = DEFAULT_EXACT_THRESHOLD,
+                memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET) -> str:
+    """flat up to exact_threshold vectors; beyond, ivf_flat, or the compressed ivf_sq8 / ivf_pq when the raw
+    float32 vectors (or their 8-bit form) exceed the memory budget."""
+    if count <= exact_threshold:
+        return "flat"
+    if count * dim * 4 <= memory_budget_bytes:
+        return "ivf_flat"
+    return "ivf_sq8" if count * dim <= memory_budget_bytes else "ivf_pq"
+
+
+def update_vector_index(index: VectorIndex, *, add_vectors: np.ndarray | None = None,
+                        add_ids: np.ndarray | None = None, remove_ids: np.ndarray | None = None,
+                        exact_threshold: int = DEFAULT_EXACT_THRESHOLD,
+                        target_recall: float = DEFAULT_TARGET_RECALL,
+                        memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET, seed: int = 0,
+                        progress: bool = False) -> VectorIndex:
+    """Apply an incremental update (removals, then additions; untouched vectors stay bit-identical), then keep
+    the index fit: rebuild it when its kind no longer suits the new size or an approximate index has grown or
+    shrunk REBUILD_GROWTH-fold since it was built, else re-tune an IVF-Flat index's nprobe to `target_recall`.
+    Compressed indexes (ivf_sq8, ivf_pq) are only updated: their stored vectors are not the originals.
+    Returns the index (the same object, or a rebuilt one)."""
+    if remove_ids is not None and len(remove_ids):
+        index.remove(remove_ids)
+    if add_vectors is not None and len(add_vectors):
+        index.add(add_vectors, add_ids)
+    count, kind = index.ntotal, index.kind
+    wanted = choose_kind(count, index.dim, exact_threshold=exact_threshold, memory_budget_bytes=memory_budget_bytes)
+    built_with = max(int(index.description.get("built_with", count)), 1)
+    drifted = not (built_with / REBUILD_GROWTH <= count <= built_with * REBUILD_GROWTH)
+    if kind in COMPRESSED_KINDS:  # its decoded vectors are not the originals: measuring on them would flatter it
+        if drifted or wanted != kind:
+            log.warning("the %s index now holds %d vectors (trained on a collection of %d): its compressed "
+                        "vectors cannot retrain it; rebuild the index from the images for the best recall",
+                        kind, count, built_with)
+        return index
+    if (kind == "flat") != (wanted == "flat") or (kind != "flat" and drifted):
+        # an approximate kind chosen by hand (hnsw) is kept; flat <-> approximate follows the size
+        new_kind = wanted if kind == "flat" or wanted == "flat" else kind
+        log.info("rebuilding the vector index as %s: %d vectors, was %s built for %d", new_kind, count, kind,
+                 built_with)
+        ids = index.ids()
+        return build_vector_index(index.reconstruct(ids), ids, kind=new_kind, exact_threshold=exact_threshold,
+                                  target_recall=target_recall, memory_budget_bytes=memory_budget_bytes,
+                                  use_gpu=index.description.get("on_gpu") or None, seed=seed, progress=progress)
+    # HNSW is not re-tuned in place: leave-one-out queries would start next to their own node and flatter it
+    if kind.startswith("ivf") and count >= 2 * RECALL_K:
+        ids = index.ids()
+        truth = ground_truth(index.reconstruct(ids), ids, query_rows=_query_rows(count, np.random.default_rng(seed)),
+                             progress=progress)
+        tune_search_params(index, truth, target_recall=target_recall, progress=progress)
+    return index
+
+
+# ----- recall -----
+
+@dataclass
+class GroundTruth:
+    """Exact answers to the tuning queries: what an approximate search is measured against."""
+
+    queries: np.ndarray  # (q d)
+    own_ids: np.ndarray  # (q) the id each query was taken from (left out of its answers), or -1
+    kth_scores: np.ndarray  # (q) exact score of the k-th neighbour
+    vectors: np.ndarray  # (n d) the indexed vectors, to score approximate answers exactly
+    sorted_ids: np.ndarray  # (n) ids sorted, with `order` mapping back to rows of `vectors`
+    order: np.ndarray
+    k: int
+
+
+def ground_truth(vectors: np.ndarray, ids: np.ndarray, *, queries: np.ndarray | None = None,
+                 query_rows: np.ndarray | None = None, candidates: np.ndarray | None = None, k: int = RECALL_K,
+                 progress: bool = False) -> GroundTruth:
+    """Exact top-k scores of real `queries`, or of the data vectors at `query_rows` with each one's own vector
+    left out, among the rows of `vectors` where `candidates` (n bool) is true (default: all). No copy of
+    `vectors` is made: it is scanned in blocks."""
+    if (queries is None) == (query_rows is None):
+        raise ValueError("give either queries or query_rows")
+    if query_rows is not None:
+        queries, own_ids = vectors[query_rows], ids[query_rows]
+    else:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        own_ids = np.full(len(queries), -1, np.int64)
+    best = np.full((len(queries), k), -np.inf, np.float32)  # running top-k scores, unordered (q k)
+    blocks = range(0, len(vectors), GROUND_TRUTH_BLOCK)
+    for start in tqdm(blocks, desc="exact search", unit="block", disable=not progress or len(blocks) < 8):
+        scores = queries @ vectors[start:start + GROUND_TRUTH_BLOCK].T  # (q b)
+        if candidates is not None:
+            scores[:, ~candidates[start:start + GROUND_TRUTH_BLOCK]] = -np.inf
+        if query_rows is not None:
+            own = (query_rows >= start) & (query_rows < start + scores.shape[1])
+            scores[np.flatnonzero(own), query_rows[own] - start] = -np.inf
+        both = np.concatenate([best, scores], axis=1)
+        best = -np.partition(-both, k - 1, axis=1)[:, :k]
+    order = np.argsort(ids, kind="stable")
+    return GroundTruth(queries, own_ids, best.min(axis=1), vectors, ids[order], order, k)
+
+
+def measure_recall(index: VectorIndex, truth: GroundTruth, *, search_params: dict[str, int] | None = None) -> float:
+    """Tie-aware recall@k of `index` on the ground truth's queries (1.0: every answer as good as exact)."""
+    return float(recall_per_query(index, truth, search_params=search_params).mean())
+
+
+def recall_per_query(index: VectorIndex, truth: GroundTruth, *,
+                     search_params: dict[str, int] | None = None) -> np.ndarray:
+    """Each query's share (q) of its k answers that score as high as the exact k-th neighbour."""
+    k = truth.k
+    _, found = index.search(truth.queries, k + 1, search_params=search_params)
+    found = _without(found, found, truth.own_ids[:, None], k)  # (q k)
+    valid = found >= 0
+    rows = truth.order[np.searchsorted(truth.sorted_ids, np.where(valid, found, truth.sorted_ids[0]))]
+    true_scores = np.einsum("qd,qkd->qk", truth.queries, truth.vectors[rows])  # (q k)
+    tolerance = 1e-5 * np.maximum(1.0, np.abs(truth.kth_scores))[:, None]  # float summation order differs
+    hits = valid & (true_scores >= truth.kth_scores[:, None] - tolerance)
+    return hits.sum(axis=1) / k
+
+
+def tune_search_params(index: VectorIndex, truth: GroundTruth, *, target_recall: float = DEFAULT_TARGET_RECALL,
+                       progress: bool = False) -> dict[str, Any]:
+    """Set the index's nprobe / efSearch to the smallest value whose recall@10 on `truth` reaches
+    `target_recall` with confidence, and record the measurement in its description; returns what was recorded."""
+    if index.kind == "flat":
+        return {}
+    name = "nprobe" if index.kind.startswith("ivf") else "efSearch"
+    low, high = (1, int(index.description["nlist"])) if name == "nprobe" else (RECALL_K, 4096)
+    measured: dict[int, tuple[float, float]] = {}  # value -> (mean recall, its standard error)
+
+    def bound(value: int) -> float:
+        """Lower confidence bound of the recall at `value`."""
+        if value not in measured:
+            per_query = recall_per_query(index, truth, search_params={name: value})
+            measured[value] = (float(per_query.mean()), float(per_query.std() / math.sqrt(len(per_query))))
+        mean, error = measured[value]
+        return mean - CONFIDENCE_ERRORS * error
+
+    with tqdm(desc=f"tuning {name}", unit="try", disable=not progress) as bar:
+        tried = [low]  # doubling until the target is met (or the search is exhaustive) brackets the answer
+        while tried[-1] < high and bound(tried[-1]) < target_recall:
+            tried.append(min(tried[-1] * 2, high))
+            bar.update()
+        # a compressed index may never reach the target: then take the cheapest value near its best recall
+        best = bound(tried[-1])
+        goal = target_recall if best >= target_recall else best - PLATEAU_SLACK
+        value = next(v for v in tried if bound(v) >= goal)
+        below = tried[tried.index(value) - 1] if value != low else value
+        while below + 1 < value:  # bisection: the smallest value that reaches the goal
+            middle = (below + value) // 2
+            if bound(middle) >= goal:
+                value = middle
+            else:
+                below = middle
+            bar.update()
+    achieved, error = measured[value]
+    met = bound(value) >= target_recall
+    if not met:
+        log.warning("%s index reaches recall@%d %.3f at most (%.3f at %s=%d), below the target %.2f",
+                    index.kind, RECALL_K, max(m for m, _ in measured.values()), achieved, name, value,
+                    target_recall)
+    facts = {"params": {name: value}, "recall_at_10": round(achieved, 4), "recall_stderr": round(error, 4),
+             "recall_target": target_recall, "recall_target_met": met, "recall_queries": len(truth.queries),
+             "recall_query_source": "data, leave-one-out" if (truth.own_ids >= 0).any() else "given",
+             "recall_measured_at": index.ntotal,
+             "recall_curve": {str(v): [round(m, 4), round(e, 4)] for v, (m, e) in sorted(measured.items())}}
+    index.describe(**facts)
+    return facts
+
+
+# ----- building -----
+
+def _flat(vectors: np.ndarray, ids: np.ndarray):
+    import faiss
+
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+    if len(ids):
+        index.add_with_ids(vectors, ids)
+    return index
+
+
+def _train(kind: str, vectors: np.ndarray, rows: np.ndarray, *, seed: int,
+           memory_budget_bytes: int) -> tuple[Any, dict[str, Any]]:
+    """An empty, trained FAISS index of `kind` and the facts about it worth recording."""
+    import faiss
+
+    count, dim = vectors.shape
+    if kind == "hnsw":
+        graph = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        return faiss.IndexIDMap2(graph), {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
+    if kind not in ("ivf_flat", "ivf_sq8", "ivf_pq"):
+        raise ValueError(f"unknown vector index kind {kind!r}; use auto, flat, ivf_flat, ivf_sq8, ivf_pq or hnsw")
+    nlist = ivf_list_count(count, len(rows))
+    quantizer = faiss.IndexFlatIP(dim)
+    facts: dict[str, Any] = {"nlist": nlist}
+    if kind == "ivf_flat":
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    elif kind == "ivf_sq8":
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                              faiss.METRIC_INNER_PRODUCT)
+        index.sq.rangestat_arg = SQ_RANGE_MARGIN
+    else:
+        m = pq_code_bytes(count, dim, memory_budget_bytes)
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.pq.cp.niter, index.pq.cp.seed = KMEANS_ITERATIONS, seed
+        facts["pq_bytes_per_vector"] = m
+    index.cp.niter, index.cp.seed = KMEANS_ITERATIONS, seed
+    sample = np.ascontiguousarray(vectors[rows])
+    log.info("training %s (nlist=%d) on %d of %d vectors", kind, nlist, len(sample), count)
+    index.train(sample)
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by id
+    facts["trained_on"] = len(sample)
+    return index, facts
+
+
+def ivf_list_count(count: int, train_points: int | None = None) -> int:
+    """Inverted lists for `count` vectors: a power of two near 4·sqrt(n), with ≥ 39 training points per list."""
+    target = 4 * math.sqrt(count)
+    nlist = 2 ** max(0, round(math.log2(max(target, 1))))
+    most = max(1, min(count if train_points is None else train_points, count) // 39, 1)
+    while nlist > min(most, 65536):
+        nlist //= 2
+    return int(nlist)
+
+
+def pq_code_bytes(count: int, dim: int, memory_budget_bytes: int) -> int:
+    """Bytes per PQ code: the largest divisor m of dim with m ≤ 64 and ≥ 4 dimensions per sub-quantizer whose
+    codes (plus ids and map) fit the budget."""
+    divisors = [m for m in range(min(dim // 4, 64), 0, -1) if dim % m == 0] or [1]
+    overhead = 8 + 16  # the id in the inverted list and its direct-map entry
+    for m in divisors:
+        if count * (m + overhead) <= memory_budget_bytes:
+            return m
+    log.warning("even %d-byte PQ codes exceed the memory budget of %d bytes for %d vectors",
+                divisors[-1], memory_budget_bytes, count)
+    return divisors[-1]
+
+
+def _add_in_chunks(index: VectorIndex, vectors: np.ndarray, ids: np.ndarray, rows: np.ndarray,
+                   progress: bool) -> None:
+    """Add the vectors where `rows` (n bool) is true, a block at a time (no copy of them all)."""
+    with tqdm(total=int(rows.sum()), desc="adding vectors", unit="vec", disable=not progress) as bar:
+        for start in range(0, len(ids), ADD_CHUNK):
+            chosen = rows[start:start + ADD_CHUNK]
+            index.add(vectors[start:start + ADD_CHUNK][chosen], ids[start:start + ADD_CHUNK][chosen])
+            bar.update(int(chosen.sum()))
+
+
+def _query_rows(count: int, rng: np.random.Generator) -> np.ndarray:
+    """Rows held out as tuning queries: up to TUNING_QUERIES, at most a tenth of the data."""
+    size = max(1, min(TUNING_QUERIES, count // 10))
+    return np.sort(rng.choice(count, size=size, replace=False))
+
+
+def _training_rows(kind: str, allowed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rows the quantizer is trained on: a sample of the `allowed` rows (the held-out queries are not)."""
+    if kind == "hnsw":
+        return np.zeros(0, np.int64)
+    pool = np.flatnonzero(allowed)
+    wanted = TRAIN_POINTS_PER_LIST * ivf_list_count(len(allowed))
+    if kind == "ivf_pq":
+        wanted = max(wanted, 256 * 64)  # the 256-entry PQ codebooks need their own share of points
+    return np.sort(rng.choice(pool, size=min(wanted, len(pool)), replace=False))
+
+
+def _without(values: np.ndarray, keys: np.ndarray, excluded: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the first k `values` whose `keys` differ from the row's `excluded` key (left-packed)."""
+    keep = keys != excluded  # (q m)
+    keep &= np.cumsum(keep, axis=1) <= k
+    fill = -1 if values.dtype.kind == "i" else -np.inf
+    out = np.full((len(values), k), fill, values.dtype)
+    rows, positions = np.nonzero(keep)
+    out[rows, np.cumsum(keep, axis=1)[keep] - 1] = values[rows, positions]
+    return out
+
+
+def _warn_if_not_unit(vectors: np.ndarray) -> None:
+    sample = vectors[:: max(1, len(vectors) // 1000)]
+    if len(sample) and np.abs(np.linalg.norm(sample, axis=1) - 1).max() > 1e-3:
+        log.warning("vectors are not unit-norm: inner-product search will not rank by cosine similarity")

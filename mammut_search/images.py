@@ -1,0 +1,240 @@
+"""The one safe image loader: every image the product reads (indexing, search uploads, evaluation) comes here.
+
+What it guarantees: an RGB image, EXIF orientation applied, transparency composited onto white, 16-bit and
+CMYK pixels converted without clipping, the first frame of an animation, and the whole file decoded (so a
+truncated file is refused, not half-read). What it refuses, with `ImageLoadError("path: reason")`: missing,
+empty, unreadable or non-regular files (a directory, a FIFO), files that are not images of a supported format,
+truncated or corrupt data, and images with more pixels than `max_pixels` (checked from the header, before any
+pixel is decoded, so a decompression bomb costs nothing).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import warnings
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from .errors import ImageLoadError
+
+# 128 million pixels: above the 108 MP of current phone cameras, and about 384 MB once decoded to RGB.
+DEFAULT_MAX_PIXELS = 128_000_000
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
+
+# Pillow decoders we let near user files (JPEG includes the MPO files phones write). Formats that run external
+# programs (EPS through Ghostscript) or that we never index stay out.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF")
+
+# Our own pixel cap replaces Pillow's warning (issued from 89 Mpx), so it would only repeat ours.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+_WHITE = (255, 255, 255)
+_SWAPPED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that exchange width and height
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode the image file at `path` into an RGB image (EXIF-transposed, composited on white), or raise
+    ImageLoadError("path: reason")."""
+    name = _display(path)
+    _check_regular_file(path, name)
+    try:
+        with open(path, "rb") as f:
+            return _decode(f, name, max_pixels)
+    except ImageLoadError:
+        raise
+    except PermissionError:
+        raise _error(name, "permission denied; make the file readable") from None
+    except OSError as e:
+        raise _error(name, f"cannot read the file ({e.strerror or e})") from None
+
+
+def open_image_bytes(data: bytes, *, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image held in memory (an upload) like `load_image`; errors name it `name`."""
+    if not data:
+        raise _error(name, "empty (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def image_size(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) as `load_image` would return it (EXIF orientation included), read from the header only;
+    refuses what `load_image` refuses from the header alone."""
+    name = _display(path)
+    _check_regular_file(path, name)
+    try:
+        with open(path, "rb") as f, _open(f, name, max_pixels) as image:
+            if image.size[0] * image.size[1] > max_pixels:
+                raise _too_many_pixels(name, image.size, max_pixels)
+            width, height = image.size
+            if _orientation(image) in _SWAPPED_ORIENTATIONS:
+                width, height = height, width
+            return width, height
+    except ImageLoadError:
+        raise
+    except PermissionError:
+        raise _error(name, "permission denied; make the file readable") from None
+    except OSError as e:
+        raise _error(name, f"cannot read the file ({e.strerror or e})") from None
+
+
+def has_image_extension(path: str | os.PathLike) -> bool:
+    """Whether the file name ends in one of IMAGE_EXTENSIONS (any case)."""
+    suffix = os.path.splitext(os.fsdecode(os.fspath(path)))[1]
+    return suffix[1:].lower() in IMAGE_EXTENSIONS
+
+
+# ----- decoding -----
+
+def _decode(f: IO[bytes], name: str, max_pixels: int) -> Image.Image:
+    """Open, size-check, fully decode and normalise one image from a binary file object."""
+    image = _open(f, name, max_pixels)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise _too_many_pixels(name, (width, height), max_pixels)
+    if width == 0 or height == 0:
+        raise _error(name, f"image has no pixels ({width}×{height})")
+    try:
+        image.seek(0)  # animations and multi-page files: the first frame
+        image.load()  # decodes everything now, so truncated or corrupt data fails here, not later
+    except Image.DecompressionBombError:  # a frame larger than the header said
+        raise _too_many_pixels(name, None, max_pixels) from None
+    except MemoryError:
+        raise _error(name, "not enough memory to decode it") from None
+    except Exception as e:  # Pillow signals damaged data with OSError, SyntaxError, ValueError, struct.error...
+        raise _error(name, f"truncated or corrupt image data ({_reason(e)})") from None
+    try:
+        return _to_rgb(_transposed(image))
+    except ImageLoadError:
+        raise
+    except Exception as e:
+        raise _error(name, f"cannot convert {image.mode} pixels to RGB ({_reason(e)})") from None
+
+
+def _open(f: IO[bytes], name: str, max_pixels: int) -> Image.Image:
+    """Image.open restricted to ALLOWED_FORMATS, with its errors turned into ImageLoadError."""
+    try:
+        return Image.open(f, formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise _error(name, "not an image (unrecognised or unsupported format; supported: "
+                           + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")") from None
+    except Image.DecompressionBombError:  # Pillow's own hard cap, met before ours can look at the header
+        raise _too_many_pixels(name, None, min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))) from None
+    except OSError as e:
+        raise _error(name, f"cannot read the file ({e.strerror or _reason(e)})") from None
+    except Exception as e:  # a malformed header can make a plugin raise anything
+        raise _error(name, f"corrupt image header ({_reason(e)})") from None
+
+
+def _transposed(image: Image.Image) -> Image.Image:
+    """The image turned upright by its EXIF orientation; a damaged EXIF block leaves it as stored."""
+    if _orientation(image) in (1, 0):
+        return image  # exif_transpose would copy the pixels for nothing
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except Exception:  # a broken EXIF block should not cost the user the picture
+        return image
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION_TAG, 1))
+    except Exception:
+        return 1
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB, with transparency composited onto white and deep pixels scaled to 8 bits."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(image)), mode="L").convert("RGB")
+    if mode == "CMYK":
+        return _cmyk_to_rgb(image)
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """16-bit, 32-bit integer or float grey levels -> uint8, scaled rather than clipped.
+
+    Integer data is taken as 16-bit (what 16-bit PNG, TIFF and PGM hold), unless values exceed 65535, when it
+    is scaled by its maximum. Float data in [0, 1] is scaled by 255, other float data by its range.
+    """
+    if pixels.dtype.kind == "f":
+        values = np.nan_to_num(pixels.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = float(values.min()), float(values.max())
+        if low >= 0.0 and high <= 1.0:
+            scaled = values * 255.0
+        else:
+            scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    values = np.clip(pixels.astype(np.int64), 0, None)
+    top = int(values.max()) if values.size else 0
+    if top <= 65535:
+        return ((values + 128) // 257).astype(np.uint8)  # round(v * 255 / 65535)
+    return np.rint(values * (255.0 / top)).astype(np.uint8)
+
+
+def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
+    """CMYK -> RGB through the embedded ICC profile when there is one (printers' colours), else by formula."""
+    profile = image.info.get("icc_profile")
+    if profile:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+            converted = ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            if converted is not None:
+                return converted
+        except Exception:  # a damaged or unsupported profile: the formula below is still a fair rendering
+            pass
+    return image.convert("RGB")
+
+
+# ----- files and messages -----
+
+def _check_regular_file(path: str | os.PathLike, name: str) -> None:
+    """Refuse what is not a non-empty regular file before opening it (opening a FIFO would block forever)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise _error(name, "no such file") from None
+    except PermissionError:
+        raise _error(name, "permission denied; make the file and its folders readable") from None
+    except OSError as e:
+        raise _error(name, f"cannot read the file ({e.strerror or e})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise _error(name, "is a directory, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        raise _error(name, "not a regular file (a pipe, socket or device)")
+    if info.st_size == 0:
+        raise _error(name, "empty file (0 bytes)")
+
+
+def _display(path: str | os.PathLike | bytes) -> str:
+    return os.fsdecode(os.fspath(path))
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _too_many_pixels(name: str, size: tuple[int, int] | None, limit: int) -> ImageLoadError:
+    count = f"{size[0]}×{size[1]} = {size[0] * size[1]:,} pixels is" if size else "the image has"
+    return _error(name, f"{count} more than the limit of {limit:,} pixels "
+                        "(a decompression bomb? raise max_pixels if the image is genuine)")
+
+
+def _error(name: str, reason: str) -> ImageLoadError:
+    """ImageLoadError("name: reason"), with `path` and `reason` attributes for callers that show them apart."""
+    error = ImageLoadError(f"{name}: {reason}")
+    error.path, error.reason = name, reason
+    return error

@@ -1,0 +1,164 @@
+"""Index choice and tuning: approximate indexes keep recall@10 ≥ the target against exact search."""
+
+import numpy as np
+import pytest
+
+from index_builder.ann import (build_vector_index, choose_kind, ground_truth, measure_recall,
+                               update_vector_index)
+from mammut_search.vector_index import VectorIndex
+
+DIM = 64
+CENTRES = np.random.default_rng(2024).normal(size=(100, DIM))
+
+
+def latents(n: int, seed: int) -> np.ndarray:
+    """Clustered unit vectors (n d) drawn around fixed centres, like image latents of a photo collection."""
+    rng = np.random.default_rng(seed)
+    x = CENTRES[rng.integers(0, len(CENTRES), n)] + rng.normal(size=(n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def exact_recall_at_10(index: VectorIndex, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> float:
+    """Recall@10 of `index` computed independently of index_builder.ann, by brute force in numpy (tie-aware)."""
+    scores = queries @ vectors.T  # (q n)
+    tenth = np.sort(scores, axis=1)[:, -10]
+    _, found = index.search(queries, 10)
+    row = {int(i): r for r, i in enumerate(ids)}
+    true = np.array([[scores[q, row[int(i)]] if i >= 0 else -np.inf for i in f] for q, f in enumerate(found)])
+    return float((true >= tenth[:, None] - 1e-5).sum(axis=1).mean() / 10)
+
+
+@pytest.fixture(scope="module")
+def collection():
+    vectors = latents(20_000, seed=0)
+    return vectors, np.arange(20_000, dtype=np.int64) * 5 + 3
+
+
+@pytest.fixture(scope="module")
+def ivf(collection):
+    vectors, ids = collection
+    return build_vector_index(vectors, ids, exact_threshold=1000, seed=0)
+
+
+def test_small_collections_get_exact_search(collection):
+    vectors, ids = collection
+    index = build_vector_index(vectors[:500], ids[:500], exact_threshold=1000)
+    assert index.kind == "flat"
+    assert index.description["exact"] is True and index.description["recall_at_10"] == 1.0
+
+
+def test_approximate_index_keeps_recall_against_exact_search(ivf, collection):
+    vectors, ids = collection
+    fresh_queries = latents(500, seed=99)  # never seen by the builder
+
+    assert ivf.kind == "ivf_flat"
+    assert exact_recall_at_10(ivf, vectors, ids, fresh_queries) >= 0.95
+    description = ivf.description
+    assert description["recall_at_10"] >= 0.95 and description["recall_target_met"] is True
+    assert description["params"]["nprobe"] < description["nlist"]  # cheaper than scanning every list
+
+
+def test_tuning_picks_the_cheapest_setting_that_meets_the_target(ivf):
+    description = ivf.description
+    nprobe, curve = description["params"]["nprobe"], description["recall_curve"]  # value -> [mean, std error]
+    assert curve[str(nprobe)] == [description["recall_at_10"], description["recall_stderr"]]
+    assert description["recall_at_10"] - 2 * description["recall_stderr"] >= 0.95  # met with confidence
+    cheaper = [mean - 2 * error for value, (mean, error) in curve.items() if int(value) < nprobe]
+    assert cheaper and max(cheaper) < 0.95  # every cheaper setting tried fell short
+    assert str(nprobe - 1) in curve  # and the next cheaper one was tried
+
+
+def test_a_higher_target_buys_more_probes(collection, ivf):
+    vectors, ids = collection
+    stricter = build_vector_index(vectors, ids, exact_threshold=1000, target_recall=0.99, seed=0)
+    assert stricter.description["params"]["nprobe"] > ivf.description["params"]["nprobe"]
+    assert stricter.description["recall_at_10"] >= 0.99
+
+
+def test_hnsw_meets_the_target_too(collection):
+    vectors, ids = collection[0][:5000], collection[1][:5000]
+    index = build_vector_index(vectors, ids, kind="hnsw", exact_threshold=1000)
+    assert index.kind == "hnsw" and index.description["recall_at_10"] >= 0.95
+    assert exact_recall_at_10(index, vectors, ids, latents(300, seed=7)) >= 0.95
+
+
+def test_recall_is_measured_on_given_queries_when_there_are_some(collection):
+    vectors, ids = collection[0][:5000], collection[1][:5000]
+    queries = latents(200, seed=5)
+    index = build_vector_index(vectors, ids, exact_threshold=1000, queries=queries)
+    assert index.description["recall_query_source"] == "given" and index.description["recall_queries"] == 200
+    assert exact_recall_at_10(index, vectors, ids, queries) == pytest.approx(index.description["recall_at_10"])
+
+
+def test_recall_counts_ties_as_right(collection):
+    vectors = collection[0][:400]
+    copies = np.concatenate([vectors, vectors, vectors])  # every image three times: many equal scores
+    copy_ids = np.arange(len(copies), dtype=np.int64)
+    exact = build_vector_index(copies, copy_ids, kind="flat")
+    truth = ground_truth(copies, copy_ids, query_rows=np.arange(0, 1200, 7))
+    assert measure_recall(exact, truth) == 1.0
+
+
+def test_memory_budget_chooses_compressed_indexes():
+    assert choose_kind(10**6, 256, exact_threshold=10**5, memory_budget_bytes=2 * 2**30) == "ivf_flat"
+    assert choose_kind(10**6, 256, exact_threshold=10**5, memory_budget_bytes=512 * 2**20) == "ivf_sq8"
+    assert choose_kind(10**6, 256, exact_threshold=10**5, memory_budget_bytes=64 * 2**20) == "ivf_pq"
+    assert choose_kind(10**5, 256, exact_threshold=10**5, memory_budget_bytes=1) == "flat"
+
+
+def test_pq_index_records_whether_it_met_the_target(tmp_path, collection):
+    vectors, ids = collection[0][:4000], collection[1][:4000]
+    index = build_vector_index(vectors, ids, exact_threshold=1000, memory_budget_bytes=4000 * 28)  # 4-byte codes
+
+    description = index.description
+    assert index.kind == "ivf_pq" and description["pq_bytes_per_vector"] == 4
+    assert description["recall_target_met"] == (description["recall_at_10"] >= 0.95)
+    assert exact_recall_at_10(index, vectors, ids, latents(200, seed=3)) == pytest.approx(
+        description["recall_at_10"], abs=0.1)
+    index.save(tmp_path / "index.faiss")
+    loaded = VectorIndex.load(tmp_path / "index.faiss")
+    assert loaded.description == description
+    assert np.array_equal(loaded.search(vectors[:20], 10)[1], index.search(vectors[:20], 10)[1])
+
+
+def test_updates_keep_untouched_vectors_and_the_recall(ivf, collection, tmp_path):
+    vectors, ids = collection
+    ivf.save(tmp_path / "index.faiss")
+    index = VectorIndex.load(tmp_path / "index.faiss")  # a copy: the module's fixture stays untouched
+    new_vectors, new_ids = latents(2000, seed=50), np.arange(2000, dtype=np.int64) + 10**9
+
+    updated = update_vector_index(index, add_vectors=new_vectors, add_ids=new_ids, remove_ids=ids[:3000],
+                                  exact_threshold=1000)
+
+    assert updated.kind == "ivf_flat" and updated.ntotal == 20_000 - 3000 + 2000
+    assert np.array_equal(updated.reconstruct(ids[3000:]), vectors[3000:])
+    assert np.array_equal(updated.reconstruct(new_ids), new_vectors)
+    assert updated.description["recall_measured_at"] == updated.ntotal  # re-tuned on what it now holds
+    everything = np.concatenate([vectors[3000:], new_vectors])
+    assert exact_recall_at_10(updated, everything, np.concatenate([ids[3000:], new_ids]),
+                              latents(300, seed=8)) >= 0.95
+
+
+def test_updates_switch_between_exact_and_approximate(collection):
+    vectors, ids = collection[0][:3000], collection[1][:3000]
+    index = build_vector_index(vectors[:900], ids[:900], exact_threshold=1000)
+    assert index.kind == "flat"
+
+    grown = update_vector_index(index, add_vectors=vectors[900:], add_ids=ids[900:], exact_threshold=1000)
+    assert grown.kind == "ivf_flat" and grown.description["recall_at_10"] >= 0.95
+    assert np.array_equal(grown.reconstruct(ids), vectors)
+
+    shrunk = update_vector_index(grown, remove_ids=ids[500:], exact_threshold=1000)
+    assert shrunk.kind == "flat" and np.array_equal(shrunk.reconstruct(ids[:500]), vectors[:500])
+
+
+def test_bad_input_is_refused_clearly(collection):
+    vectors, ids = collection[0][:10], collection[1][:10]
+    with pytest.raises(ValueError, match="duplicate ids"):
+        build_vector_index(vectors, np.zeros(10, np.int64))
+    with pytest.raises(ValueError, match="10 vectors but 9 ids"):
+        build_vector_index(vectors, ids[:9])
+    with pytest.raises(ValueError, match="NaN"):
+        build_vector_index(np.full((10, DIM), np.nan, np.float32), ids)
+    with pytest.raises(ValueError, match="unknown vector index kind"):
+        build_vector_index(latents(100, 1), np.arange(100), kind="lsh")
