@@ -1,0 +1,58 @@
+"""`mammut search "QUERY" --index DIR` or `mammut search --image FILE --index DIR`: ranked images and captions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..searcher import DEFAULT_K, RERANK_BY_DEFAULT
+
+    parser.add_argument("query", nargs="?", help="what to look for, in words (quote it)")
+    parser.add_argument("--image", metavar="FILE", help="look for images like this one instead of a text query")
+    parser.add_argument("--index", required=True, help="index directory (made by mammut index build)")
+    parser.add_argument("-k", "--top-k", dest="k", type=int, default=DEFAULT_K,
+                        help="how many images to show (default %(default)s)")
+    parser.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
+                        help="re-rank the top candidates by the likelihood of the query given each image "
+                             f"(text queries; default: {'on' if RERANK_BY_DEFAULT else 'off'})")
+    parser.add_argument("--checkpoint", help="checkpoint directory (default: the one the index was built with, "
+                                             "else the bundled model)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--json", action="store_true", help="print the whole answer as one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import UserError
+    from ..searcher import Searcher
+
+    if (args.query is None) == (args.image is None):
+        raise UserError('give either a text query ("a red apple") or --image FILE, not both or neither')
+    if args.image is not None and args.rerank:
+        raise UserError("--rerank applies to text queries only")
+    with Searcher.open(args.index, checkpoint=args.checkpoint, device=args.device) as searcher:
+        if args.image is not None:
+            results = searcher.search_image(args.image, args.k, with_caption=True)
+        else:
+            results = searcher.search_text(args.query, args.k, rerank=args.rerank)
+    if args.json:
+        print(json.dumps(results.to_dict(), ensure_ascii=False))
+    else:
+        print_table(results)
+    return 0 if len(results) else 1
+
+
+def print_table(results) -> None:
+    """Notices on stderr; on stdout one line per hit: rank, score, path, caption (tab-separated)."""
+    from ..store import readable
+
+    if results.query_caption is not None:
+        print(f"query image caption: {results.query_caption}", file=sys.stderr)
+    for notice in results.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    if not len(results):
+        print("no results", file=sys.stderr)
+    for hit in results:
+        print(f"{hit.rank}\t{hit.score:.4f}\t{readable(hit.path)}\t{hit.caption}")

@@ -1,0 +1,92 @@
+"""The UI in a real browser: Debian's headless Chromium driven by Playwright (no browser download).
+
+Types a query and sees a gallery of images with their captions; clicks a result and sees its caption;
+uploads an image and sees its caption and nearest images; saves a screenshot.
+"""
+
+import os
+import shutil
+
+import pytest
+
+from mammut_search.searcher import Searcher
+from search_testkit import build_test_index, free_port, one_torch_thread  # noqa: F401 (autouse fixture)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 60_000
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from ui import app as ui_app
+
+    index, _ = build_test_index(tmp_path_factory.mktemp("collection"), readable_captions=True)
+    searcher = Searcher.open(index, device="cpu")
+    port = free_port()
+    app = ui_app.launch(searcher, port=port, block=False, quiet=True)
+    yield f"http://127.0.0.1:{port}", searcher
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def browser(served):  # after the server: Playwright's event loop must not be current while Gradio starts
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def test_search_click_and_upload_in_a_browser(browser, served, tmp_path):
+    url, searcher = served
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+
+    page.locator("#query textarea").fill("a red circle")
+    page.locator("#query textarea").press("Enter")
+    thumbnails = page.locator("#results img")
+    thumbnails.first.wait_for(state="visible")
+    expected = searcher.search_text("a red circle", 12)
+    first_caption = f"{expected[0].caption} · {expected[0].score:.3f}"
+    page.locator("#results").get_by_text(first_caption).first.wait_for(state="attached")
+    assert thumbnails.count() == 12
+    assert "12 images for" in page.locator("#message").inner_text()
+    results_text = page.locator("#results").inner_text()
+    assert all(f"{hit.caption} · {hit.score:.3f}" in results_text for hit in expected)
+
+    thumbnails.first.click()  # a click on a result: its caption and its nearest images
+    page.locator("#detail").get_by_text(expected[0].caption).first.wait_for(state="attached")
+    assert os.path.basename(expected[0].path) in page.locator("#detail").inner_text()
+    page.locator("#similar img").first.wait_for(state="visible")
+
+    query_image = tmp_path / "my photo.png"
+    shutil.copy(expected[1].path, query_image)
+    page.locator("#upload input[type=file]").set_input_files(str(query_image))
+    caption = searcher.caption(str(query_image))
+    page.locator("#detail").get_by_text("Caption:").first.wait_for(state="attached")
+    page.wait_for_function("([sel, text]) => document.querySelector(sel).innerText.includes(text)",
+                           arg=["#detail", caption.strip()[:8]])
+    page.locator("#similar img").first.wait_for(state="visible")
+    similar_text = page.locator("#similar").inner_text()
+    assert f"{expected[1].caption} · 1.000" in similar_text  # the image itself comes first
+
+    page.locator("#query textarea").fill("   ")
+    page.locator("#query textarea").press("Enter")
+    page.locator("#message").get_by_text("Type a few words").wait_for(state="attached")
+    assert "Traceback" not in page.content()
+
+    page.locator("#query textarea").fill("a red circle")
+    page.locator("#query textarea").press("Enter")
+    thumbnails.first.wait_for(state="visible")
+    screenshot = tmp_path / "mammut-search-ui.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+    print(f"screenshot: {screenshot}")
+    page.close()

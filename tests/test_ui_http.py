@@ -1,0 +1,234 @@
+"""The UI over HTTP: searches through the Gradio API, thumbnails of indexed images served, and every request
+for another file (`..`, absolute paths, URL-encoded variants, the index's own files, /etc/passwd) refused;
+uploads checked and size-limited, optional password, 127.0.0.1 by default, no traceback ever in a page."""
+
+import http.client
+import io
+import json
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from mammut_search.cli import build_parser
+from mammut_search.searcher import Searcher
+from search_testkit import build_test_index, free_port, one_torch_thread  # noqa: F401 (autouse fixture)
+from ui import app as ui_app
+
+MAX_UPLOAD = "200kb"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    index, checkpoint = build_test_index(tmp_path_factory.mktemp("collection"), readable_captions=True)
+    searcher = Searcher.open(index, device="cpu")
+    port = free_port()
+    app = ui_app.launch(searcher, port=port, max_file_size=MAX_UPLOAD, block=False, quiet=True)
+    yield {"base": f"http://127.0.0.1:{port}", "port": port, "searcher": searcher, "index": index,
+           "checkpoint": checkpoint, "app": app}
+    app.close()
+
+
+def call(base: str, api_name: str, data: list, cookies=None) -> tuple[str, object]:
+    """Run an event through the Gradio HTTP API -> (last event name, its data)."""
+    with httpx.Client(base_url=base, timeout=60, cookies=cookies) as client:
+        started = client.post(f"/gradio_api/call/{api_name}", json={"data": data})
+        started.raise_for_status()
+        event_id = started.json()["event_id"]
+        text = client.get(f"/gradio_api/call/{api_name}/{event_id}").text
+    event, payload = None, None
+    for line in text.splitlines():
+        if line.startswith("event: "):
+            event = line[len("event: "):]
+        elif line.startswith("data: "):
+            payload = json.loads(line[len("data: "):])
+    return event, payload
+
+
+def raw_get(port: int, path: str) -> tuple[int, bytes]:
+    """GET a path exactly as written (no client-side normalisation of `..` or %-escapes)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_the_page_is_served_on_localhost(served):
+    assert served["app"].server_name == "127.0.0.1"
+    assert build_parser({"ui"}).parse_args(["ui", "--index", "x"]).host == "127.0.0.1"
+    status, body = raw_get(served["port"], "/")
+    assert status == 200 and b"mammut-search" in body
+
+
+def test_a_text_search_returns_captioned_thumbnails_of_indexed_images(served):
+    event, (gallery, message, _) = call(served["base"], "search", ["a red circle", 6, True])
+    assert event == "complete" and "6 images" in message
+    expected = served["searcher"].search_text("a red circle", 6, rerank=True)
+    assert [g["caption"] for g in gallery] == [f"{h.caption} · {h.score:.3f}" for h in expected]
+    for entry, hit in zip(gallery, expected):
+        status, body = raw_get(served["port"], httpx.URL(entry["image"]["url"]).raw_path.decode())
+        assert status == 200
+        shown = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"), np.float32)
+        original = np.asarray(Image.open(hit.path).convert("RGB"), np.float32)
+        assert shown.shape == original.shape and np.abs(shown - original).mean() < 8  # lossy webp copy
+
+
+def test_messages_for_empty_long_and_unmatched_queries(served):
+    _, (gallery, message, _) = call(served["base"], "search", ["   ", 6, True])
+    assert gallery == [] and "Type a few words" in message
+    _, (gallery, message, _) = call(served["base"], "search", ["a red circle " * 100, 6, False])
+    assert "cut" in message and len(gallery) == 6
+    _, (gallery, message, _) = call(served["base"], "search", ["an octopus", 6, True])
+    assert "Nothing in the index seems to match" in message and len(gallery) == 6  # tiny model: nothing fits
+    event, data = call(served["base"], "search", ["a red circle", 0, False])  # below the slider's range
+    assert event == "error" and "Traceback" not in json.dumps(data)
+
+
+INDEX_FILES = ("manifest.json", "items.parquet", "index.faiss")
+
+
+def refused_paths(served) -> list[str]:
+    index = str(served["index"].resolve())
+    image = str(served["searcher"].image_path(int(served["searcher"].store.ok_items["id"].iloc[0])))
+    from gradio.route_utils import DEFAULT_TEMP_DIR
+
+    names = ["/etc/passwd", "../../../../../../../../etc/passwd", "..%2f..%2f..%2f..%2f..%2f..%2fetc%2fpasswd",
+             "%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "%2Fetc%2Fpasswd", "%252Fetc%252Fpasswd",
+             "....//....//....//etc/passwd", f"{DEFAULT_TEMP_DIR}/../../../../etc/passwd",
+             f"{DEFAULT_TEMP_DIR}/..%2f..%2f..%2f..%2fetc%2fpasswd", "file:///etc/passwd",
+             image, quote(image, safe=""), index, *(f"{index}/{name}" for name in INDEX_FILES),
+             quote(f"{index}/manifest.json", safe=""), str(served["checkpoint"] / "model.safetensors")]
+    return [f"{prefix}{name}" for prefix in ("/gradio_api/file=", "/file=") for name in names] + [
+        "/static/../../../../etc/passwd", "/assets/..%2f..%2f..%2f..%2fetc%2fpasswd",
+        "/gradio_api/file=http://127.0.0.1:1/", "/../../../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd",
+    ]
+
+
+def test_files_outside_the_served_thumbnails_are_refused(served):
+    secrets = [b"root:", (served["index"] / "manifest.json").read_bytes()[:40],
+               (served["index"] / "index.faiss").read_bytes()[:16]]
+    for path in refused_paths(served):
+        status, body = raw_get(served["port"], path)
+        assert status in (400, 403, 404), (path, status)
+        assert not any(s in body for s in secrets), path
+
+
+def file_data(path: str) -> dict:
+    return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+
+def test_an_image_upload_gets_its_caption_and_nearest_images(served):
+    searcher = served["searcher"]
+    item = searcher.store.ok_items.iloc[2]
+    with httpx.Client(base_url=served["base"], timeout=60) as client:
+        with open(item["path"], "rb") as f:
+            uploaded = client.post("/gradio_api/upload", files={"files": ("query.png", f, "image/png")})
+    assert uploaded.status_code == 200
+    event, (text, gallery, _) = call(served["base"], "search_by_image", [file_data(uploaded.json()[0]), 4])
+    assert event == "complete"
+    assert f"**Caption:** {ui_app.markdown_text(searcher.caption(item['path']))}" in text
+    assert len(gallery) == 4 and gallery[0]["caption"] == f"{item['caption']} · 1.000"
+
+
+def test_an_upload_that_is_not_an_image_gets_a_message(served):
+    with httpx.Client(base_url=served["base"], timeout=60) as client:
+        uploaded = client.post("/gradio_api/upload", files={"files": ("x.png", b"not an image", "image/png")})
+    event, data = call(served["base"], "search_by_image", [file_data(uploaded.json()[0]), 4])
+    text = json.dumps(data)
+    assert "Traceback" not in text and "File " not in text
+
+
+def test_event_inputs_naming_files_outside_the_uploads_are_refused(served):
+    index = served["index"].resolve()
+    image = served["searcher"].image_path(int(served["searcher"].store.ok_items["id"].iloc[0]))
+    for path in ["/etc/passwd", str(index / "manifest.json"), image, "../../../../etc/passwd"]:
+        event, data = call(served["base"], "search_by_image", [file_data(path), 4])
+        assert event == "error" or (data and "⚠️" in data[0]), (path, event, data)
+        assert "root:" not in json.dumps(data)
+
+
+def test_uploads_over_the_size_limit_are_refused(served):
+    big = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), np.uint8)).save(big, "PNG")
+    assert big.tell() > 200_000
+    with httpx.Client(base_url=served["base"], timeout=60) as client:
+        response = client.post("/gradio_api/upload", files={"files": ("big.png", big.getvalue(), "image/png")})
+    assert response.status_code == 413
+
+
+def test_a_password_protects_the_page_and_the_files(served):
+    port = free_port()
+    app = ui_app.launch(served["searcher"], port=port, auth=("alice", "s3cret"), block=False, quiet=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=60) as client:
+            assert client.get("/config").status_code == 401
+            assert client.post("/gradio_api/call/search", json={"data": ["a red circle", 3, False]}).status_code == 401
+            assert client.post("/login", data={"username": "alice", "password": "wrong"}).status_code == 400
+            assert client.post("/login", data={"username": "alice", "password": "s3cret"}).status_code == 200
+            assert client.get("/config").status_code == 200
+            cookies = dict(client.cookies)
+        event, (gallery, _, _) = call(base, "search", ["a red circle", 3, False], cookies=cookies)
+        assert event == "complete" and len(gallery) == 3
+        url = httpx.URL(gallery[0]["image"]["url"]).raw_path.decode()
+        assert raw_get(port, url)[0] in (401, 403)  # without the login cookie
+    finally:
+        app.close()
+
+
+def test_without_an_index_the_page_says_why(tmp_path):
+    port = free_port()
+    message = f"{tmp_path}/missing.index: no such index directory"
+    app = ui_app.launch(None, port=port, index_error=message, block=False, quiet=True)
+    try:
+        config = httpx.get(f"http://127.0.0.1:{port}/config", timeout=60).text
+        assert "No index is open" in config and "no such index directory" in config
+    finally:
+        app.close()
+
+
+def test_handlers_turn_any_failure_into_a_message(served, monkeypatch):
+    searcher = served["searcher"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("internal detail /secret/path")
+
+    assert ui_app.search_text(searcher, "", 5, True)[1].startswith("Type a few words")
+    monkeypatch.setattr(searcher, "search_text", broken)
+    gallery, message, ids = ui_app.search_text(searcher, "a red circle", 5, True)
+    assert (gallery, ids) == ([], []) and message == f"⚠️ {ui_app.SERVER_ERROR}"
+    text, gallery, ids = ui_app.show_item(searcher, [1, 2], 5, 7)
+    assert "no longer on the page" in text and gallery == []
+    assert ui_app.search_image(searcher, "/nonexistent/x.png", 5)[0].startswith("⚠️")
+
+
+def test_queries_captions_and_names_are_shown_literally(served):
+    _, (_, message, _) = call(served["base"], "search", ["**red** <b>", 3, False])
+    assert "images for *\\*\\*red\\*\\* \\<b\\>*" in message
+
+
+def test_about_panel_lists_the_index(served):
+    text = ui_app.about_markdown(served["searcher"].info())
+    assert "| Images | 24 |" in text and served["searcher"].model.checkpoint_sha256[:12] in text
+
+
+def test_a_port_in_use_is_a_one_line_error(served):
+    from mammut_search.errors import UserError
+
+    with pytest.raises(UserError, match=f"127.0.0.1:{served['port']}.*another --port"):
+        ui_app.launch(served["searcher"], port=served["port"], block=False, quiet=True)
+
+
+def test_auth_argument_is_user_colon_password():
+    from mammut_search.cli.ui import parse_auth
+    from mammut_search.errors import UserError
+
+    assert parse_auth("alice:pa:ss") == ("alice", "pa:ss") and parse_auth(None) is None
+    for bad in ["alice", ":secret", "alice:", ""]:
+        with pytest.raises(UserError, match="USER:PASSWORD"):
+            parse_auth(bad)

@@ -1,0 +1,243 @@
+"""The browser interface: a Gradio Blocks app over a `Searcher`. It holds no search logic of its own.
+
+What reaches the browser: thumbnails of indexed images, made here through the safe loader and handed to
+Gradio as PIL images (Gradio serves its own copies from its cache). No request names a file of the
+collection, so no path taken from a request ever reaches the file system; the index and the collection's
+folders are on Gradio's block list as well.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import gradio as gr
+from PIL import Image
+
+from mammut_search.errors import UserError
+from mammut_search.searcher import SearchResults, Searcher
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"  # only this machine, unless told otherwise
+DEFAULT_PORT = 7860
+DEFAULT_MAX_UPLOAD = "10mb"
+SLIDER_MAX_K = 48
+THUMBNAIL_SIDE = 320
+THUMBNAIL_CACHE = 512  # thumbnails kept in memory (at most ~300 kB each)
+MARKDOWN_SPECIALS = set("\\`*_{}[]()<>#+-.!|~")
+SERVER_ERROR = "Something went wrong on the server; the details are in its log."
+
+CSS = """
+#message p { margin: 0.3em 0; }
+"""
+
+
+def build_app(searcher: Searcher | None, *, index_error: str = "") -> gr.Blocks:
+    """The Blocks app for `searcher`; with no searcher, a page that says why (`index_error`)."""
+    with gr.Blocks(title="mammut-search", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
+        gr.Markdown("# mammut-search\nFind images by describing them, or by showing a similar one.")
+        if searcher is None:
+            gr.Markdown(f"**No index is open.** {index_error}", elem_id="message")
+            return app
+        with gr.Row(equal_height=True):
+            query = gr.Textbox(label="Describe the images you want", placeholder="a red apple", scale=5,
+                               elem_id="query", autofocus=True, submit_btn=False)
+            search = gr.Button("Search", variant="primary", scale=1, elem_id="search-button")
+        with gr.Row():
+            k = gr.Slider(1, SLIDER_MAX_K, value=min(12, SLIDER_MAX_K), step=1, label="How many results",
+                          elem_id="top-k")
+            rerank = gr.Checkbox(value=searcher.rerank_default, elem_id="rerank",
+                                 label="Re-rank with the caption decoder (likelihood of your words given each image)")
+        message = gr.Markdown(elem_id="message")
+        results = gr.Gallery(label="Results", columns=6, height="auto", object_fit="contain",
+                             allow_preview=True, elem_id="results")
+        result_ids = gr.State([])
+
+        gr.Markdown("### Search by image\nUpload an image, or click any result: its caption and the "
+                    "nearest images of the collection appear here.")
+        with gr.Row():
+            upload = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                              height=260, elem_id="upload", scale=1)
+            with gr.Column(scale=3):
+                detail = gr.Markdown(elem_id="detail")
+                similar = gr.Gallery(label="Nearest images", columns=6, height="auto", object_fit="contain",
+                                     elem_id="similar")
+        similar_ids = gr.State([])
+
+        with gr.Accordion("About this index", open=False, elem_id="about"):
+            gr.Markdown(about_markdown(searcher.info()))
+
+        def on_search(text: str, top_k: float, use_rerank: bool) -> tuple[list, str, list[int]]:
+            return search_text(searcher, text, top_k, use_rerank)
+
+        def on_select(ids: list[int], top_k: float, evt: gr.SelectData) -> tuple[str, list, list[int]]:
+            return show_item(searcher, ids, top_k, evt.index)
+
+        def on_upload(path: str | None, top_k: float) -> tuple[str, list, list[int]]:
+            return search_image(searcher, path, top_k)
+
+        search_outputs = [results, message, result_ids]
+        query.submit(on_search, [query, k, rerank], search_outputs, api_name="search")
+        search.click(on_search, [query, k, rerank], search_outputs, api_name="search_button",
+                     api_visibility="undocumented")
+        detail_outputs = [detail, similar, similar_ids]
+        results.select(on_select, [result_ids, k], detail_outputs, api_visibility="private")
+        similar.select(on_select, [similar_ids, k], detail_outputs, api_visibility="private")
+        upload.upload(on_upload, [upload, k], detail_outputs, api_name="search_by_image")
+        upload.clear(lambda: ("", [], []), None, detail_outputs, api_visibility="private")
+    return app
+
+
+# ----- event handlers: each returns a message instead of raising, so the page never shows a traceback -----
+
+def _never_raises(empty: Callable[[str], tuple]) -> Callable:
+    """Turn UserError into its message and any other error into a generic one (logged with its traceback)."""
+
+    def decorate(handler: Callable) -> Callable:
+        @functools.wraps(handler)
+        def wrapped(*args, **kwargs):
+            try:
+                return handler(*args, **kwargs)
+            except UserError as e:
+                return empty(f"⚠️ {e}")
+            except Exception:
+                log.exception("error in %s", handler.__name__)
+                return empty(f"⚠️ {SERVER_ERROR}")
+
+        return wrapped
+
+    return decorate
+
+
+@_never_raises(lambda text: ([], text, []))
+def search_text(searcher: Searcher, query: str, k: float, rerank: bool) -> tuple[list, str, list[int]]:
+    """Text query -> (gallery of thumbnails with captions and scores, message, ids of the shown images)."""
+    if not (query or "").strip():
+        return [], "Type a few words first, for example *a red apple*.", []
+    answer = searcher.search_text(query, int(k), rerank=bool(rerank))
+    return gallery(searcher, answer), summary(answer), answer.ids
+
+
+@_never_raises(lambda text: (text, [], []))
+def show_item(searcher: Searcher, ids: list[int], k: float, index: Any) -> tuple[str, list, list[int]]:
+    """A click on the shown image number `index` -> (its caption and file, its nearest images, their ids)."""
+    if not isinstance(index, int) or not 0 <= index < len(ids):
+        raise UserError("that image is no longer on the page; search again")
+    item = searcher.item(ids[index])
+    answer = searcher.similar(item["id"], int(k))
+    text = (f"**Caption:** {markdown_text(item['caption']) or '(none)'}  \n"
+            f"**File:** {markdown_text(_file_name(item['path']))} "
+            f"({item['width']}×{item['height']})  \n{len(answer)} nearest images:")
+    return text, gallery(searcher, answer), answer.ids
+
+
+@_never_raises(lambda text: (text, [], []))
+def search_image(searcher: Searcher, path: str | None, k: float) -> tuple[str, list, list[int]]:
+    """An uploaded image (a file in Gradio's upload folder) -> (its caption, nearest images, their ids)."""
+    if not path:
+        return "", [], []
+    answer = searcher.search_image(path, int(k), with_caption=True)
+    text = f"**Caption:** {markdown_text(answer.query_caption)}  \n{len(answer)} nearest images:"
+    return text, gallery(searcher, answer), answer.ids
+
+
+def gallery(searcher: Searcher, answer: SearchResults) -> list[tuple[Image.Image, str]]:
+    """(thumbnail, "caption · score") per hit, thumbnails made through the safe loader."""
+
+    def one(hit) -> tuple[Image.Image, str]:
+        try:
+            picture = thumbnail(searcher, hit.id)
+        except UserError as e:  # the file changed or went away since it was indexed
+            log.warning("cannot show %s", e)
+            picture = Image.new("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE), (200, 200, 200))
+        return picture, f"{hit.caption or '(no caption)'} · {hit.score:.3f}"
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(one, answer.hits))
+
+
+@functools.lru_cache(maxsize=THUMBNAIL_CACHE)
+def thumbnail(searcher: Searcher, item_id: int) -> Image.Image:
+    """An indexed image shrunk to THUMBNAIL_SIDE, kept for the next searches (decoding a photo costs more
+    than the search itself)."""
+    return searcher.load_item_image(item_id, max_side=THUMBNAIL_SIDE)
+
+
+def summary(answer: SearchResults) -> str:
+    """The one-paragraph message above the gallery."""
+    lines = []
+    if not len(answer):
+        lines.append("No results.")
+    else:
+        how = "re-ranked by likelihood" if answer.reranked else "by similarity"
+        lines.append(f"{len(answer)} images for *{markdown_text(answer.query)}*, {how}.")
+    for notice in answer.notices:
+        lines.append(f"⚠️ {markdown_text(notice[0].upper() + notice[1:])}.")
+    return "  \n".join(lines)
+
+
+def about_markdown(info: dict[str, Any]) -> str:
+    """The "about this index" panel."""
+    model = info.get("model") or {}
+    encoder = f"{model.get('image_encoder', '?')} at {model.get('image_size', '?')} px" if model else "?"
+    vectors = info.get("vector_index") or {}
+    rows = [
+        ("Images", f"{info['images']}"),
+        ("Skipped files", f"{info['skipped']} (see `mammut index info`)"),
+        ("Folders", ", ".join(f"`{_file_name(r)}`" for r in info["roots"]) or "?"),
+        ("Model", f"checkpoint `{(info['checkpoint_sha256'] or 'unsaved')[:12]}`, {encoder}, "
+                  f"{info.get('latent_dim', '?')}-d latents"),
+        ("Vector index", f"{vectors.get('type', '?')}"),
+        ("Built", f"{info.get('created') or '?'}"),
+        ("Updated", f"{info.get('updated') or '?'}"),
+        ("Device", info["device"]),
+    ]
+    return "\n".join(["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
+
+
+def markdown_text(text: str) -> str:
+    """Text shown literally inside Markdown (a query, a caption, a file name): markup characters escaped."""
+    return "".join("\\" + c if c in MARKDOWN_SPECIALS else c for c in text)
+
+
+def _file_name(path: str) -> str:
+    from mammut_search.store import readable
+
+    return readable(os.path.basename(os.path.normpath(path)) or path)
+
+
+# ----- serving -----
+
+def launch(searcher: Searcher | None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+           auth: tuple[str, str] | None = None, max_file_size: str | int = DEFAULT_MAX_UPLOAD,
+           index_error: str = "", block: bool = True, quiet: bool = False) -> gr.Blocks:
+    """Serve the app; `block=False` returns at once (for tests; call `.close()` on the result)."""
+    app = build_app(searcher, index_error=index_error)
+    app.queue(default_concurrency_limit=4)
+    blocked = blocked_paths(searcher) if searcher is not None else []
+    try:
+        app.launch(server_name=host, server_port=port, auth=auth, max_file_size=max_file_size,
+                   blocked_paths=blocked, allowed_paths=[], ssr_mode=False, show_error=False, quiet=True,
+                   prevent_thread_lock=True, footer_links=[], inbrowser=False, share=False, css=CSS)
+    except OSError as e:  # Gradio's words for a port in use or an address not of this machine
+        raise UserError(f"cannot serve on {host}:{port} ({str(e).split('.')[0]}); choose another --port "
+                        "or --host") from None
+    if not quiet:
+        print(f"mammut-search is serving {app.local_url} (open it in a browser; Ctrl+C stops)", flush=True)
+    if block:
+        app.block_thread()
+    return app
+
+
+def blocked_paths(searcher: Searcher) -> list[str]:
+    """Defence in depth: Gradio itself must never hand out the index or the collection's originals. A folder
+    holding Gradio's own cache (say an indexed /tmp) cannot be blocked without blocking the thumbnails."""
+    from gradio.route_utils import DEFAULT_TEMP_DIR
+
+    cache = os.path.realpath(DEFAULT_TEMP_DIR)
+    candidates = [str(searcher.store.directory.resolve()), *(os.path.realpath(r) for r in searcher.info()["roots"])]
+    return [p for p in candidates if os.path.commonpath([cache, p]) != p]
