@@ -27,6 +27,8 @@ OK = "ok"
 
 # The items table as the API exposes it; `path` is a str that may hold surrogate escapes (non-UTF-8 names).
 ITEM_COLUMNS = ["id", "path", "size", "mtime", "sha256", "width", "height", "caption", "status"]
+COLUMN_DTYPES = {"id": "int64", "path": object, "size": "int64", "mtime": "float64", "sha256": object,
+                 "width": "int64", "height": "int64", "caption": object, "status": object}
 # On disk, the exact path bytes are kept in `path_bytes` and `path` holds a readable UTF-8 rendering.
 ITEMS_SCHEMA = pa.schema([
     ("id", pa.int64()), ("path", pa.string()), ("path_bytes", pa.binary()), ("size", pa.int64()),
@@ -47,13 +49,11 @@ def empty_items() -> pd.DataFrame:
 
 def items_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows (dicts with ITEM_COLUMNS) -> an items DataFrame with stable column types."""
-    frame = pd.DataFrame(rows, columns=ITEM_COLUMNS)
-    for column in ("id", "size", "width", "height"):
-        frame[column] = frame[column].astype("int64")
-    frame["mtime"] = frame["mtime"].astype("float64")
-    for column in ("path", "sha256", "caption", "status"):
-        frame[column] = frame[column].astype(object)
-    return frame
+    # object dtype for strings: pandas' arrow-backed strings cannot hold the surrogate escapes of
+    # non-UTF-8 file names
+    return pd.DataFrame({
+        column: pd.Series([r[column] for r in rows], dtype=COLUMN_DTYPES[column]) for column in ITEM_COLUMNS
+    })
 
 
 class IndexStore:
@@ -122,8 +122,9 @@ class IndexStore:
 
 # ----- reading -----
 
-def read_manifest(directory: Path) -> dict[str, Any]:
+def read_manifest(directory: str | Path) -> dict[str, Any]:
     """manifest.json -> dict, refusing a missing directory, a missing or damaged manifest, or another schema."""
+    directory = Path(directory)
     if not directory.is_dir():
         raise IndexStoreError(f"{directory}: no such index directory; build one with "
                               f"mammut index build FOLDER... --out {directory}")
@@ -148,12 +149,12 @@ def read_items(directory: Path, manifest: dict[str, Any]) -> pd.DataFrame:
     path = committed_path(directory, ITEMS_FILE, manifest)
     try:
         table = pq.read_table(path)
-        frame = table.drop(["path_bytes"]).to_pandas()
-        frame["path"] = [os.fsdecode(b) for b in table.column("path_bytes").to_pylist()]
+        columns = {name: table.column(name).to_pylist() for name in ITEM_COLUMNS if name != "path"}
+        columns["path"] = [os.fsdecode(b) for b in table.column("path_bytes").to_pylist()]
     except (OSError, KeyError, pa.ArrowException) as e:
         raise IndexStoreError(f"{path}: unreadable items table ({e}); rebuild with "
                               f"{rebuild_command(directory, manifest)}") from None
-    return frame[ITEM_COLUMNS]
+    return pd.DataFrame({name: pd.Series(columns[name], dtype=COLUMN_DTYPES[name]) for name in ITEM_COLUMNS})
 
 
 def committed_path(directory: Path, name: str, manifest: dict[str, Any]) -> Path:
@@ -194,8 +195,8 @@ def pending_name(name: str, generation: int) -> str:
 def commit_index(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: dict[str, Any]) -> IndexStore:
     """Write items and vectors as a new generation of `index_dir`, then commit it by replacing manifest.json.
 
-    `manifest` holds the caller's fields (checkpoint_sha256, latent_dim, roots, stats...); this function adds
-    schema_version, generation, count, files, faiss_version, index, created and updated.
+    `manifest` holds the caller's fields (checkpoint_sha256, latent_dim, roots, created if not new...); this
+    function adds schema_version, generation, count, items, skipped, files, faiss_version, index and updated.
     """
     import faiss
 
@@ -221,7 +222,7 @@ def commit_index(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: 
         faiss_version=faiss.__version__,
         index=vectors.description,
         files={name: (directory / pending_name(name, generation)).stat().st_size for name in DATA_FILES},
-        created=manifest.get("created") or (previous or {}).get("created") or now,
+        created=manifest.get("created") or now,  # an update passes the original date; a rebuild does not
         updated=now,
     )
     text = json.dumps(manifest, indent=2, sort_keys=True, default=_plain)

@@ -1,0 +1,288 @@
+"""Build and update an index directory: scan, hash, encode what is new (resumably), commit through the store.
+
+One routine serves both: `build_index` starts from nothing, `update_index` starts from the committed index
+and re-encodes only files that are new or whose bytes changed (size/mtime first, then sha256).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from mammut_search.errors import UserError
+from mammut_search.store import MANIFEST_FILE, OK, IndexStore, items_frame
+
+from .encode import Encoded, EncodeJob, encode
+from .scan import FoundFile, hash_files, scan_roots
+from .shards import WORK_DIR, ShardWriter, remove_work
+
+log = logging.getLogger(__name__)
+UNREADABLE = "unreadable"
+LOCK_FILE = ".lock"
+METRIC = "inner_product"  # latents are unit norm: inner product == cosine similarity
+
+
+@dataclass
+class BuildOptions:
+    """How to run the encode pipeline."""
+
+    batch_size: int = 64
+    workers: int = 1  # decoding processes; 0 decodes in the main process
+    captions: bool = True
+    shard_size: int = 1024  # encoded images per checkpointed shard (work lost to a crash is at most this)
+    progress: bool = True
+
+
+@dataclass
+class RunStats:
+    """What one build or update did (stored in the manifest as `last_run`)."""
+
+    files: int = 0
+    images: int = 0  # indexed (status ok)
+    skipped: int = 0
+    encoded: int = 0  # images run through the model by this run
+    resumed: int = 0  # images whose results came from the shards of an interrupted run
+    reused: int = 0  # images whose results came from the index being updated (moved or duplicate files)
+    removed: int = 0  # items of the previous index dropped (deleted or changed files)
+    seconds: float = 0.0
+
+
+def default_workers() -> int:
+    """Decoding processes: every core but the one feeding the model, at least one."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def build_index(roots: Iterable[str | os.PathLike], out: str | os.PathLike, model, *,
+                checkpoint_dir: str | os.PathLike | None = None, options: BuildOptions | None = None) -> IndexStore:
+    """Index every image under `roots` into the directory `out` (created; an earlier index there is replaced
+    only when the new one is committed). A build killed earlier into `out` resumes where it stopped."""
+    out, options = Path(out), options or BuildOptions()
+    roots = [os.path.abspath(os.fsdecode(r)) for r in roots]
+    if not roots:
+        raise UserError("give at least one folder to index")
+    check_output_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out):
+        files = scan_roots(roots, progress=options.progress)
+        log.info("found %d image files under %s", len(files), ", ".join(roots))
+        return index_files(out, model, files, roots, previous=None, checkpoint_dir=checkpoint_dir,
+                           options=options)
+
+
+def update_index(index_dir: str | os.PathLike, model, *, checkpoint_dir: str | os.PathLike | None = None,
+                 options: BuildOptions | None = None) -> IndexStore:
+    """Bring `index_dir` up to date with its roots: encode new and changed files, drop deleted ones.
+    Items whose files did not change keep their ids and bit-identical vectors."""
+    index_dir = Path(index_dir)
+    with locked(index_dir):
+        previous = IndexStore.open(index_dir, checkpoint_sha256=model.checkpoint_sha256)
+        # the captions choice is the index's, not the update's
+        options = replace(options or BuildOptions(), captions=previous.manifest.get("captions", True))
+        roots = previous.manifest["roots"]
+        missing = [r for r in roots if not os.path.exists(r)]
+        if missing:  # an unmounted disk must not empty the index
+            raise UserError(f"{missing[0]}: a folder of this index is missing (unmounted?); mount it, or "
+                            f"rebuild without it with mammut index build FOLDER... --out {index_dir}")
+        files = scan_roots(roots, progress=options.progress)
+        checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else previous.manifest.get("checkpoint_dir")
+        return index_files(index_dir, model, files, roots, previous=previous, checkpoint_dir=checkpoint_dir,
+                           options=options)
+
+
+def index_files(index_dir: Path, model, files: list[FoundFile], roots: list[str], *, previous: IndexStore | None,
+                checkpoint_dir: str | os.PathLike | None, options: BuildOptions) -> IndexStore:
+    """Turn `files` into a committed index generation, reusing all it can from `previous` and from the shards."""
+    started = time.monotonic()
+    stats = RunStats(files=len(files))
+    kept_rows, new_rows = plan_rows(files, previous, options.progress)
+    results = results_for(new_rows, index_dir, model, previous, options, stats)
+    next_id = previous.manifest.get("next_id", 0) if previous is not None else 0
+    for row in new_rows:  # new ids, never reused, so a removed item's id can never point at another file
+        if "status" not in row:  # unreadable files have theirs already
+            r = results[row["sha256"]]
+            row.update(status=r.status, width=r.width, height=r.height, caption=r.caption)
+        row["id"] = next_id
+        next_id += 1
+    items = items_frame(sorted(kept_rows + new_rows, key=lambda r: r["path"]))
+    vectors = make_vectors(previous, items, results, model.latent_dim, progress=options.progress)
+
+    ok = items["status"] == OK
+    stats.images, stats.skipped = int(ok.sum()), int((~ok).sum())
+    stats.removed = len(set(previous.items["id"]) - set(items["id"])) if previous is not None else 0
+    stats.seconds = round(time.monotonic() - started, 3)
+    manifest = {
+        "checkpoint_sha256": model.checkpoint_sha256,
+        "checkpoint_dir": os.path.abspath(checkpoint_dir) if checkpoint_dir is not None else None,
+        "model": model_summary(model),
+        "latent_dim": int(model.latent_dim),
+        "metric": METRIC,
+        "roots": roots,
+        "captions": options.captions,
+        "next_id": next_id,
+        "last_run": asdict(stats),
+        "created": previous.manifest.get("created") if previous is not None else None,
+    }
+    store = IndexStore.commit(index_dir, items, vectors, manifest)
+    remove_work(index_dir)
+    log.info("indexed %d images, skipped %d files, encoded %d in %.1f s",
+             stats.images, stats.skipped, stats.encoded, stats.seconds)
+    return store
+
+
+def results_for(new_rows: list[dict], index_dir: Path, model, previous: IndexStore | None,
+                options: BuildOptions, stats: RunStats) -> dict[str, Encoded]:
+    """sha256 -> Encoded for every content among `new_rows`: from the previous index, from the shards of an
+    interrupted run, or else encoded now (once per distinct content), checkpointed into new shards."""
+    results = reuse_from_previous(previous, {r["sha256"] for r in new_rows if "status" not in r})
+    stats.reused = sum(r.status == OK for r in results.values())
+    shards = ShardWriter(index_dir, work_identity(model, options), shard_size=options.shard_size)
+    resumed = shards.load()
+    jobs = []
+    for row in new_rows:
+        sha = row["sha256"]
+        if "status" in row or sha in results:
+            continue
+        if sha in resumed:
+            results[sha] = resumed[sha]
+            stats.resumed += resumed[sha].status == OK
+        else:
+            results[sha] = None  # placeholder until encoded: later paths with the same bytes add no job
+            jobs.append(EncodeJob(sha, row["path"]))
+    log.info("encoding %d files (%d images resumed from an interrupted run, %d reused from the index)",
+             len(jobs), stats.resumed, stats.reused)
+    for encoded in run_encoder(model, jobs, shards, options):
+        results[encoded.sha256] = encoded
+        stats.encoded += encoded.status == OK
+    shards.flush()
+    return results
+
+
+def plan_rows(files: list[FoundFile], previous: IndexStore | None, progress: bool) -> tuple[list[dict], list[dict]]:
+    """Split the scanned files into rows kept from `previous` (same path, same bytes; id kept) and new rows
+    (new path or changed bytes; id, status, caption... filled in later). Unreadable files become skipped rows."""
+    before = {} if previous is None else {r["path"]: r for r in previous.items.to_dict("records")}
+    kept, to_hash = [], []
+    for f in files:
+        row = before.get(f.path)
+        if (row is not None and row["size"] == f.size and row["mtime"] == f.mtime
+                and not row["status"].startswith(UNREADABLE)):  # unreadable files get another try
+            kept.append(row)
+        else:
+            to_hash.append(f)
+    hashes = hash_files([f.path for f in to_hash], progress=progress)
+    new = []
+    for f in to_hash:
+        sha, row = hashes[f.path], before.get(f.path)
+        base = dict(path=f.path, size=f.size, mtime=f.mtime, width=0, height=0, caption="")
+        if isinstance(sha, FileNotFoundError):
+            continue  # deleted since the scan
+        if isinstance(sha, OSError):
+            reason = f"{UNREADABLE} ({sha.strerror or sha})"
+            if row is not None:
+                kept.append({**row, **base, "sha256": "", "status": reason})  # keeps its id; its vector goes
+            else:
+                new.append({**base, "sha256": "", "status": reason})
+        elif row is not None and row["sha256"] == sha:
+            kept.append({**row, "size": f.size, "mtime": f.mtime})  # touched, same bytes
+        else:
+            new.append({**base, "sha256": sha})
+    return kept, new
+
+
+def reuse_from_previous(previous: IndexStore | None, wanted: set[str]) -> dict[str, Encoded]:
+    """Results for contents the previous index already holds (moved, copied or re-saved files), so they are
+    not encoded again; their vectors are copied bit for bit."""
+    if previous is None:
+        return {}
+    items = previous.items
+    matches = items[items["sha256"].isin(wanted)].drop_duplicates("sha256")
+    ok = matches[matches["status"] == OK]
+    latents = previous.vectors.reconstruct(ok["id"].to_numpy(np.int64)) if len(ok) else np.zeros((0, 0), np.float32)
+    results = {}
+    for k, r in enumerate(ok.to_dict("records")):
+        results[r["sha256"]] = Encoded(r["sha256"], OK, r["width"], r["height"], r["caption"], latents[k])
+    for r in matches[matches["status"] != OK].to_dict("records"):
+        results[r["sha256"]] = Encoded(r["sha256"], r["status"])
+    return results
+
+
+def run_encoder(model, jobs: list[EncodeJob], shards: ShardWriter, options: BuildOptions) -> Iterator[Encoded]:
+    """Encode the jobs with a progress bar, checkpointing every result into the shards."""
+    with tqdm(total=len(jobs), desc="encoding", unit="img", disable=not options.progress or not jobs) as bar:
+        for batch in encode(model, jobs, batch_size=options.batch_size, workers=options.workers,
+                            captions=options.captions):
+            shards.add(batch)
+            bar.update(len(batch))
+            yield from batch
+
+
+def make_vectors(previous: IndexStore | None, items, results: dict[str, Encoded], latent_dim: int, *,
+                 progress: bool = False):
+    """The vector index of the ok items: a new one, or the previous one with dropped ids removed and new ids
+    added (untouched vectors stay bit-identical; index_builder.ann decides when a rebuild is due)."""
+    from .ann import build_vector_index, update_vector_index
+
+    ok = items[items["status"] == OK]
+    if previous is None:
+        return build_vector_index(latents_of(ok, results, latent_dim), ok["id"].to_numpy(np.int64),
+                                  progress=progress)
+    before = previous.ok_items["id"].to_numpy(np.int64)
+    added = ok[~ok["id"].isin(before)]
+    return update_vector_index(previous.vectors, add_vectors=latents_of(added, results, latent_dim),
+                               add_ids=added["id"].to_numpy(np.int64),
+                               remove_ids=np.setdiff1d(before, ok["id"].to_numpy(np.int64)), progress=progress)
+
+
+def latents_of(rows, results: dict[str, Encoded], latent_dim: int) -> np.ndarray:
+    """The latents (n l) of items rows, looked up by their sha256."""
+    if not len(rows):
+        return np.zeros((0, latent_dim), np.float32)
+    return np.stack([results[sha].latent for sha in rows["sha256"]]).astype(np.float32, copy=False)
+
+
+def work_identity(model, options: BuildOptions) -> dict[str, Any]:
+    """What the shards of a build depend on: reused only when all of it matches."""
+    return {"checkpoint_sha256": model.checkpoint_sha256, "latent_dim": int(model.latent_dim),
+            "captions": options.captions}
+
+
+def model_summary(model) -> dict[str, Any]:
+    """The model facts worth showing in `index info`."""
+    encoder = model.config.image_encoder
+    return {"image_encoder": encoder.kind, "image_size": encoder.image_size, "latent_dim": int(model.latent_dim)}
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse to build into an existing folder that is not an index (it could be someone's photos)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory; choose another --out")
+    entries = {p.name for p in out.iterdir()}
+    if entries and not entries & {MANIFEST_FILE, WORK_DIR, LOCK_FILE}:
+        raise UserError(f"{out}: exists and is not an index directory; choose a new --out path")
+
+
+@contextlib.contextmanager
+def locked(index_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the index directory (released by the OS even if the process is killed)."""
+    if not index_dir.is_dir():
+        IndexStore.open(index_dir)  # raises the helpful "no such index" error
+    with open(index_dir / LOCK_FILE, "w") as f:
+        try:
+            # a POSIX record lock belongs to this process alone: forked decoding workers do not inherit it,
+            # so a killed build's orphaned workers cannot keep the index locked
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"{index_dir}: another build or update is writing this index; wait for it") from None
+        yield
+

@@ -1,0 +1,109 @@
+"""The encode pipeline: decode images in worker processes, run the image encoder once per image, and turn
+its tokens into a latent (for FAISS) and, in the same pass, a caption (for the items table)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mammut_search.errors import ImageLoadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodeJob:
+    """One distinct image content to encode: its sha256 and one path holding those bytes."""
+
+    sha256: str
+    path: str
+
+
+@dataclass
+class Encoded:
+    """What the model made of one image content; `latent` is None unless status is "ok"."""
+
+    sha256: str
+    status: str  # "ok" or why the file was skipped
+    width: int = 0
+    height: int = 0
+    caption: str = ""
+    latent: np.ndarray | None = None
+
+
+class DecodeDataset(Dataset):
+    """Decodes one job: the safe loader, then the model's preprocessing (runs in DataLoader workers)."""
+
+    def __init__(self, jobs: Sequence[EncodeJob], preprocess: Callable):
+        self.jobs = list(jobs)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int) -> dict:
+        from mammut_search.images import load_image
+
+        job = self.jobs[i]
+        try:
+            image = load_image(job.path)
+            pixels = self.preprocess([image])[0]
+        except ImageLoadError as e:
+            return {"job": job, "status": skip_reason(e, job.path)}
+        except Exception as e:  # a decoder bug on one odd file must not stop a million-image build
+            log.warning("%s: unexpected error while decoding (%r)", job.path, e)
+            return {"job": job, "status": f"cannot decode ({type(e).__name__}: {e})"}
+        return {"job": job, "status": "ok", "pixels": pixels, "size": image.size}
+
+
+def skip_reason(error: Exception, path: str) -> str:
+    """The reason of an ImageLoadError without the leading "path: " (the items row has the path already)."""
+    if getattr(error, "reason", None):
+        return error.reason
+    message = str(error)
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def collate(samples: list[dict]) -> dict:
+    """Decoded samples -> {"samples": the samples without pixels, "pixels": (b 3 H W) of the ok ones or None}."""
+    pixels = [s.pop("pixels") for s in samples if s["status"] == "ok"]
+    return {"samples": samples, "pixels": torch.stack(pixels) if pixels else None}
+
+
+def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: int = 1, captions: bool = True,
+           caption_max_len: int = 24) -> Iterator[list[Encoded]]:
+    """Yield, batch by batch, one Encoded per job. Decoding (workers > 0: in worker processes) overlaps the model."""
+    if not jobs:
+        return
+    on_cuda = model.device.type == "cuda"
+    loader = DataLoader(
+        DecodeDataset(jobs, model.preprocess), batch_size=batch_size, num_workers=workers, collate_fn=collate,
+        pin_memory=on_cuda, prefetch_factor=4 if workers > 0 else None, persistent_workers=False,
+    )
+    for batch in loader:
+        samples, pixels = batch["samples"], batch["pixels"]
+        latents, texts = None, None
+        if pixels is not None:
+            features = model.image_features(pixels.to(model.device, non_blocking=True))
+            latents = model.latents_from_features(features).numpy().astype(np.float32, copy=False)
+            if captions:
+                texts = model.captions_from_features(features, max_len=caption_max_len)
+        yield list(_results(samples, latents, texts))
+
+
+def _results(samples: list[dict], latents: np.ndarray | None, texts: list[str] | None) -> Iterator[Encoded]:
+    k = 0
+    for s in samples:
+        job = s["job"]
+        if s["status"] != "ok":
+            yield Encoded(job.sha256, s["status"])
+            continue
+        width, height = s["size"]
+        yield Encoded(job.sha256, "ok", int(width), int(height), texts[k] if texts else "", latents[k])
+        k += 1

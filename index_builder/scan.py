@@ -1,0 +1,111 @@
+"""Find the image files under some folders: recursive, following symlinks without ever looping."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from tqdm import tqdm
+
+from mammut_search.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    """A candidate image file: its absolute path (str, surrogate-escaped if the name is not UTF-8), size, mtime."""
+
+    path: str
+    size: int
+    mtime: float
+
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case file suffixes (with the dot) that count as images."""
+    from mammut_search.images import IMAGE_EXTENSIONS
+
+    return frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in IMAGE_EXTENSIONS)
+
+
+def scan_roots(roots: Iterable[str | os.PathLike], *, extensions: frozenset[str] | None = None,
+               progress: bool = False) -> list[FoundFile]:
+    """Every file with an image extension under `roots` (files may be roots too), sorted by path.
+
+    Directories are walked once each, however many symlinks lead to them, so symlink loops end.
+    Unreadable directories are logged and skipped; a missing root is an error.
+    """
+    extensions = image_extensions() if extensions is None else extensions
+    visited: set[tuple[int, int]] = set()
+    found: dict[str, FoundFile] = {}
+    bar = tqdm(desc="scanning", unit="file", disable=not progress, leave=False)
+    for root in roots:
+        root = os.path.abspath(os.fsdecode(root))
+        try:
+            st = os.stat(root)
+        except OSError as e:
+            raise UserError(f"{root}: cannot scan ({e.strerror or e}); give an existing folder") from None
+        if os.path.isdir(root):
+            for file in _walk(root, extensions, visited):
+                found.setdefault(file.path, file)
+                bar.update()
+        else:
+            found.setdefault(root, FoundFile(root, st.st_size, st.st_mtime))
+    bar.close()
+    return [found[p] for p in sorted(found)]
+
+
+def _walk(directory: str, extensions: frozenset[str], visited: set[tuple[int, int]]) -> Iterator[FoundFile]:
+    stack = [directory]
+    while stack:
+        current = stack.pop()
+        try:
+            st = os.stat(current)
+            key = (st.st_dev, st.st_ino)
+            if key in visited:
+                continue  # reached again through a symlink (or a loop)
+            visited.add(key)
+            with os.scandir(current) as entries:
+                entries = sorted(entries, key=lambda e: e.name)
+        except OSError as e:
+            log.warning("%s: skipped directory (%s)", current, e.strerror or e)
+            continue
+        subdirectories = []
+        for entry in entries:
+            try:
+                if entry.is_dir():  # follows symlinks
+                    subdirectories.append(entry.path)
+                elif os.path.splitext(entry.name)[1].lower() in extensions:
+                    st = entry.stat()  # follows symlinks; a dangling link raises
+                    yield FoundFile(entry.path, st.st_size, st.st_mtime)
+            except OSError as e:
+                log.warning("%s: skipped (%s)", entry.path, e.strerror or e)
+        stack.extend(reversed(subdirectories))
+
+
+def file_sha256(path: str) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_files(paths: list[str], *, threads: int = 4, progress: bool = True) -> dict[str, str | OSError]:
+    """path -> sha256, or the OSError that stopped reading it. Threads, because hashlib releases the GIL."""
+
+    def one(path: str) -> str | OSError:
+        try:
+            return file_sha256(path)
+        except OSError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        results = list(tqdm(pool.map(one, paths), total=len(paths), desc="hashing", unit="file",
+                            disable=not progress or not paths, leave=False))
+    return dict(zip(paths, results))

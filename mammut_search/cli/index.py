@@ -1,0 +1,167 @@
+"""`mammut index build | update | info`: make an index of image folders, keep it current, describe it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+
+    build = actions.add_parser("build", help="index every image under some folders",
+                               description="Index every image under FOLDERs into a new index directory. "
+                                           "Run it again after an interruption: it resumes.")
+    build.add_argument("roots", nargs="+", metavar="FOLDER", help="folders (or files) to index, recursively")
+    build.add_argument("--out", required=True, help="index directory to create (or resume, or replace)")
+    build.add_argument("--checkpoint", help="checkpoint directory (default: the bundled model)")
+    build.add_argument("--no-captions", action="store_true", help="skip caption generation (faster)")
+    _add_run_arguments(build)
+
+    update = actions.add_parser("update", help="pick up added, changed and deleted files",
+                                description="Re-scan an index's folders: encode new and changed files, "
+                                            "drop deleted ones; unchanged items keep their ids and vectors.")
+    update.add_argument("index", help="index directory")
+    update.add_argument("--checkpoint", help="checkpoint directory (default: the one the index was built with)")
+    _add_run_arguments(update)
+
+    info = actions.add_parser("info", help="describe an index: images, skipped files and why, model, size")
+    info.add_argument("index", help="index directory")
+    info.add_argument("--all", action="store_true", help="list every skipped file (default: the first 20)")
+    info.add_argument("--json", action="store_true", help="print the manifest and skipped files as JSON")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    from index_builder.build import default_workers
+
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--batch-size", type=_positive, default=64, help="images per model batch (default 64)")
+    parser.add_argument("--workers", type=_non_negative, default=default_workers(),
+                        help="decoding processes; 0 decodes in this process (default %(default)s)")
+    parser.add_argument("--shard-size", type=_positive, default=1024,
+                        help="images per checkpointed work shard (default 1024)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for name in ("index_builder", "mammut_search"):  # our progress messages, not every library's
+        logging.getLogger(name).setLevel(logging.INFO)
+    return {"build": _build, "update": _update, "info": _info}[args.index_command](args)
+
+
+def _options(args: argparse.Namespace, captions: bool = True):
+    from index_builder.build import BuildOptions
+
+    return BuildOptions(batch_size=args.batch_size, workers=args.workers, captions=captions,
+                        shard_size=args.shard_size, progress=not args.quiet)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from index_builder.build import build_index
+
+    from ..api import load_model
+
+    model = load_model(args.checkpoint, device=args.device)
+    store = build_index(args.roots, args.out, model, checkpoint_dir=args.checkpoint,
+                        options=_options(args, captions=not args.no_captions))
+    _print_summary(store)
+    return 0
+
+
+def _update(args: argparse.Namespace) -> int:
+    from index_builder.build import update_index
+
+    from ..api import load_model
+    from ..store import IndexStore
+
+    checkpoint = args.checkpoint or IndexStore.open(args.index).manifest.get("checkpoint_dir")
+    if checkpoint is not None and not os.path.isdir(checkpoint):
+        from ..errors import UserError
+
+        raise UserError(f"{checkpoint}: the index's checkpoint directory is gone; pass --checkpoint DIR")
+    model = load_model(checkpoint, device=args.device)
+    store = update_index(args.index, model, checkpoint_dir=checkpoint, options=_options(args))
+    _print_summary(store)
+    return 0
+
+
+def _print_summary(store) -> None:
+    run = store.manifest["last_run"]
+    print(f"{store.directory}: {run['images']} images indexed, {run['skipped']} files skipped "
+          f"({run['encoded']} encoded, {run['resumed']} resumed, {run['reused']} reused, "
+          f"{run['removed']} removed) in {run['seconds']:.1f} s")
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ..store import IndexStore, readable
+
+    store = IndexStore.open(args.index)
+    m = store.manifest
+    skipped = store.items[store.items["status"] != "ok"]
+    if args.json:
+        listing = [{"path": readable(p), "reason": s} for p, s in zip(skipped["path"], skipped["status"])]
+        print(json.dumps({"manifest": m, "skipped_files": listing}, indent=2, sort_keys=True))
+        return 0
+    size = sum(p.stat().st_size for p in Path(args.index).iterdir() if p.is_file())
+    model = m.get("model", {})
+    index = m.get("index") or {}
+    lines = [
+        f"index:       {Path(args.index).resolve()}",
+        f"images:      {m['count']} indexed, {m['skipped']} files skipped",
+        f"roots:       {', '.join(readable(r) for r in m['roots'])}",
+        f"model:       checkpoint {m['checkpoint_sha256'][:12] or '(unsaved)'} "
+        f"({model.get('image_encoder', '?')} at {model.get('image_size', '?')} px, "
+        f"{m['latent_dim']}-d latents, captions {'on' if m.get('captions') else 'off'})"
+        + (f", {m['checkpoint_dir']}" if m.get("checkpoint_dir") else ""),
+        f"vectors:     {_describe_index(index)}, metric {m['metric']}, faiss {m['faiss_version']}",
+        f"size:        {_human(size)}",
+        f"built:       {m['created']}",
+        f"updated:     {m['updated']}",
+    ]
+    print("\n".join(lines))
+    if len(skipped):
+        shown = skipped if args.all else skipped.head(20)
+        print("skipped files:")
+        for path, reason in zip(shown["path"], shown["status"]):
+            print(f"  {readable(path)}: {reason}")
+        if len(shown) < len(skipped):
+            print(f"  ... {len(skipped) - len(shown)} more (mammut index info --all)")
+    return 0
+
+
+def _describe_index(description: dict) -> str:
+    """"ivf_flat (nprobe 16), recall@10 0.961, on GPU" from a VectorIndex description."""
+    if not description:
+        return "?"
+    params = ", ".join(f"{k} {v}" for k, v in (description.get("params") or {}).items())
+    text = description.get("type", "?") + (f" ({params})" if params else " (exact)" if description.get("exact") else "")
+    if description.get("recall_at_10") is not None:
+        text += f", recall@10 {description['recall_at_10']}"
+    return text + (", on GPU" if description.get("on_gpu") else "")
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
