@@ -58,15 +58,19 @@ class EfficientNetLite0Encoder(nn.Module):
         self.net._fc = nn.Identity()  # the classifier is never used
         self.trainable_blocks = config.trainable_blocks
         first_trainable = len(self.net._blocks) - self.trainable_blocks
-        self.frozen = nn.ModuleList([self.net._conv_stem, self.net._bn0, *self.net._blocks[:first_trainable]])
+        # a plain list, not a ModuleList: these modules already belong to self.net, and registering them twice
+        # would put every frozen tensor into the state dict under two names (safetensors refuses shared tensors)
+        self.frozen: list[nn.Module] = [self.net._conv_stem, self.net._bn0, *self.net._blocks[:first_trainable]]
         if self.trainable_blocks == 0:
             self.frozen.extend([self.net._conv_head, self.net._bn1])
-        for p in self.frozen.parameters():
-            p.requires_grad_(False)
+        for module in self.frozen:
+            for p in module.parameters():
+                p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "EfficientNetLite0Encoder":
         super().train(mode)
-        self.frozen.eval()  # frozen batch-norm statistics stay as pretrained
+        for module in self.frozen:
+            module.eval()  # frozen batch-norm statistics stay as pretrained
         return self
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

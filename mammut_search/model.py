@@ -117,11 +117,14 @@ class MaMMUT(nn.Module):
         cache: list | None = None,
         start: int = 0,
         last_only: bool = False,
+        hidden: bool = False,
     ) -> tuple[torch.Tensor, list]:
         """Causal decoder. ids (b n) at positions start..start+n-1 -> (logits (b n vocab), new self-attn cache).
 
         Without a cache the whole prefix is given; with one, only the new tokens (incremental decoding).
         last_only: logits of the last position only (b 1 vocab), all that generation needs.
+        hidden: return the normed final states (b n d) instead of logits, so that training can project only
+        the positions that have a target.
         """
         n = text.shape[1]
         x = self.token_emb(text)
@@ -139,6 +142,8 @@ class MaMMUT(nn.Module):
                 x = x + cross(x, cross_kv[i])
         if last_only:
             x = x[:, -1:]
+        if hidden:
+            return self.to_logits_norm(x), new_cache
         logits = self.to_logits_norm(x) @ self.token_emb.weight.t()  # output embedding tied to the input's
         return logits, new_cache
 

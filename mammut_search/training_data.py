@@ -1,0 +1,265 @@
+"""Training data: the corpus manifest, augmented views, the cache of encoder inputs and the batch sampler.
+
+The image encoder's input to the trainable part is computed once per image and view, and cached (fp16):
+frozen-encoder features (b j c) when the encoder is frozen, preprocessed pixels otherwise. Batches are drawn
+from a generator seeded by (seed, step), so the data order is a function of the step alone: resuming at a
+step replays exactly the batches an uninterrupted run would have seen, on any number of processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from tqdm import tqdm
+
+from .errors import UserError
+from .image_encoders import preprocess_images, to_rgb
+
+MANIFEST_COLUMNS = ("path", "concept_id", "name", "captions", "split")
+TRAIN_SPLIT = "train"
+
+
+# ----- manifest -----
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """The corpus manifest (parquet, CSV or JSONL) -> DataFrame with absolute image paths and caption lists."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no corpus manifest there; build the corpus with `mammut corpus` or fix data.manifest")
+    if path.suffix == ".parquet":
+        frame = pd.read_parquet(path)
+    elif path.suffix in (".jsonl", ".json"):
+        frame = pd.read_json(path, lines=path.suffix == ".jsonl")
+    else:
+        frame = pd.read_csv(path)
+    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: manifest lacks columns {missing} (has {list(frame.columns)})")
+    frame = frame.reset_index(drop=True).copy()
+    frame["path"] = [str(p if Path(p).is_absolute() else (path.parent / p)) for p in frame["path"]]
+    frame["captions"] = [_caption_list(c, name) for c, name in zip(frame["captions"], frame["name"])]
+    frame["concept_id"] = frame["concept_id"].astype(str)
+    return frame
+
+
+def _caption_list(value, name: str) -> list[str]:
+    if isinstance(value, str):
+        value = json.loads(value) if value.startswith("[") else [value]
+    captions = [str(c).strip() for c in (list(value) if value is not None else []) if str(c).strip()]
+    return captions or [str(name)]
+
+
+def sentence_query(name: str) -> str:
+    """A concept name as a sentence query: "octopus" -> "A picture of an octopus."."""
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    return f"A picture of {article} {name}."
+
+
+# ----- images and augmented views -----
+
+def open_image(path: str) -> Image.Image:
+    """Image file of the (trusted, self-built) corpus -> RGB on white; raises ValueError naming the file when
+    it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except Exception as e:  # every decoder error means the same thing here: skip this image
+        raise ValueError(f"{path}: cannot read image ({e})") from None
+
+
+def augment(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A random view of an icon: zoom/shift, small rotation, colour jitter, greyscale, blur, line-art edges,
+    tinted backgrounds. No flips: they change the meaning of arrows and hands."""
+    image = image.convert("RGB")
+    w, h = image.size
+    side = max(w, h)
+    background = (255, 255, 255)
+    if rng.random() < 0.25:
+        background = tuple(rng.randint(180, 255) for _ in range(3))
+        # recolour the white background (icons are composited on white)
+        mask = ImageOps.invert(image.convert("L")).point(lambda v: 255 if v > 8 else 0)
+        canvas = Image.new("RGB", image.size, background)
+        canvas.paste(image, mask=mask)
+        image = canvas
+    if rng.random() < 0.5:
+        image = image.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BICUBIC, fillcolor=background)
+    scale = rng.uniform(0.65, 1.15)
+    size = max(1, round(side * scale))
+    resized = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", (side, side), background)
+    dx, dy = rng.randint(-(abs(side - size) // 2), abs(side - size) // 2 + 1), rng.randint(-(abs(side - size) // 2), abs(side - size) // 2 + 1)
+    canvas.paste(resized, ((side - resized.width) // 2 + dx, (side - resized.height) // 2 + dy))
+    image = canvas
+    if rng.random() < 0.8:
+        image = ImageEnhance.Color(image).enhance(rng.uniform(0.3, 1.6))
+        image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.8, 1.2))
+        image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.7, 1.3))
+    if rng.random() < 0.2:
+        shift = rng.randint(0, 255)  # hue rotation
+        hsv = np.array(image.convert("HSV"))
+        hsv[..., 0] = (hsv[..., 0].astype(np.int32) + shift) % 256
+        image = Image.fromarray(hsv, "HSV").convert("RGB")
+    roll = rng.random()
+    if roll < 0.2:
+        image = ImageOps.grayscale(image).convert("RGB")
+    elif roll < 0.3:  # line art: dark edges on white, like a black-and-white icon style
+        edges = ImageOps.grayscale(image).filter(ImageFilter.FIND_EDGES)
+        image = ImageOps.invert(ImageOps.autocontrast(edges)).convert("RGB")
+    if rng.random() < 0.2:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5) * side / 64))
+    return image
+
+
+def view_of(image: Image.Image, view: int, seed: int, key: str) -> Image.Image:
+    """View 0 is the image itself; view v > 0 is an augmentation seeded by (seed, image key, v)."""
+    if view == 0:
+        return image
+    digest = hashlib.sha256(f"{seed}:{key}:{view}".encode()).digest()
+    return augment(image, random.Random(int.from_bytes(digest[:8], "little")))
+
+
+# ----- the cache of encoder inputs -----
+
+@dataclass
+class InputCache:
+    """Encoder inputs for every (view, image): (views, images, ...) fp16, and which images could be read."""
+
+    inputs: torch.Tensor  # (v i j c) features, or (v i 3 H W) pixels
+    ok: np.ndarray  # (i) bool
+
+    def batch(self, views: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """(b) view and image indices -> float32 inputs (b ...)."""
+        return self.inputs[views, images].float()
+
+
+def _entry(store: Path, path: str, view: int, seed: int) -> Path:
+    """Where one (image, view)'s encoded input lives: named by the image path, the view and its seed."""
+    key = hashlib.sha256(f"{Path(path).absolute()}|{view}|{seed if view else ''}".encode()).hexdigest()[:24]
+    return store / key[:2] / f"{key}.npy"
+
+
+def build_input_cache(
+    paths: Sequence[str],
+    encode: Callable[[list[Image.Image]], torch.Tensor],
+    *,
+    views: int,
+    seed: int,
+    store: Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> InputCache:
+    """Run `encode` (PIL images -> tensor (b ...)) over every view of every image that `store` does not hold
+    yet, keeping one fp16 .npy per (image, view) there (so extraction resumes, and runs and recipes sharing an
+    encoder share the work); then stack them. Unreadable images are reported once and marked not ok."""
+    n = len(paths)
+    ok = np.ones(n, dtype=bool)
+    jobs = [(v, i) for v in range(views) for i in range(n)]
+    done: dict[tuple[int, int], np.ndarray] = {}
+    todo = []
+    for v, i in jobs:
+        entry = _entry(store, paths[i], v, seed) if store is not None else None
+        if entry is not None and entry.is_file():
+            done[v, i] = np.load(entry)
+        elif entry is not None and entry.with_suffix(".bad").is_file():
+            ok[i] = False
+        else:
+            todo.append((v, i))
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="encoding training images", unit="img",
+               disable=not progress or not todo)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        images, readable = [], []
+        for v, i in chunk:
+            try:
+                images.append(view_of(open_image(paths[i]), v, seed, str(Path(paths[i]).absolute())))
+                readable.append((v, i))
+            except ValueError as e:
+                if ok[i]:
+                    tqdm.write(f"skipped: {e}")
+                ok[i] = False
+                if store is not None:
+                    bad = _entry(store, paths[i], v, seed).with_suffix(".bad")
+                    bad.parent.mkdir(parents=True, exist_ok=True)
+                    bad.write_text(str(e))
+        if images:
+            with torch.no_grad():
+                encoded = encode(images).to(torch.float16).cpu().numpy()
+            for (v, i), row in zip(readable, encoded):
+                done[v, i] = row
+                if store is not None:
+                    entry = _entry(store, paths[i], v, seed)
+                    entry.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = entry.with_suffix(".tmp.npy")
+                    np.save(tmp, row)
+                    tmp.replace(entry)
+        bar.update(len(chunk))
+    bar.close()
+    shape = next(iter(done.values())).shape if done else (1,)
+    inputs = np.zeros((views, n, *shape), dtype=np.float16)
+    for (v, i), row in done.items():
+        inputs[v, i] = row
+    return InputCache(torch.from_numpy(inputs), ok)
+
+
+def pixel_encoder(image_config) -> Callable[[list[Image.Image]], torch.Tensor]:
+    """Encode = preprocess only (the whole encoder trains, so it runs in the training loop)."""
+    return lambda images: preprocess_images(images, image_config)
+
+
+def cache_key(*parts) -> str:
+    """A short stable hash of whatever determines a cache's content."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----- batches -----
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (b) row of the manifest
+    views: torch.Tensor  # (b) view index
+    captions: list[int]  # (b) index of the contrastive caption in the caption table
+    groups: torch.Tensor  # (b) concept index: same concept = positives
+
+
+class ConceptBalancedSampler:
+    """Global batches of `images_per_concept` images of each of batch/images_per_concept concepts drawn
+    uniformly (concepts, not images, are balanced), a random view and a random caption of each image.
+
+    Batch `step` depends only on (seed, step); rank r of w takes rows r::w of it (a distributed sampler
+    without state)."""
+
+    def __init__(self, concept_images: list[np.ndarray], image_captions: list[np.ndarray], image_concept: np.ndarray,
+                 *, batch_size: int, views: int, images_per_concept: int = 1, seed: int = 0):
+        self.concept_images = concept_images
+        self.image_captions = image_captions
+        self.image_concept = image_concept
+        self.batch_size, self.views, self.per_concept, self.seed = batch_size, views, images_per_concept, seed
+
+    def global_batch(self, step: int) -> Batch:
+        rng = np.random.default_rng([self.seed, step])
+        n_concepts = -(-self.batch_size // self.per_concept)
+        concepts = rng.choice(len(self.concept_images), n_concepts, replace=n_concepts > len(self.concept_images))
+        images = []
+        for c in concepts:
+            pool = self.concept_images[c]
+            images.extend(rng.choice(pool, self.per_concept, replace=self.per_concept > len(pool)))
+        images = np.array(images[: self.batch_size])
+        captions = [int(rng.choice(self.image_captions[i])) for i in images]
+        views = rng.integers(0, self.views, len(images))
+        return Batch(torch.from_numpy(images), torch.from_numpy(views), captions,
+                     torch.from_numpy(self.image_concept[images]))
+
+    def batch(self, step: int, rank: int = 0, world_size: int = 1) -> Batch:
+        full = self.global_batch(step)
+        rows = slice(rank, None, world_size)
+        return Batch(full.images[rows], full.views[rows], full.captions[rows], full.groups[rows])

@@ -1,0 +1,163 @@
+"""Training: a tiny run on generated data lowers both losses, resuming equals not stopping, recipes parse,
+and the checkpoint carries a training card."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+
+from mammut_search import load_model
+from mammut_search.errors import UserError
+from mammut_search.train import TRAIN_STATE, load_config, train
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "orange": (250, 150, 20),
+           "purple": (140, 40, 170), "black": (20, 20, 20)}
+SHAPES = ("circle", "square", "triangle")
+
+
+def draw(shape: str, colour: tuple[int, int, int], style: int) -> Image.Image:
+    image = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    d = ImageDraw.Draw(image)
+    box = (4 + style, 4 + style, 28 - style, 28 - style)
+    outline = {"outline": colour, "width": 2} if style == 2 else {"fill": colour}
+    if shape == "circle":
+        d.ellipse(box, **outline)
+    elif shape == "square":
+        d.rectangle(box, **outline)
+    else:
+        d.polygon([(16, box[1]), (box[0], box[3]), (box[2], box[3])], **outline)
+    return image
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> pd.DataFrame:
+    """Concepts = coloured shapes in 3 styles; style 2 is the validation style; purple and black are unseen."""
+    root = tmp_path_factory.mktemp("corpus")
+    rows = []
+    for colour, rgb in COLOURS.items():
+        for shape in SHAPES:
+            name = f"{colour} {shape}"
+            for style in range(3):
+                path = root / f"{colour}-{shape}-{style}.png"
+                draw(shape, rgb, style).save(path)
+                unseen = colour in ("purple", "black")
+                split = ("val_unseen" if unseen else "val") if style == 2 else ("heldout_concepts" if unseen else "train")
+                rows.append({"path": str(path), "concept_id": name, "name": name, "style": f"s{style}",
+                             "captions": [name, f"a {name}", f"a picture of a {name}."], "split": split})
+    (root / "broken.png").write_bytes(b"not an image")  # a bad file is skipped, not fatal
+    rows.append({"path": str(root / "broken.png"), "concept_id": "red circle", "name": "red circle",
+                 "style": "s0", "captions": ["red circle"], "split": "train"})
+    return pd.DataFrame(rows)
+
+
+def tiny_recipe(tmp_path, **changes):
+    overrides = [
+        "tokenizer='bpe'", "bpe_vocab_size=400", "text_init=false", "distill_weight=0.0", "views=2",
+        "batch_size=12", "images_per_concept=2", "lr=3e-3", "warmup_steps=2", "steps=30", "log_every=5",
+        "eval_every=10", "save_every=10", "token_keep=1.0", "final_eval=true", "device='cpu'",
+        f"cache_dir='{tmp_path / 'cache'}'",
+        "model.dim=32", "model.depth=2", "model.heads=2", "model.dim_head=16", "model.ff_mult=2",
+        "model.num_img_queries=8", "model.dim_latents=16", "model.max_text_len=24",
+        "model.image_encoder={kind='vit', image_size=32, patch_size=8, vit_dim=32, vit_depth=1, vit_heads=2}",
+    ]
+    overrides += [f"{k}={v}" for k, v in changes.items()]
+    return load_config(None, overrides)
+
+
+def read_log(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_lowers_both_losses_and_writes_a_card(corpus, tmp_path):
+    config = tiny_recipe(tmp_path, steps=40, export=f"'{tmp_path / 'export'}'")
+    card = train(config, tmp_path / "run", frame=corpus, progress=False)
+    losses = [e for e in read_log(tmp_path / "run") if "caption" in e]
+    first, last = losses[:2], losses[-2:]
+    for name in ("caption", "contrastive"):  # averaged over two log lines: single batches are noisy
+        assert sum(e[name] for e in last) < 0.8 * sum(e[name] for e in first), name
+    model = load_model(tmp_path / "export", device="cpu")
+    written = model.config.training
+    assert written["steps"] == 40 and written["wall_time_s"] > 0 and written["data"]["train_images"] == 24
+    assert set(written["validation"]) == {"val", "val_unseen"}
+    assert written["validation"] == card["validation"]
+    assert 0.0 <= written["captions"]["val"]["exact_name"] <= 1.0
+    assert model.checkpoint_sha256 and (tmp_path / "run" / "best" / "config.json").is_file()
+    assert not (tmp_path / "export" / TRAIN_STATE).exists()  # the shipped format holds no training state
+
+
+def test_resume_continues_exactly(corpus, tmp_path):
+    straight = tiny_recipe(tmp_path, steps=20)
+    train(straight, tmp_path / "straight", frame=corpus, progress=False)
+    interrupted = tmp_path / "interrupted"
+    assert train(straight, interrupted, frame=corpus, progress=False, stop_at=7) == {}
+    assert json.loads((interrupted / "last" / "config.json").read_text())
+    train(straight, interrupted, frame=corpus, progress=False, resume=interrupted)
+    a = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
+    b = load_file(str(interrupted / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_same_seed_same_run_other_seed_other_run(corpus, tmp_path):
+    runs = {}
+    for label, seed in (("a", 1), ("b", 1), ("c", 2)):
+        train(tiny_recipe(tmp_path, steps=5, seed=seed, eval_every=100), tmp_path / label, frame=corpus,
+              progress=False)
+        runs[label] = load_file(str(tmp_path / label / "last" / "model.safetensors"))
+    assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])
+    assert not all(torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"])
+
+
+def test_recipe_file_and_overrides(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('steps = 100\nlr = 1e-3\ntrain_splits = ["train"]\n[model]\ndim = 384\n'
+                      '[model.image_encoder]\nimage_size = 128\n')
+    config = load_config(recipe, ["steps=7", "model.depth=2", "model.image_encoder.image_size=96",
+                                  "caption_target=caption", "train_splits=['train', 'extra']"])
+    assert config.steps == 7 and config.lr == 1e-3 and config.caption_target == "caption"
+    assert config.model == {"dim": 384, "depth": 2, "image_encoder": {"image_size": 96}}
+    assert config.train_splits == ["train", "extra"]
+    with pytest.raises(UserError, match="stepz"):
+        load_config(recipe, ["stepz=3"])
+    with pytest.raises(UserError, match="key=value"):
+        load_config(recipe, ["steps"])
+    with pytest.raises(UserError, match="no such recipe"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_cli_prints_the_resolved_recipe(tmp_path, capsys):
+    from mammut_search.cli import main
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("steps = 3\n")
+    assert main(["train", "--config", str(recipe), "--set", "batch_size=8", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["steps"] == 3 and printed["batch_size"] == 8
+    assert main(["train"]) == 2
+
+
+def test_recipe_path_frozen_features_minilm_text_and_baselines(corpus, tmp_path):
+    """The default recipe's path: cached frozen EfficientNet features, MiniLM tokenizer, embeddings and
+    distillation; the card gets baselines and the target check."""
+    overrides = [
+        "tokenizer='minilm'", "common_words=50", "text_init=true", "distill_weight=1.0", "views=1",
+        "distill_words=10", "distill_words_batch=4",
+        "batch_size=12", "steps=6", "log_every=3", "eval_every=3", "save_every=3", "device='cpu'",
+        f"cache_dir='{tmp_path / 'cache'}'", "model.dim=64", "model.depth=1", "model.heads=2",
+        "model.dim_head=16", "model.ff_mult=2", "model.num_img_queries=4", "model.dim_latents=16",
+        "model.image_encoder={kind='efficientnet_lite0', image_size=64}",
+    ]
+    card = train(load_config(None, overrides), tmp_path / "run", frame=corpus, progress=False)
+    assert {"concept_prototype", "word_means"} <= set(card["baselines"]["val"])
+    assert "word_means" in card["baselines"]["val_unseen"]
+    assert any(name.startswith("seen t2i R@1") for name in card["targets"])
+    assert all("distill" in e for e in read_log(tmp_path / "run") if "loss" in e)
+    model = load_model(tmp_path / "run" / "best", device="cpu")
+    assert model.tokenizer.bos_id == model.tokenizer.hf.token_to_id("[CLS]")
+    assert model.encode_text(["a red circle"]).shape == (1, 16)
