@@ -1,7 +1,7 @@
 """Data-parallel index builds under `torchrun`: every rank encodes a disjoint share of the images into its
 own work shards; rank 0 then commits one index from all shards through the ordinary (resumable) build.
 
-    torchrun --nproc_per_node 4 -m mammut_search.cli index build ~/Pictures --out photos.index --distributed
+    torchrun --nproc_per_node 4 $(which mammut) index build ~/Pictures --out photos.index --distributed
 
 Across machines, start the same command on each node with torchrun's rendezvous options
 (`--nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT`); the roots and --out must be on a file system
@@ -29,6 +29,15 @@ from .shards import ShardWriter
 log = logging.getLogger(__name__)
 
 
+def rank_device() -> str | None:
+    """This rank's GPU under torchrun (LOCAL_RANK), or None for the default device."""
+    import torch
+
+    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return None
+
+
 @contextlib.contextmanager
 def process_group() -> Iterator[tuple[int, int]]:
     """(rank, world size) from torchrun's environment, with a gloo/nccl group for the duration."""
@@ -40,6 +49,8 @@ def process_group() -> Iterator[tuple[int, int]]:
         return
     import torch
 
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         yield dist.get_rank(), dist.get_world_size()

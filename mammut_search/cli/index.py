@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--out", required=True, help="index directory to create (or resume, or replace)")
     build.add_argument("--checkpoint", help="checkpoint directory (default: the bundled model)")
     build.add_argument("--no-captions", action="store_true", help="skip caption generation (faster)")
+    build.add_argument("--distributed", action="store_true",
+                       help="under torchrun: every rank encodes a share of the images, rank 0 writes the index")
     _add_run_arguments(build)
 
     update = actions.add_parser("update", help="pick up added, changed and deleted files",
@@ -63,13 +65,19 @@ def _options(args: argparse.Namespace, captions: bool = True):
 
 def _build(args: argparse.Namespace) -> int:
     from index_builder.build import build_index
+    from index_builder.distributed import build_index_distributed, rank_device
 
     from ..api import load_model
 
-    model = load_model(args.checkpoint, device=args.device)
-    store = build_index(args.roots, args.out, model, checkpoint_dir=args.checkpoint,
-                        options=_options(args, captions=not args.no_captions))
-    _print_summary(store)
+    options = _options(args, captions=not args.no_captions)
+    if args.distributed:
+        model = load_model(args.checkpoint, device=args.device or rank_device())
+        store = build_index_distributed(args.roots, args.out, model, checkpoint_dir=args.checkpoint, options=options)
+    else:
+        model = load_model(args.checkpoint, device=args.device)
+        store = build_index(args.roots, args.out, model, checkpoint_dir=args.checkpoint, options=options)
+    if store is not None:  # only rank 0 of a distributed build holds the result
+        _print_summary(store)
     return 0
 
 
