@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +200,7 @@ def build_input_cache(
                 if store is not None:
                     entry = _entry(store, paths[i], v, seed)
                     entry.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = entry.with_suffix(".tmp.npy")
+                    tmp = entry.with_suffix(f".tmp-{os.getpid()}.npy")  # ranks may encode the same image
                     np.save(tmp, row)
                     tmp.replace(entry)
         bar.update(len(chunk))
