@@ -28,6 +28,7 @@ def worker(rank, world, init_file, checkpoint, images, out):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     model = load_model(checkpoint, device="cpu")
     build_index_distributed([images], out, model, checkpoint_dir=checkpoint, options=OPTIONS)
+    dist.barrier()
     dist.destroy_process_group()
 
 

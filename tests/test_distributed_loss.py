@@ -40,6 +40,7 @@ def worker(rank, world, init_file, out_file, split):
     dist.all_reduce(loss)
     if rank == 0:
         torch.save({"loss": loss / world, "grads": grads(model.net)}, out_file)
+    dist.barrier()  # no rank tears the group down while another still uses it
     dist.destroy_process_group()
 
 
