@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_write
 from .config import MammutConfig
 from .errors import CheckpointError
 from .model import MaMMUT
@@ -33,13 +33,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync it, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write `data` to `path` through a fsynced temporary file renamed into place."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def save_checkpoint(
@@ -52,11 +47,7 @@ def save_checkpoint(
         name: t.detach().to("cpu", dtype=dtype if t.is_floating_point() else t.dtype).contiguous()
         for name, t in net.state_dict().items()
     }
-    tmp = directory / f".{WEIGHTS}.tmp-{os.getpid()}"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / WEIGHTS)
+    atomic_write(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     atomic_write_bytes(directory / TOKENIZER, tokenizer.hf.to_str().encode())
     config = json.dumps(net.config.to_dict(), indent=2, sort_keys=True)
     atomic_write_bytes(directory / CONFIG, config.encode())  # written last: the commit point

@@ -10,11 +10,12 @@ pixel is decoded, so a decompression bomb costs nothing).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
 import warnings
-from typing import IO
+from typing import IO, Iterator
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -43,15 +44,8 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     ImageLoadError("path: reason")."""
     name = _display(path)
     _check_regular_file(path, name)
-    try:
-        with open(path, "rb") as f:
-            return _decode(f, name, max_pixels)
-    except ImageLoadError:
-        raise
-    except PermissionError:
-        raise _error(name, "permission denied; make the file readable") from None
-    except OSError as e:
-        raise _error(name, f"cannot read the file ({e.strerror or e})") from None
+    with _read_errors(name), open(path, "rb") as f:
+        return _decode(f, name, max_pixels)
 
 
 def open_image_bytes(data: bytes, *, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -66,14 +60,20 @@ def image_size(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     refuses what `load_image` refuses from the header alone."""
     name = _display(path)
     _check_regular_file(path, name)
+    with _read_errors(name), open(path, "rb") as f, _open(f, name, max_pixels) as image:
+        if image.size[0] * image.size[1] > max_pixels:
+            raise _too_many_pixels(name, image.size, max_pixels)
+        width, height = image.size
+        if _orientation(image) in _SWAPPED_ORIENTATIONS:
+            width, height = height, width
+        return width, height
+
+
+@contextlib.contextmanager
+def _read_errors(name: str) -> Iterator[None]:
+    """Turn the OS errors of reading a file into ImageLoadError naming it."""
     try:
-        with open(path, "rb") as f, _open(f, name, max_pixels) as image:
-            if image.size[0] * image.size[1] > max_pixels:
-                raise _too_many_pixels(name, image.size, max_pixels)
-            width, height = image.size
-            if _orientation(image) in _SWAPPED_ORIENTATIONS:
-                width, height = height, width
-            return width, height
+        yield
     except ImageLoadError:
         raise
     except PermissionError:

@@ -12,12 +12,13 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import atomic_write, fsync_directory
 from .errors import IndexStoreError
 
 SCHEMA_VERSION = 1
@@ -260,29 +261,6 @@ def _write_items_parquet(items: pd.DataFrame, path: str) -> None:
     columns["caption"] = [readable(c) for c in columns["caption"]]
     columns["status"] = [readable(s) for s in columns["status"]]
     pq.write_table(pa.table(columns, schema=ITEMS_SCHEMA), path)
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)`, fsync the file, and rename it over `path` (so `path` is old or new, never torn)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_directory(path.parent)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make renames inside `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _plain(value: Any) -> Any:
