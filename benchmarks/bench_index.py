@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256, help="images per set (default 256)")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: the builder's)")
     parser.add_argument("--rounds", type=int, default=2, help="measurements of each, best kept (default 2)")
     parser.add_argument("--captions", choices=["off", "on", "both"], default="both")
     args = parser.parse_args()
@@ -110,6 +110,8 @@ def main() -> None:
     else:
         model = default_architecture_model(args.device)
     encoder = model.config.image_encoder
+    if args.workers is None:
+        args.workers = default_workers(model.device)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {model.device}")
     weights = f"checkpoint {args.checkpoint}" if args.checkpoint else "random weights"

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mammut_search.store import atomic_write
+from mammut_search.atomic import atomic_write
 
 from .encode import Encoded
 
