@@ -33,6 +33,12 @@ class ImageEncoderConfig:
         """Width of the image tokens this encoder produces."""
         return 1280 if self.kind == "efficientnet_lite0" else self.vit_dim
 
+    @property
+    def num_tokens(self) -> int:
+        """How many image tokens this encoder produces: EfficientNet's feature map is 1/32 of the input."""
+        side = -(-self.image_size // 32) if self.kind == "efficientnet_lite0" else self.image_size // self.patch_size
+        return side * side
+
 
 @dataclass
 class MammutConfig:
@@ -49,6 +55,8 @@ class MammutConfig:
     dim_latents: int = 256
     max_text_len: int = 32
     contrastive_mask: str = "bidirectional"  # the paper's default; "causal" is the reference code's
+    # learned positions added to the image tokens before the attention pool (a CNN's feature map carries none)
+    image_token_positions: bool = False
     caption_loss_weight: float = 1.0
     contrastive_loss_weight: float = 1.0
     pad_id: int = 0

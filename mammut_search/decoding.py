@@ -21,18 +21,22 @@ def block_repeated_ngrams(log_probs: torch.Tensor, sequences: torch.Tensor, ngra
     windows = sequences.unfold(1, ngram, 1)  # (b w ngram)
     last = sequences[:, sequences.shape[1] - ngram + 1 :]  # (b ngram-1)
     repeats = (windows[:, :, :-1] == last[:, None, :]).all(dim=-1)  # (b w)
-    penalty = torch.zeros_like(windows[:, :, -1], dtype=log_probs.dtype).masked_fill(repeats, -float("inf"))
+    penalty = torch.where(repeats, -float("inf"), 0.0).to(log_probs.dtype)
     return log_probs.scatter_add(1, windows[:, :, -1], penalty)
 
 
-def next_token_log_probs(
-    logits: torch.Tensor, sequences: torch.Tensor, net: MaMMUT, no_repeat_ngram: int
-) -> torch.Tensor:
-    """logits (b vocab) of the next token -> log-probabilities with the guards applied: never <pad> or <bos>,
-    and no n-gram repeated (a guard against endless repetition)."""
-    log_probs = logits.float().log_softmax(dim=-1)
-    log_probs[:, [net.config.pad_id, net.config.bos_id]] = -float("inf")
-    return block_repeated_ngrams(log_probs, sequences, no_repeat_ngram)
+def token_penalties(net: MaMMUT, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Additive log-probability guards (v), built once per call of `generate`: "open" forbids <pad> and <bos>
+    (a caption never emits them), "short" also <eos> (before min_len), "finished" leaves only <pad> at no cost
+    (what a finished sequence continues with)."""
+    c = net.config
+    open_ = torch.zeros(vocab, device=device)
+    open_[[c.pad_id, c.bos_id]] = -float("inf")
+    short = open_.clone()
+    short[c.eos_id] = -float("inf")
+    finished = torch.full((vocab,), -float("inf"), device=device)
+    finished[c.pad_id] = 0.0
+    return {"open": open_, "short": short, "finished": finished}
 
 
 @torch.no_grad()
@@ -51,40 +55,46 @@ def generate(
 
     beam_width 1 is greedy decoding. Beams are ranked by total log-probability / length ** length_penalty.
     <eos> is only allowed once a sequence holds min_len tokens (<bos> included), so captions are never empty.
+    Both paths compute the logits of the last position only; use_cache=False reruns the whole prefix each step.
     """
     c = net.config
     b, device = image_tokens.shape[0], image_tokens.device
     w = beam_width
-    image_tokens = image_tokens.repeat_interleave(w, dim=0)  # (b*w q d)
+    if w > 1:
+        image_tokens = image_tokens.repeat_interleave(w, dim=0)  # (b*w q d)
     cross_kv = net.cross_attention_kv(image_tokens)
+    vocab = net.token_emb.weight.shape[0]
+    penalties = token_penalties(net, vocab, device)
     sequences = torch.full((b * w, 1), c.bos_id, dtype=torch.long, device=device)
     scores = torch.zeros(b, w, device=device)
     scores[:, 1:] = -float("inf")  # all beams start identical: keep one until they diverge
     finished = torch.zeros(b * w, dtype=torch.bool, device=device)
+    beam_offsets = torch.arange(b, device=device)[:, None] * w
     cache = None
     for step in range(max_len - 1):
+        n = sequences.shape[1]
         if use_cache:
             inputs = sequences[:, -1:] if cache is not None else sequences
-            logits, cache = net.decode(
-                inputs, cross_kv, cache=cache, start=sequences.shape[1] - inputs.shape[1], last_only=True
-            )
+            logits, cache = net.decode(inputs, cross_kv, cache=cache, start=n - inputs.shape[1], last_only=True)
         else:
-            logits, _ = net.decode(sequences, cross_kv)
-        log_probs = next_token_log_probs(logits[:, -1], sequences, net, no_repeat_ngram)  # (b*w v)
-        if sequences.shape[1] < min_len:
-            log_probs[:, c.eos_id] = -float("inf")
-        # a finished sequence can only continue with padding, at no cost
-        log_probs[finished] = -float("inf")
-        log_probs[finished, c.pad_id] = 0.0
-        vocab = log_probs.shape[-1]
-        candidates = (scores.view(b * w, 1) + log_probs).view(b, w * vocab)
-        scores, flat = candidates.topk(w, dim=-1)  # (b w)
-        beam = flat // vocab + torch.arange(b, device=device)[:, None] * w
-        beam, token = beam.view(-1), (flat % vocab).view(-1)
-        sequences = torch.cat((sequences[beam], token[:, None]), dim=-1)
-        finished = finished[beam] | (token == c.eos_id)
-        if cache is not None and w > 1:  # greedy never reorders
-            cache = [(k[beam], v[beam]) for k, v in cache]
+            logits, _ = net.decode(sequences, cross_kv, last_only=True)
+        log_probs = logits[:, -1].float().log_softmax(dim=-1) + penalties["short" if n < min_len else "open"]
+        log_probs = block_repeated_ngrams(log_probs, sequences, no_repeat_ngram)  # (b*w v)
+        log_probs = torch.where(finished[:, None], penalties["finished"], log_probs)
+        if w == 1:  # greedy: the best token of each sequence, nothing to reorder
+            step_scores, token = log_probs.max(dim=-1)
+            scores = scores + step_scores[:, None]
+            sequences = torch.cat((sequences, token[:, None]), dim=-1)
+            finished = finished | (token == c.eos_id)
+        else:
+            candidates = (scores.view(b * w, 1) + log_probs).view(b, w * vocab)
+            scores, flat = candidates.topk(w, dim=-1)  # (b w)
+            beam = (flat // vocab + beam_offsets).view(-1)
+            token = (flat % vocab).view(-1)
+            sequences = torch.cat((sequences[beam], token[:, None]), dim=-1)
+            finished = finished[beam] | (token == c.eos_id)
+            if cache is not None:
+                cache = [(k[beam], v[beam]) for k, v in cache]
         if finished.all():
             break
     # close sequences that ran out of length with <eos>

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 
@@ -30,20 +29,62 @@ class SwiGLU(nn.Module):
         return F.silu(gate) * x
 
 
-def rotary_angles(positions: torch.Tensor, dim_head: int) -> torch.Tensor:
-    """positions (b n) or (n) -> angles (... n d) for rotary embeddings (https://arxiv.org/abs/2104.09864)."""
+def rotary_tables(positions: torch.Tensor, dim_head: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions (n) -> cos, sin (n d) of rotary embeddings (https://arxiv.org/abs/2104.09864), float32.
+
+    The sin table carries the sign of `rotate_half`: for t = (t1, t2) the rotation is
+    t * cos + (-t2, t1) * sin = t * cos + roll(t, d/2) * (-sin1, sin2), one roll instead of split, negate, concat.
+    """
     inv_freq = 1.0 / (10000 ** (torch.arange(0, dim_head, 2, device=positions.device).float() / dim_head))
-    freqs = positions.float()[..., None] * inv_freq
-    return torch.cat((freqs, freqs), dim=-1)
+    freqs = positions.float()[:, None] * inv_freq  # (n d/2)
+    angles = torch.cat((freqs, freqs), dim=-1)
+    sin = angles.sin()
+    half = dim_head // 2
+    return angles.cos(), torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def apply_rotary(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """t (... d) rotated by tables from `rotary_tables`, broadcast against t."""
+    return t * cos + t.roll(t.shape[-1] // 2, dims=-1) * sin
 
 
-def apply_rotary(angles: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return t * angles.cos().to(t.dtype) + rotate_half(t) * angles.sin().to(t.dtype)
+class Rotary(nn.Module):
+    """Rotary tables computed once for max_len positions and sliced per call, rather than recomputed in every
+    layer at every decoding step. Buffers, so they follow the module's device; not saved with the weights."""
+
+    def __init__(self, dim_head: int, max_len: int):
+        super().__init__()
+        self.dim_head = dim_head
+        cos, sin = rotary_tables(torch.arange(max_len), dim_head)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, start: int, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions start..start+n-1 -> cos, sin (n 1 d) in dtype, to broadcast over (b n h d)."""
+        if start + n > self.cos.shape[0]:  # beyond the tables: compute these positions directly
+            cos, sin = rotary_tables(torch.arange(start, start + n, device=self.cos.device), self.dim_head)
+        else:
+            cos, sin = self.cos[start : start + n], self.sin[start : start + n]
+        return cos[:, None].to(dtype), sin[:, None].to(dtype)
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
+) -> torch.Tensor:
+    """Multi-query attention: q (b i h d), k and v (b 1 j d) -> (b i (h d)).
+
+    Without a mask every query row sees the same keys, so the heads are folded into the query axis of a
+    single attention head (b 1 (i h) d): no copies of the one key/value head, no transposes. With a mask
+    (bool (b 1 i j), True where a query may attend) or causal, the key/value head is broadcast over the heads.
+    """
+    b, i, h, d = q.shape
+    if mask is None and not causal:
+        out = F.scaled_dot_product_attention(q.reshape(b, 1, i * h, d), k, v)
+        return out.view(b, i, h * d)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.expand(-1, h, -1, -1), v.expand(-1, h, -1, -1), attn_mask=mask, is_causal=causal
+    )
+    return out.transpose(1, 2).reshape(b, i, h * d)
 
 
 class ParallelTransformerBlock(nn.Module):
@@ -64,31 +105,27 @@ class ParallelTransformerBlock(nn.Module):
         self,
         x: torch.Tensor,
         *,
-        positions: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
         cache: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x (b n d), positions (b n) or (n) -> (x (b n d), (k, v) each (b 1 j d) including the cache).
+        """x (b n d), rotary: cos, sin (n 1 d) of x's positions -> (x (b n d), (k, v) each (b 1 j d) with the cache).
 
         attn_mask: bool (b 1 i j), True where a query may attend; or is_causal for the plain causal case.
         cache: keys/values of earlier positions; the new ones are appended (incremental decoding).
         """
-        normed = self.norm(x)
-        q, k, v, ff = self.fused_attn_ff_proj(normed).split(self.fused_dims, dim=-1)
-        q = rearrange(q, "b n (h d) -> b h n d", h=self.heads)
-        k, v = rearrange(k, "b n d -> b 1 n d"), rearrange(v, "b n d -> b 1 n d")
-        angles = rotary_angles(positions, self.dim_head)
-        if angles.ndim == 3:
-            angles = rearrange(angles, "b n d -> b 1 n d")
-        q, k = apply_rotary(angles, q), apply_rotary(angles, k)
+        b, n, _ = x.shape
+        h, d = self.heads, self.dim_head
+        proj = self.fused_attn_ff_proj(self.norm(x))
+        # queries and the one key head sit side by side in the projection: rotate them together, (b n h+1 d)
+        qk = apply_rotary(proj[..., : (h + 1) * d].view(b, n, h + 1, d), *rotary)
+        q, k = qk[:, :, :h], qk[:, :, h:].transpose(1, 2)  # (b n h d), (b 1 n d)
+        v = proj[..., (h + 1) * d : (h + 2) * d].unsqueeze(1)  # (b 1 n d)
+        ff = proj[..., (h + 2) * d :]
         if cache is not None:
             k, v = torch.cat((cache[0], k), dim=-2), torch.cat((cache[1], v), dim=-2)
-        out = F.scaled_dot_product_attention(
-            q, k.expand(-1, self.heads, -1, -1), v.expand(-1, self.heads, -1, -1),
-            attn_mask=attn_mask, is_causal=is_causal and attn_mask is None,
-        )
-        out = rearrange(out, "b h n d -> b n (h d)")
+        out = attention(q, k, v, attn_mask, is_causal and attn_mask is None)
         return x + self.attn_out(out) + self.ff_out(ff), (k, v)
 
 
@@ -109,7 +146,7 @@ class CrossAttention(nn.Module):
     ):
         super().__init__()
         context_dim = context_dim or dim
-        self.heads = heads
+        self.heads, self.dim_head = heads, dim_head
         self.norm = LayerNorm(dim)
         self.context_norm = LayerNorm(context_dim) if norm_context else nn.Identity()
         self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
@@ -124,16 +161,15 @@ class CrossAttention(nn.Module):
 
     def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """context (b j c) -> keys, values, each (b 1 j d)."""
-        k, v = self.to_kv(self.context_norm(context)).chunk(2, dim=-1)
-        return rearrange(k, "b j d -> b 1 j d"), rearrange(v, "b j d -> b 1 j d")
+        k, v = self.to_kv(self.context_norm(context)).unsqueeze(1).chunk(2, dim=-1)
+        return k, v
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """x (b i d), kv from `context_kv` -> (b i d), without the residual."""
+        b, i, _ = x.shape
         normed = self.norm(x)
-        q = rearrange(self.to_q(normed), "b i (h d) -> b h i d", h=self.heads)
-        k, v = kv
-        out = F.scaled_dot_product_attention(q, k.expand(-1, self.heads, -1, -1), v.expand(-1, self.heads, -1, -1))
-        out = self.to_out(rearrange(out, "b h i d -> b i (h d)"))
+        q = self.to_q(normed).view(b, i, self.heads, self.dim_head)
+        out = self.to_out(attention(q, *kv, mask=None, causal=False))
         if self.ff is not None:
             out = out + self.ff(normed)
         return out

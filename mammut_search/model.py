@@ -19,7 +19,7 @@ from torch import nn
 from .config import MammutConfig
 from .contrastive import contrastive_loss
 from .image_encoders import build_image_encoder
-from .layers import CrossAttention, LayerNorm, ParallelTransformerBlock
+from .layers import CrossAttention, LayerNorm, ParallelTransformerBlock, Rotary
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -40,12 +40,17 @@ class MaMMUT(nn.Module):
             c.dim, context_dim=c.image_encoder.feature_dim, dim_head=c.dim_head, heads=c.heads, norm_context=True
         )
         self.img_attn_pool_norm = LayerNorm(c.dim)
+        # without them the pool sees the image tokens as an unordered set and loses the layout
+        self.img_pos_emb = (nn.Parameter(torch.zeros(c.image_encoder.num_tokens, c.image_encoder.feature_dim))
+                            if c.image_token_positions else None)
         self.text_cls_norm = LayerNorm(c.dim)
         self.img_to_latents = nn.Linear(c.dim, c.dim_latents, bias=False)
         self.text_to_latents = nn.Linear(c.dim, c.dim_latents, bias=False)
         # learnable log temperature, initialised like CLIP's 1/0.07 and clamped at 100 where used
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
+        # rotary tables for a few times the longest text; longer sequences get theirs computed per call
+        self.rotary = Rotary(c.dim_head, max_len=4 * c.max_text_len)
         self.self_attn_layers = nn.ModuleList(
             ParallelTransformerBlock(c.dim, dim_head=c.dim_head, heads=c.heads, ff_mult=c.ff_mult)
             for _ in range(c.depth)
@@ -65,8 +70,14 @@ class MaMMUT(nn.Module):
         """pixels (b 3 H W) -> image encoder tokens (b j c)."""
         return self.image_encoder(pixels)
 
-    def pool_image(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (b j c) -> (image CLS embedding (b d), image tokens for the decoder (b q d))."""
+    def pool_image(self, features: torch.Tensor, token_index: torch.Tensor | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (b j c) -> (image CLS embedding (b d), image tokens for the decoder (b q d)).
+
+        token_index (b j): which of the encoder's tokens `features` holds, when some were dropped (training).
+        """
+        if self.img_pos_emb is not None:
+            features = features + (self.img_pos_emb if token_index is None else self.img_pos_emb[token_index])
         queries = repeat(self.img_queries, "q d -> b q d", b=features.shape[0])
         pooled = self.img_attn_pool(queries, self.img_attn_pool.context_kv(features))
         pooled = self.img_attn_pool_norm(pooled)
@@ -95,8 +106,9 @@ class MaMMUT(nn.Module):
         mask = rearrange(keys_valid, "b j -> b 1 1 j")
         if self.config.contrastive_mask == "causal":
             mask = mask & torch.ones(n + 1, n + 1, dtype=torch.bool, device=text.device).tril()
+        rotary = self.rotary(0, n + 1, tokens.dtype)
         for block in self.self_attn_layers:
-            tokens, _ = block(tokens, positions=positions, attn_mask=mask)
+            tokens, _ = block(tokens, rotary=rotary, attn_mask=mask)
         cls = self.text_cls_norm(tokens[rows, lengths])
         return F.normalize(self.text_to_latents(cls), dim=-1)
 
@@ -128,7 +140,7 @@ class MaMMUT(nn.Module):
         """
         n = text.shape[1]
         x = self.token_emb(text)
-        positions = torch.arange(start, start + n, device=text.device)
+        rotary = self.rotary(start, n, x.dtype)
         mask = None
         if cache is None:  # key padding: pads never serve as keys (pads only follow the words)
             valid = rearrange(text != self.config.pad_id, "b j -> b 1 1 j")
@@ -136,7 +148,7 @@ class MaMMUT(nn.Module):
         new_cache = []
         for i, (block, cross) in enumerate(zip(self.self_attn_layers, self.cross_attn_layers)):
             layer_cache = cache[i] if cache is not None else None
-            x, kv = block(x, positions=positions, attn_mask=mask, cache=layer_cache)
+            x, kv = block(x, rotary=rotary, attn_mask=mask, cache=layer_cache)
             new_cache.append(kv)
             if cross_kv[i] is not None:
                 x = x + cross(x, cross_kv[i])

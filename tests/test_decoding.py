@@ -3,7 +3,7 @@
 import torch
 from PIL import Image
 
-from mammut_search.decoding import generate
+from mammut_search.decoding import block_repeated_ngrams, generate
 from mammut_search.testing import tiny_model
 
 
@@ -83,3 +83,31 @@ def test_score_text_ranks_matching_caption_first_on_overfitted_model():
         scores = m.score_text([imgs[i]] * len(texts), texts)
         assert scores.argmax().item() == i
     assert m.caption(imgs) == texts
+
+
+def test_cached_and_uncached_beam_search_agree(model):
+    features = model.image_features(model.preprocess(pictures()))
+    _, image_tokens = model.net.pool_image(features)
+    cached = generate(model.net, image_tokens, max_len=12, beam_width=3, use_cache=True)
+    uncached = generate(model.net, image_tokens, max_len=12, beam_width=3, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_decoding_past_the_rotary_tables_matches_uncached(model):
+    """Positions beyond the precomputed rotary tables are computed on the fly, with the same result."""
+    _, image_tokens = model.net.pool_image(model.image_features(model.preprocess(pictures()[:2])))
+    n = model.net.rotary.cos.shape[0] + 4
+    cached = generate(model.net, image_tokens, max_len=n, min_len=n, use_cache=True)
+    assert cached.shape[1] == n + 1
+    assert torch.equal(cached, generate(model.net, image_tokens, max_len=n, min_len=n, use_cache=False))
+
+
+def test_repeated_ngrams_are_blocked_and_nothing_else():
+    log_probs = torch.zeros(2, 10)
+    sequences = torch.tensor([[1, 5, 6, 7, 5, 6], [1, 2, 3, 4, 5, 6]])
+    blocked = block_repeated_ngrams(log_probs, sequences, 3)
+    assert blocked[0, 7] == -float("inf")  # "5 6 7" again
+    assert (blocked[0, :7] == 0).all() and (blocked[0, 8:] == 0).all()
+    assert (blocked[1] == 0).all()
+    unigrams = block_repeated_ngrams(log_probs, sequences, 1)  # no token twice
+    assert (unigrams[1, 1:7] == -float("inf")).all() and (unigrams[1, 7:] == 0).all()

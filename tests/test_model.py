@@ -128,3 +128,37 @@ def test_attention_goes_through_sdpa(model, monkeypatch):
     model.encode_text(["a red apple"])
     model.caption(images(1), max_len=4)
     assert len(calls) >= 2 * model.config.depth
+
+
+def test_rotary_tables_rotate_like_the_rotate_half_formula():
+    from mammut_search.layers import Rotary, apply_rotary
+
+    def reference(t, positions):  # https://arxiv.org/abs/2104.09864, rotate-half form
+        d = t.shape[-1]
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
+        angles = positions.float()[:, None] * inv_freq
+        angles = torch.cat((angles, angles), dim=-1)[:, None]  # (n 1 d)
+        t1, t2 = t.chunk(2, dim=-1)
+        return t * angles.cos() + torch.cat((-t2, t1), dim=-1) * angles.sin()
+
+    rotary = Rotary(16, max_len=8)
+    t = torch.randn(2, 5, 3, 16)  # (b n h d)
+    for start in (0, 3, 6):  # 6: past the tables, computed on the fly
+        expected = reference(t, torch.arange(start, start + 5))
+        assert torch.allclose(apply_rotary(t, *rotary(start, 5, t.dtype)), expected, atol=1e-6)
+
+
+def test_rotary_tables_are_not_part_of_the_checkpoint(model):
+    assert not any("rotary" in key for key in model.net.state_dict())
+
+
+def test_folded_multi_query_attention_matches_per_head_attention():
+    """Without a mask the heads share the key/value head and are folded into one; the masked path broadcasts
+    the key/value head over the heads. With an all-True mask both give the same result."""
+    from mammut_search.layers import attention
+
+    q, k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 1, 5, 8), torch.randn(2, 1, 5, 8)  # (b i h d), (b 1 j d)
+    everything = torch.ones(2, 1, 3, 5, dtype=torch.bool)
+    folded = attention(q, k, v, None, False)
+    assert folded.shape == (2, 3, 4 * 8)
+    assert torch.allclose(folded, attention(q, k, v, everything, False), atol=1e-6)
