@@ -6,6 +6,11 @@ truncated file is refused, not half-read). What it refuses, with `ImageLoadError
 empty, unreadable or non-regular files (a directory, a FIFO), files that are not images of a supported format,
 truncated or corrupt data, and images with more pixels than `max_pixels` (checked from the header, before any
 pixel is decoded, so a decompression bomb costs nothing).
+
+Callers that only need the image at a model's input size pass `min_side`: a JPEG is then decoded straight at
+1/2, 1/4 or 1/8 scale (DCT scaling, much cheaper than decoding every pixel), never with a side below
+`min_side`. The image encoders' preprocessing reduces other large images by the same powers of two, so a
+file gives nearly the same model input whichever way it was loaded.
 """
 
 from __future__ import annotations
@@ -39,20 +44,29 @@ _SWAPPED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that exchange width an
 _EXIF_ORIENTATION_TAG = 0x0112
 
 
-def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               min_side: int | None = None) -> Image.Image:
     """Decode the image file at `path` into an RGB image (EXIF-transposed, composited on white), or raise
-    ImageLoadError("path: reason")."""
+    ImageLoadError("path: reason"). With `min_side`, a JPEG may be decoded at reduced scale (sides ≥ min_side)."""
+    return load_image_with_size(path, max_pixels=max_pixels, min_side=min_side)[0]
+
+
+def load_image_with_size(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                         min_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """`load_image`, and the (width, height) of the full upright image (the image itself is smaller when
+    `min_side` let it be decoded at reduced scale)."""
     name = _display(path)
     _check_regular_file(path, name)
     with _read_errors(name), open(path, "rb") as f:
-        return _decode(f, name, max_pixels)
+        return _decode(f, name, max_pixels, min_side)
 
 
-def open_image_bytes(data: bytes, *, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image_bytes(data: bytes, *, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS,
+                     min_side: int | None = None) -> Image.Image:
     """Decode an image held in memory (an upload) like `load_image`; errors name it `name`."""
     if not data:
         raise _error(name, "empty (0 bytes)")
-    return _decode(io.BytesIO(data), name, max_pixels)
+    return _decode(io.BytesIO(data), name, max_pixels, min_side)[0]
 
 
 def image_size(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
@@ -90,8 +104,10 @@ def has_image_extension(path: str | os.PathLike) -> bool:
 
 # ----- decoding -----
 
-def _decode(f: IO[bytes], name: str, max_pixels: int) -> Image.Image:
-    """Open, size-check, fully decode and normalise one image from a binary file object."""
+def _decode(f: IO[bytes], name: str, max_pixels: int,
+            min_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Open, size-check, fully decode and normalise one image from a binary file object; also returns the
+    full upright size."""
     image = _open(f, name, max_pixels)
     width, height = image.size
     if width * height > max_pixels:
@@ -100,6 +116,9 @@ def _decode(f: IO[bytes], name: str, max_pixels: int) -> Image.Image:
         raise _error(name, f"image has no pixels ({width}×{height})")
     try:
         image.seek(0)  # animations and multi-page files: the first frame
+        if min_side is not None and image.format == "JPEG":
+            # DCT scaling: Pillow picks the largest of 1/2, 1/4, 1/8 that keeps both sides ≥ min_side
+            image.draft(None, (min_side, min_side))
         image.load()  # decodes everything now, so truncated or corrupt data fails here, not later
     except Image.DecompressionBombError:  # a frame larger than the header said
         raise _too_many_pixels(name, None, max_pixels) from None
@@ -107,8 +126,12 @@ def _decode(f: IO[bytes], name: str, max_pixels: int) -> Image.Image:
         raise _error(name, "not enough memory to decode it") from None
     except Exception as e:  # Pillow signals damaged data with OSError, SyntaxError, ValueError, struct.error...
         raise _error(name, f"truncated or corrupt image data ({_reason(e)})") from None
+    orientation = _orientation(image)
+    upright = _transposed(image, orientation)
+    turned = upright is not image and orientation in _SWAPPED_ORIENTATIONS
+    full_size = (height, width) if turned else (width, height)
     try:
-        return _to_rgb(_transposed(image))
+        return _to_rgb(upright), full_size
     except ImageLoadError:
         raise
     except Exception as e:
@@ -130,9 +153,9 @@ def _open(f: IO[bytes], name: str, max_pixels: int) -> Image.Image:
         raise _error(name, f"corrupt image header ({_reason(e)})") from None
 
 
-def _transposed(image: Image.Image) -> Image.Image:
+def _transposed(image: Image.Image, orientation: int) -> Image.Image:
     """The image turned upright by its EXIF orientation; a damaged EXIF block leaves it as stored."""
-    if _orientation(image) in (1, 0):
+    if orientation in (1, 0):
         return image  # exif_transpose would copy the pixels for nothing
     try:
         return ImageOps.exif_transpose(image) or image

@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from mammut_search.errors import ImageLoadError
-from mammut_search.images import IMAGE_EXTENSIONS, image_size, load_image, open_image_bytes
+from mammut_search.config import ImageEncoderConfig
+from mammut_search.image_encoders import decode_side, power_of_two_reduction, preprocess_images, square_pixels
+from mammut_search.images import IMAGE_EXTENSIONS, image_size, load_image, load_image_with_size, open_image_bytes
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -167,7 +169,119 @@ def test_image_extensions_are_the_supported_formats():
     assert IMAGE_EXTENSIONS == {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"}
 
 
+# ----- decoded at reduced scale for a model (min_side) -----
+
+def smooth_photo(width=800, height=600) -> Image.Image:
+    """A camera-like picture: smooth colours, left half reddish, right half bluish."""
+    small = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+    image.paste(Image.new("RGB", (width // 2, height // 4), RED), (0, 0))
+    image.paste(Image.new("RGB", (width // 2, height // 4), BLUE), (width // 2, 0))
+    return image
+
+
+def test_jpeg_with_min_side_is_decoded_smaller_but_never_below_it(tmp_path):
+    path = tmp_path / "photo.jpg"
+    smooth_photo(800, 600).save(path, quality=90)
+
+    image, full = load_image_with_size(path, min_side=96)
+
+    assert full == (800, 600)
+    assert image.mode == "RGB" and image.size == (200, 150)  # 1/4 scale: 1/8 would give 75 rows
+    assert close(pixel(image, 10, 10), RED, 40) and close(pixel(image, 190, 10), BLUE, 40)
+    assert load_image(path, min_side=96).size == (200, 150)
+    assert open_image_bytes(path.read_bytes(), min_side=96).size == (200, 150)
+    assert load_image(path, min_side=400).size == (800, 600)  # no smaller scale keeps 400 rows
+    assert load_image(path).size == (800, 600)
+
+
+def test_reduced_jpeg_keeps_its_exif_orientation_and_full_size(tmp_path):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: the viewer turns it 90° clockwise
+    smooth_photo(800, 600).save(path, exif=exif, quality=90)
+
+    image, full = load_image_with_size(path, min_side=96)
+
+    assert full == (600, 800) == image_size(path)
+    assert image.size == (150, 200)
+    assert close(pixel(image, 140, 10), RED, 40) and close(pixel(image, 140, 190), BLUE, 40)
+
+
+def test_reduced_cmyk_jpeg_converts_to_the_right_colours(tmp_path):
+    path = tmp_path / "print.jpg"
+    image = Image.new("CMYK", (800, 200), (0, 0, 0, 0))
+    image.paste((255, 0, 0, 0), (400, 0, 800, 200))  # cyan ink on the right
+    image.save(path, quality=95)
+
+    loaded, full = load_image_with_size(path, min_side=50)
+
+    assert full == (800, 200) and loaded.size == (200, 50) and loaded.mode == "RGB"
+    assert close(pixel(loaded, 20, 25), WHITE) and close(pixel(loaded, 180, 25), (0, 255, 255))
+
+
+def test_images_other_than_jpeg_are_not_reduced_by_the_loader(tmp_path):
+    path = tmp_path / "big.png"
+    smooth_photo(800, 600).save(path)
+    assert load_image_with_size(path, min_side=96) == (load_image(path), (800, 600))
+
+
+@pytest.mark.parametrize("suffix", ["jpg", "png"])
+def test_hazards_are_still_refused_when_decoding_at_reduced_scale(tmp_path, suffix):
+    cut = tmp_path / f"cut.{suffix}"
+    smooth_photo().save(cut)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    refused(cut, "truncated or corrupt", min_side=96)
+
+    bomb = tmp_path / f"bomb.{suffix}"
+    bomb.write_bytes(jpeg_claiming(60000, 60000) if suffix == "jpg" else png_header_only(60000, 60000))
+    refused(bomb, "more than the limit", min_side=96)
+
+
+def test_preprocessing_gives_nearly_the_same_pixels_from_a_reduced_or_a_full_decode(tmp_path):
+    config = ImageEncoderConfig(image_size=96)
+    path = tmp_path / "photo.jpg"
+    smooth_photo(1600, 1200).save(path, quality=90)
+
+    full = square_pixels(load_image(path), config).astype(int)
+    reduced = square_pixels(load_image(path, min_side=decode_side(config)), config).astype(int)
+
+    assert full.shape == reduced.shape == (96, 96, 3)
+    assert np.abs(full - reduced).mean() < 1.0 and np.abs(full - reduced).max() <= 8
+
+
+def test_preprocessing_reduces_large_images_only_to_twice_the_input_size():
+    assert decode_side(ImageEncoderConfig(image_size=96)) == 192
+    assert [power_of_two_reduction(size, 192) for size in [(100, 100), (383, 1000), (384, 384), (1024, 768),
+                                                             (4000, 3000), (5000, 700)]] == [1, 1, 2, 4, 8, 2]
+
+
+def test_preprocessing_letterboxes_onto_the_background_and_normalises_by_batch():
+    config = ImageEncoderConfig(image_size=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    wide = Image.new("RGB", (16, 8), RED)
+
+    pixels = square_pixels(wide, config)
+    batch = preprocess_images([wide, Image.new("RGBA", (8, 8), (0, 0, 0, 0))], config)
+
+    assert pixels.dtype == np.uint8 and pixels.shape == (8, 8, 3)
+    assert (pixels[0] == WHITE).all() and (pixels[4] == RED).all()  # rows 0-1 padding, 2-5 the image
+    assert batch.shape == (2, 3, 8, 8) and batch.is_contiguous()
+    assert batch[0, :, 4, 4].tolist() == [1.0, -1.0, -1.0] and (batch[1] == 1.0).all()  # transparent: white
+
+
 # ----- refused by name -----
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A small valid JPEG whose frame header claims width × height pixels."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    frame = data.index(b"\xff\xc0")  # baseline frame header: marker, length, precision, height, width
+    data[frame + 5:frame + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG signature and IHDR chunk claiming width × height RGB pixels, then one tiny IDAT."""

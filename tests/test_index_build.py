@@ -164,11 +164,33 @@ def test_captions_come_from_the_same_pass_and_can_be_turned_off(tmp_path, model)
     assert without.manifest["captions"] is False
 
 
-def test_decoding_in_the_main_process_gives_the_same_index(tmp_path, model):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_decoding_in_the_main_process_gives_the_same_index(tmp_path, model, threads):
     write_good_images(tmp_path / "a", 6)
     workers = build_index([tmp_path / "a"], tmp_path / "w", model, options=options(workers=2))
-    inline = build_index([tmp_path / "a"], tmp_path / "m", model, options=options(workers=0))
+    inline = build_index([tmp_path / "a"], tmp_path / "m", model, options=options(workers=0, threads=threads))
     assert content(workers) == content(inline)
+
+
+def test_large_jpegs_decoded_at_reduced_scale_keep_their_full_size_and_nearly_their_latents(tmp_path, model):
+    from mammut_search.images import load_image
+
+    small = np.random.default_rng(1).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    photo = Image.fromarray(small).resize((1200, 900), Image.Resampling.BICUBIC)
+    (tmp_path / "a").mkdir()
+    photo.save(tmp_path / "a" / "photo.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90°: 900 wide, 1200 high
+    photo.save(tmp_path / "a" / "turned.jpg", quality=90, exif=exif)
+    store = build_index([tmp_path / "a"], tmp_path / "i", model, options=options(workers=0))
+
+    sizes = {os.path.basename(r["path"]): (r["width"], r["height"]) for r in store.items.to_dict("records")}
+    assert sizes == {"photo.jpg": (1200, 900), "turned.jpg": (900, 1200)}
+    vectors = vectors_by_path(store)
+    paths = sorted(vectors)
+    expected = model.encode_image([load_image(p) for p in paths]).numpy()  # decoded at full size
+    cosines = (np.stack([vectors[p] for p in paths]) * expected).sum(axis=1)
+    assert cosines.min() > 0.99, cosines
 
 
 KILLED_BUILD = textwrap.dedent("""
