@@ -40,15 +40,16 @@ RECALL_QUERIES = 1000
 TIME_BUDGET_S = 15.0  # per latency measurement
 
 
-def clustered_latents(n: int, dim: int, seed: int, chunk: int = 100_000) -> np.ndarray:
+def clustered_latents(n: int, dim: int, seed: int, chunk: int = 100_000, out: np.ndarray | None = None) -> np.ndarray:
     """n unit vectors (n d) like image latents: a mixture of CLUSTERS overlapping Gaussian clusters in a
     LATENT_RANK-dimensional space, mapped linearly into `dim` dimensions, plus a little isotropic noise. Without
-    the overlap (well separated clusters) IVF would find every neighbour in one list and flatter itself."""
+    the overlap (well separated clusters) IVF would find every neighbour in one list and flatter itself.
+    `out`: an (n d) float32 array to fill, e.g. a memmap for more vectors than fit in memory (same values)."""
     fixed = np.random.default_rng(12345)
     mixing = fixed.standard_normal((LATENT_RANK, dim), dtype=np.float32) / np.sqrt(LATENT_RANK)
     centres = fixed.standard_normal((CLUSTERS, LATENT_RANK), dtype=np.float32)
     rng = np.random.default_rng(seed)
-    out = np.empty((n, dim), np.float32)
+    out = np.empty((n, dim), np.float32) if out is None else out
     for start in range(0, n, chunk):
         size = min(chunk, n - start)
         z = centres[rng.integers(0, CLUSTERS, size)] + rng.standard_normal((size, LATENT_RANK), dtype=np.float32)

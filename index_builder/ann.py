@@ -5,6 +5,9 @@
   fit `memory_budget_bytes`, IVF-SQ8 (one byte per dimension, recall close to IVF-Flat), and when even that
   does not fit, IVF-PQ (a few bytes per vector; its recall may stay below the target, which is then recorded
   as not met). HNSW when asked for (fast queries, slow to build, removals rebuild the graph).
+- Collections larger than memory: `vectors` may be a read-only `np.memmap` (e.g. `np.load(path, mmap_mode="r")`);
+  it is only ever read in blocks (checks, exact search, adding), and only the training sample and the
+  held-out queries are copied into memory.
 - IVF quantizers (and PQ codebooks) are trained on a sample; nprobe / efSearch is then raised until recall@10
   against exact search reaches `target_recall` on held-out queries. The measured recall goes into the index
   description, and so into the manifest.
@@ -54,12 +57,15 @@ SQ_RANGE_MARGIN = 0.05  # widen the trained 8-bit ranges so vectors outside the 
 def build_vector_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto",
                        exact_threshold: int = DEFAULT_EXACT_THRESHOLD, target_recall: float = DEFAULT_TARGET_RECALL,
                        memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET, queries: np.ndarray | None = None,
-                       use_gpu: bool | None = None, seed: int = 0, progress: bool = False) -> VectorIndex:
+                       use_gpu: bool | None = None, seed: int = 0, progress: bool = False,
+                       nlist: int | None = None) -> VectorIndex:
     """A VectorIndex of `vectors` (n d, unit norm) under `ids` (n int64): exact below `exact_threshold`, else
     approximate with search parameters tuned to `target_recall` (recall@10 against exact search).
 
     kind: "auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq" or "hnsw". queries: optional real queries (q d) to
     tune on (e.g. text latents; default: up to 1000 data vectors held out of training and tuning).
+    nlist: IVF lists (default: ivf_list_count); fewer lists train and add faster (k-means and assignment
+    cost grow with nlist) but scan more vectors per query at a given recall.
     """
     started = time.perf_counter()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -78,7 +84,7 @@ def build_vector_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "aut
     else:
         index = _build_approximate(kind, vectors, ids, queries=queries, target_recall=target_recall,
                                    memory_budget_bytes=memory_budget_bytes, use_gpu=use_gpu, seed=seed,
-                                   progress=progress)
+                                   progress=progress, nlist=nlist)
     index.describe(metric="inner_product", built_with=count, build_seconds=round(time.perf_counter() - started, 3))
     log.info("vector index: %s", index.description)
     return index
@@ -86,15 +92,15 @@ def build_vector_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "aut
 
 def _build_approximate(kind: str, vectors: np.ndarray, ids: np.ndarray, *, queries: np.ndarray | None,
                        target_recall: float, memory_budget_bytes: int, use_gpu: bool | None, seed: int,
-                       progress: bool) -> VectorIndex:
+                       progress: bool, nlist: int | None = None) -> VectorIndex:
     """Train, add and tune. Without given queries, some data vectors are held out: not trained on, and added
     only after the search parameters were tuned with them as queries against the rest."""
     rng = np.random.default_rng(seed)
     held_out = np.zeros(len(ids), bool)
     if queries is None:
         held_out[_query_rows(len(ids), rng)] = True
-    faiss_index, facts = _train(kind, vectors, _training_rows(kind, ~held_out, rng), seed=seed,
-                                memory_budget_bytes=memory_budget_bytes)
+    faiss_index, facts = _train(kind, vectors, _training_rows(kind, ~held_out, rng, nlist), seed=seed,
+                                memory_budget_bytes=memory_budget_bytes, nlist=nlist)
     index = VectorIndex(faiss_index, {"exact": False, **facts}, use_gpu=use_gpu)
     _add_in_chunks(index, vectors, ids, ~held_out, progress)
     truth = ground_truth(vectors, ids, queries=vectors[held_out] if queries is None else queries,
@@ -283,8 +289,8 @@ def _flat(vectors: np.ndarray, ids: np.ndarray):
     return index
 
 
-def _train(kind: str, vectors: np.ndarray, rows: np.ndarray, *, seed: int,
-           memory_budget_bytes: int) -> tuple[Any, dict[str, Any]]:
+def _train(kind: str, vectors: np.ndarray, rows: np.ndarray, *, seed: int, memory_budget_bytes: int,
+           nlist: int | None = None) -> tuple[Any, dict[str, Any]]:
     """An empty, trained FAISS index of `kind` and the facts about it worth recording."""
     import faiss
 
@@ -295,7 +301,7 @@ def _train(kind: str, vectors: np.ndarray, rows: np.ndarray, *, seed: int,
         return faiss.IndexIDMap2(graph), {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
     if kind not in ("ivf_flat", "ivf_sq8", "ivf_pq"):
         raise ValueError(f"unknown vector index kind {kind!r}; use auto, flat, ivf_flat, ivf_sq8, ivf_pq or hnsw")
-    nlist = ivf_list_count(count, len(rows))
+    nlist = min(nlist, len(rows)) if nlist else ivf_list_count(count, len(rows))
     quantizer = faiss.IndexFlatIP(dim)
     facts: dict[str, Any] = {"nlist": nlist}
     if kind == "ivf_flat":
@@ -357,12 +363,13 @@ def _query_rows(count: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(count, size=size, replace=False))
 
 
-def _training_rows(kind: str, allowed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _training_rows(kind: str, allowed: np.ndarray, rng: np.random.Generator,
+                   nlist: int | None = None) -> np.ndarray:
     """Rows the quantizer is trained on: a sample of the `allowed` rows (the held-out queries are not)."""
     if kind == "hnsw":
         return np.zeros(0, np.int64)
     pool = np.flatnonzero(allowed)
-    wanted = TRAIN_POINTS_PER_LIST * ivf_list_count(len(allowed))
+    wanted = TRAIN_POINTS_PER_LIST * (nlist or ivf_list_count(len(allowed)))
     if kind == "ivf_pq":
         wanted = max(wanted, 256 * 64)  # the 256-entry PQ codebooks need their own share of points
     return np.sort(rng.choice(pool, size=min(wanted, len(pool)), replace=False))

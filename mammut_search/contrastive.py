@@ -2,9 +2,17 @@
 
 Whether training is distributed is decided at every call, so a model built before
 `init_process_group` (or used afterwards for single-process evaluation) does the right thing.
+
+Gradient accumulation without changing the loss: the latents of a process's whole batch are first computed
+without gradients (`CachedLatents`); each micro-batch is then recomputed with gradients and scored against
+that whole batch (and, distributed, the global batch). The loss is a function of all latents, so the
+gradients of the micro-batches' own rows, summed, are exactly the whole batch's gradient (as in GradCache,
+Gao et al. 2021, https://arxiv.org/abs/2101.06983).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -34,18 +42,44 @@ def gather_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     return rows, sum(sizes[: dist.get_rank()])
 
 
+@dataclass
+class CachedLatents:
+    """A process's whole batch, computed without gradients, around one micro-batch recomputed with them."""
+
+    text: torch.Tensor  # (b d) unit-norm text latents of every row of the process's batch
+    image: torch.Tensor  # (b d) unit-norm image latents
+    groups: torch.Tensor | None  # (b) concept ids
+    start: int  # the micro-batch's first row
+    scale_grad: bool = True  # whether this micro-batch's loss trains the logit scale (exactly one should)
+
+    def around(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The micro-batch's live latents (m d) in place of their cached copies -> (b d) text and image."""
+        end = self.start + text.shape[0]
+        return (torch.cat([self.text[:self.start], text, self.text[end:]]),
+                torch.cat([self.image[:self.start], image, self.image[end:]]))
+
+
 def contrastive_loss(
     text_latents: torch.Tensor,
     image_latents: torch.Tensor,
     logit_scale: torch.Tensor,
     group_ids: torch.Tensor | None = None,
+    *,
+    cached: CachedLatents | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE between unit-norm text (b d) and image (b d) latents.
 
     Under torch.distributed, each rank scores its own rows against the global batch, and the labels index
     that global batch. `group_ids` (b): pairs with the same id (e.g. images of one concept) count as
-    positives of each other rather than negatives; the target spreads evenly over them.
+    positives of each other rather than negatives; the target spreads evenly over them. `cached`: the latents
+    are one micro-batch (m d) of the batch in `cached`; the loss is the whole batch's, its gradient reaches
+    only the micro-batch (`group_ids` is then ignored for `cached.groups`).
     """
+    if cached is not None:
+        text_latents, image_latents = cached.around(text_latents, image_latents)
+        group_ids = cached.groups
+        if not cached.scale_grad:  # every micro-batch computes the same loss: count its scale gradient once
+            logit_scale = logit_scale.detach()
     offset, all_texts, all_images = 0, text_latents, image_latents
     all_groups = group_ids
     if is_distributed():

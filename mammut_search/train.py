@@ -1,8 +1,10 @@
 """Training MaMMUT: a recipe (TOML + overrides) -> a checkpoint directory with a training card.
 
 One process on CPU or GPU (bf16 autocast), or DDP under `torchrun` (the contrastive loss gathers the global
-batch). The image encoder's input to its trainable part is cached once (frozen EfficientNet features, or
-pixels when the whole encoder trains). Batches are a function of (seed, step), so a run is reproducible and
+batch); `accum_steps` splits each process's batch into micro-batches without changing the gradient (see
+`accumulate_gradients`), so N processes × k micro-batches train exactly like one process on the whole batch.
+The image encoder's input to its trainable part is cached once (frozen EfficientNet features, or pixels when
+the whole encoder trains). Batches are a function of (seed, step), so a run is reproducible and
 `resume` continues exactly: model, optimizer, schedule and step come back from `last/`.
 
 Run directory: `last/` and `best/` are checkpoint directories (config.json, model.safetensors,
@@ -23,7 +25,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -35,7 +37,7 @@ from tqdm import tqdm
 
 from .checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from .config import ImageEncoderConfig, MammutConfig
-from .contrastive import contrastive_loss
+from .contrastive import CachedLatents, contrastive_loss
 from .errors import UserError
 from .image_encoders import preprocess_images
 from .model import MAX_LOGIT_SCALE, MaMMUT
@@ -77,6 +79,10 @@ class TrainConfig:
     # optimisation
     steps: int = 2000
     batch_size: int = 256  # global, over all processes
+    # micro-batches per step and process: the same gradient as the whole batch (contrastive negatives
+    # included), with the activation memory of one micro-batch
+    accum_steps: int = 1
+    precision: str = "auto"  # "auto": bf16 autocast on CUDA, float32 on CPU; "bf16" or "fp32" on any device
     images_per_concept: int = 2
     lr: float = 5e-4
     embedding_lr_scale: float = 0.3  # pretrained token embeddings move more slowly
@@ -197,15 +203,16 @@ class TrainingObjective(nn.Module):
     def forward(self, inputs: torch.Tensor, text: torch.Tensor, caption: torch.Tensor, groups: torch.Tensor,
                 teacher: torch.Tensor | None, keep_index: torch.Tensor | None,
                 extra_text: torch.Tensor | None = None, extra_teacher: torch.Tensor | None = None,
+                cached: CachedLatents | None = None, shares: dict[str, float] | None = None,
                 ) -> dict[str, torch.Tensor]:
         """inputs (b ...) cached encoder inputs; text (b n) contrastive captions; caption (b m) captioning
         targets; groups (b) concept ids; teacher (b 384) MiniLM embeddings of `text`; keep_index (b k)
-        image tokens to keep; extra_text (e n') texts without images and their MiniLM embeddings (e 384)."""
+        image tokens to keep; extra_text (e n') texts without images and their MiniLM embeddings (e 384).
+        cached: the whole batch's latents when this is one micro-batch of it (see contrastive.CachedLatents);
+        shares: each loss's factor in "loss" beside its weight (its part of the step's gradient)."""
         net, c = self.net, self.net.config
-        features = inputs if self.cached_features else net.image_features(inputs)
-        if keep_index is not None:
-            features = features.gather(1, keep_index[..., None].expand(-1, -1, features.shape[-1]))
-        image_cls, image_tokens = net.pool_image(features)
+        features = self.image_features(inputs, keep_index)
+        image_cls, image_tokens = net.pool_image(features, keep_index)
         zero = features.new_zeros(())
         losses: dict[str, torch.Tensor] = {}
         if c.caption_loss_weight > 0:
@@ -220,7 +227,8 @@ class TrainingObjective(nn.Module):
         if c.contrastive_loss_weight > 0:
             image_latents = F.normalize(net.img_to_latents(image_cls), dim=-1)
             scale = net.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
-            losses["contrastive"] = contrastive_loss(text_latents.float(), image_latents.float(), scale, groups)
+            losses["contrastive"] = contrastive_loss(text_latents.float(), image_latents.float(), scale, groups,
+                                                     cached=cached)
         if self.distill_head is not None and teacher is not None:
             latents = text_latents
             if extra_text is not None:
@@ -228,10 +236,30 @@ class TrainingObjective(nn.Module):
                 teacher = torch.cat([teacher, extra_teacher])
             predicted = F.normalize(self.distill_head(latents).float(), dim=-1)
             losses["distill"] = (1 - (predicted * teacher).sum(dim=-1)).mean()
-        losses["loss"] = (c.caption_loss_weight * losses.get("caption", zero)
-                          + c.contrastive_loss_weight * losses.get("contrastive", zero)
-                          + self.distill_weight * losses.get("distill", zero))
+        losses["loss"] = self.combine(losses, shares, zero)
         return losses
+
+    def combine(self, losses: dict[str, torch.Tensor], shares: dict[str, float] | None = None,
+                zero: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """The weighted sum trained on; `shares` scale each term further (1 when absent)."""
+        c, shares = self.net.config, shares or {}
+        return (c.caption_loss_weight * shares.get("caption", 1.0) * losses.get("caption", zero)
+                + c.contrastive_loss_weight * shares.get("contrastive", 1.0) * losses.get("contrastive", zero)
+                + self.distill_weight * shares.get("distill", 1.0) * losses.get("distill", zero))
+
+    def image_features(self, inputs: torch.Tensor, keep_index: torch.Tensor | None) -> torch.Tensor:
+        """Cached encoder inputs (b ...) -> the image tokens the pool attends to (b k c)."""
+        features = inputs if self.cached_features else self.net.image_features(inputs)
+        if keep_index is not None:
+            features = features.gather(1, keep_index[..., None].expand(-1, -1, features.shape[-1]))
+        return features
+
+    def contrastive_latents(self, inputs: torch.Tensor, text: torch.Tensor,
+                            keep_index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit-norm text and image latents (b l), float32: what the contrastive loss compares."""
+        image_cls, _ = self.net.pool_image(self.image_features(inputs, keep_index), keep_index)
+        image_latents = F.normalize(self.net.img_to_latents(image_cls), dim=-1)
+        return self.net.text_latents(text).float(), image_latents.float()
 
     distill_weight: float = 0.0
 
@@ -520,6 +548,10 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: str | Path | None
     after saving `last/`, as an interruption would (a later `resume` carries on)."""
     out_dir = Path(out_dir)
     runtime = setup_runtime(config)
+    autocast = training_autocast(config, runtime)
+    if config.accum_steps < 1 or config.batch_size < config.accum_steps * runtime.world_size:
+        raise UserError(f"accum_steps={config.accum_steps}: needs 1 ≤ accum_steps ≤ batch_size / processes "
+                        f"({config.batch_size} / {runtime.world_size}); lower accum_steps or raise batch_size")
     started = time.time()
     if frame is None:
         frame = td.read_manifest(config.manifest)
@@ -582,36 +614,14 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: str | Path | None
     while step < config.steps and not stop:
         for group in optimizer.param_groups:
             group["lr"] = group["lr_base"] * lr_factor(config, step)
-        batch = data.sampler.batch(step, runtime.rank, runtime.world_size)
-        inputs = data.train_cache.batch(batch.views, batch.images).to(runtime.device)
-        text = pad_rows([data.caption_ids[i] for i in batch.captions], tokenizer.pad_id).to(runtime.device)
-        if config.caption_target == "name":
-            caption = pad_rows([data.name_ids[int(i)] for i in batch.images], tokenizer.pad_id)
-        else:
-            caption = text
-        teacher = data.teacher[batch.captions].to(runtime.device) if data.teacher is not None else None
-        keep_index = None
-        if cached_features and config.token_keep < 1.0:
-            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-            tokens = inputs.shape[1]
-            keep = max(1, round(tokens * config.token_keep))
-            keep_index = torch.rand(len(inputs), tokens, generator=generator).argsort(dim=1)[:, :keep]
-            keep_index = keep_index.to(runtime.device)
-        extra_text = extra_teacher = None
-        if data.extra_teacher is not None:
-            picks = np.random.default_rng([config.seed, step, 1]).choice(len(data.extra_ids), config.distill_words_batch)
-            extra_text = pad_rows([data.extra_ids[i] for i in picks], tokenizer.pad_id).to(runtime.device)
-            extra_teacher = data.extra_teacher[torch.from_numpy(picks)].to(runtime.device)
-        with runtime.autocast():
-            losses = model(inputs, text, caption.to(runtime.device), batch.groups.to(runtime.device), teacher,
-                           keep_index, extra_text, extra_teacher)
+        batch = step_batch(config, data, tokenizer, runtime, step, cached_features)
         optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        losses = accumulate_gradients(model, objective, batch, config.accum_steps, runtime, autocast)
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for p in objective.parameters() if p.requires_grad], config.grad_clip)
         optimizer.step()
         step += 1
-        window_samples += len(inputs) * runtime.world_size
+        window_samples += len(batch["inputs"]) * runtime.world_size
         bar.update(1)
         if runtime.main and (step % config.log_every == 0 or step == config.steps):
             now = time.time()
@@ -666,6 +676,126 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: str | Path | None
     if runtime.world_size > 1:
         dist.barrier()
     return card
+
+
+# ----- one step -----
+
+def training_autocast(config: TrainConfig, runtime: Runtime) -> Callable[[], contextlib.AbstractContextManager]:
+    """A maker of the step's autocast context: bf16 on CUDA ("auto"), on any device ("bf16"), or none ("fp32").
+    bf16 keeps float32's exponent range, so small gradients do not underflow: no loss scaling (GradScaler)."""
+    if config.precision not in ("auto", "bf16", "fp32"):
+        raise UserError(f"precision must be 'auto', 'bf16' or 'fp32', not {config.precision!r}")
+    if config.precision == "fp32" or (config.precision == "auto" and runtime.device.type != "cuda"):
+        return contextlib.nullcontext
+    return lambda: torch.autocast(runtime.device.type, dtype=torch.bfloat16)
+
+
+def step_batch(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, runtime: Runtime, step: int,
+               cached_features: bool) -> dict[str, torch.Tensor | None]:
+    """This process's share of step `step`'s batch, on the device, as the objective's keyword arguments.
+
+    Random choices (kept image tokens, distillation words) are drawn for the global batch and then split like
+    the sampler's rows (r::w), so that N processes train on exactly what one process would."""
+    device, rows = runtime.device, slice(runtime.rank, None, runtime.world_size)
+    batch = data.sampler.batch(step, runtime.rank, runtime.world_size)
+    inputs = data.train_cache.batch(batch.views, batch.images).to(device)
+    text = pad_rows([data.caption_ids[i] for i in batch.captions], tokenizer.pad_id).to(device)
+    if config.caption_target == "name":
+        caption = pad_rows([data.name_ids[int(i)] for i in batch.images], tokenizer.pad_id).to(device)
+    else:
+        caption = text
+    teacher = data.teacher[batch.captions].to(device) if data.teacher is not None else None
+    keep_index = None
+    if cached_features and config.token_keep < 1.0:
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        tokens = inputs.shape[1]
+        keep = max(1, round(tokens * config.token_keep))
+        chosen = torch.rand(config.batch_size, tokens, generator=generator)[rows]
+        keep_index = chosen.argsort(dim=1)[:, :keep].to(device)
+    extra_text = extra_teacher = None
+    if data.extra_teacher is not None:
+        picks = np.random.default_rng([config.seed, step, 1]).choice(len(data.extra_ids), config.distill_words_batch)
+        picks = picks[rows]
+        if len(picks):
+            extra_text = pad_rows([data.extra_ids[i] for i in picks], tokenizer.pad_id).to(device)
+            extra_teacher = data.extra_teacher[torch.from_numpy(picks)].to(device)
+    return {"inputs": inputs, "text": text, "caption": caption, "groups": batch.groups.to(device),
+            "teacher": teacher, "keep_index": keep_index, "extra_text": extra_text, "extra_teacher": extra_teacher}
+
+
+def split_batch(batch: dict[str, torch.Tensor | None], parts: int) -> list[dict[str, torch.Tensor | None]]:
+    """A step's batch -> `parts` micro-batches of consecutive rows (the extra distillation texts split apart)."""
+    extra = {"extra_text", "extra_teacher"}
+    rows, extras = len(batch["inputs"]), len(batch["extra_text"]) if batch["extra_text"] is not None else 0
+    micro = []
+    for j in range(parts):
+        main = slice(rows * j // parts, rows * (j + 1) // parts)
+        side = slice(extras * j // parts, extras * (j + 1) // parts)
+        part = {k: v[main] if v is not None else None for k, v in batch.items() if k not in extra}
+        for k in extra:
+            part[k] = batch[k][side] if batch[k] is not None and side.stop > side.start else None
+        micro.append(part)
+    return micro
+
+
+def loss_counts(batch: dict[str, torch.Tensor | None], pad_id: int) -> list[int]:
+    """What each loss averages over: [caption target tokens, distillation texts, contrastive rows]."""
+    tokens = int((batch["caption"][:, 1:] != pad_id).sum())
+    texts = 0
+    if batch["teacher"] is not None:
+        texts = len(batch["text"]) + (len(batch["extra_text"]) if batch["extra_text"] is not None else 0)
+    return [tokens, texts, len(batch["inputs"])]
+
+
+def accumulate_gradients(model: nn.Module, objective: TrainingObjective, batch: dict[str, torch.Tensor | None],
+                         parts: int, runtime: Runtime,
+                         autocast: Callable[[], contextlib.AbstractContextManager]) -> dict[str, torch.Tensor]:
+    """Forward and backward over `parts` micro-batches of this process's batch, leaving in the parameters'
+    .grad the gradient of the global batch's loss (DDP averages it over processes); returns this process's
+    losses, for the log.
+
+    Each loss is a mean over caption tokens, distillation texts or contrastive rows: a micro-batch's term is
+    weighted by its share of the global count times the number of processes (DDP divides by it), so that
+    micro-batches and processes add up to the global mean even when their counts differ. The contrastive
+    loss is not a sum over rows (every row's negatives are the whole batch): each micro-batch is scored
+    against the cached latents of the rest (contrastive.CachedLatents). DDP all-reduces gradients only in
+    the last micro-batch's backward."""
+    config = objective.net.config
+    micro = split_batch(batch, parts)
+    counts = [loss_counts(m, config.pad_id) for m in micro]
+    local = [sum(column) for column in zip(*counts)]
+    totals = torch.tensor(local, dtype=torch.int64, device=runtime.device)
+    if runtime.world_size > 1:
+        dist.all_reduce(totals)
+    totals = [max(1, int(t)) for t in totals]
+    cached_text = cached_image = None
+    if parts > 1 and config.contrastive_loss_weight > 0:
+        with torch.no_grad(), autocast():
+            latents = [objective.contrastive_latents(m["inputs"], m["text"], m["keep_index"]) for m in micro]
+        cached_text, cached_image = torch.cat([t for t, _ in latents]), torch.cat([i for _, i in latents])
+    world, logged, start = runtime.world_size, {}, 0
+    for j, (part, (tokens, texts, rows)) in enumerate(zip(micro, counts)):
+        last = j == parts - 1
+        shares = {"caption": tokens * world / totals[0], "distill": texts * world / totals[1],
+                  "contrastive": local[2] * world / totals[2]}
+        cached = None
+        if cached_text is not None:  # the last micro-batch trains the logit scale: DDP's synced backward
+            # must reach every parameter
+            cached = CachedLatents(cached_text, cached_image, batch["groups"], start, scale_grad=last)
+        ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+        with model.no_sync() if ddp and not last else contextlib.nullcontext():
+            with autocast():
+                losses = model(**part, cached=cached, shares=shares)
+            losses["loss"].backward()
+        # the log shows this process's means: the micro-batches weighted by their local counts
+        weights = {"caption": tokens / max(1, local[0]), "distill": texts / max(1, local[1]),
+                   "contrastive": 1 / parts}
+        for name, weight in weights.items():
+            if name in losses:
+                logged[name] = logged.get(name, 0.0) + weight * losses[name].detach()
+        start += rows
+    logged["loss"] = objective.combine(logged)
+    return logged
 
 
 def _broadcast_flag(flag: bool, runtime: Runtime) -> bool:

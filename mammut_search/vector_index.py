@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 KINDS = ("flat", "ivf_flat", "ivf_sq8", "ivf_pq", "hnsw")
 TRAILER_MAGIC = b"MAMMUTVI"  # ends every file written by save(); the JSON length precedes it
 GPU_MAX_K = 2048  # FAISS GPU search returns at most this many neighbours; larger k is searched on the CPU
+CHECK_BLOCK = 1 << 18  # rows checked at a time (a block of 256-d float32 vectors is 256 MB)
 
 
 class VectorIndex:
@@ -260,8 +261,9 @@ def check_vectors(vectors: np.ndarray, ids: np.ndarray, dim: int | None = None) 
     if len(np.unique(ids)) != len(ids):
         values, counts = np.unique(ids, return_counts=True)
         raise ValueError(f"duplicate ids: {_some(values[counts > 1])}")
-    if not np.isfinite(vectors).all():
-        raise ValueError("vectors contain NaN or infinity")
+    for start in range(0, len(vectors), CHECK_BLOCK):  # in blocks: `vectors` may be a memmap larger than memory
+        if not np.isfinite(vectors[start:start + CHECK_BLOCK]).all():
+            raise ValueError("vectors contain NaN or infinity")
 
 
 # ----- FAISS details -----

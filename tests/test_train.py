@@ -3,7 +3,9 @@ and the checkpoint carries a training card."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -161,3 +163,32 @@ def test_recipe_path_frozen_features_minilm_text_and_baselines(corpus, tmp_path)
     model = load_model(tmp_path / "run" / "best", device="cpu")
     assert model.tokenizer.bos_id == model.tokenizer.hf.token_to_id("[CLS]")
     assert model.encode_text(["a red circle"]).shape == (1, 16)
+
+
+def test_accumulation_trains_like_one_batch(corpus, tmp_path):
+    """accum_steps=3 splits each step into micro-batches of 4 rows with the whole batch's gradient (the
+    contrastive negatives included): the weights end up as with one batch of 12."""
+    runs = {}
+    for accum in (1, 3):
+        config = tiny_recipe(tmp_path, steps=3, eval_every=100, final_eval="false", accum_steps=accum)
+        train(config, tmp_path / f"accum{accum}", frame=corpus, progress=False)
+        runs[accum] = load_file(str(tmp_path / f"accum{accum}" / "last" / "model.safetensors"))
+    for name in runs[1]:
+        assert torch.allclose(runs[1][name], runs[3][name], atol=2e-5), name
+    with pytest.raises(UserError, match="accum_steps"):
+        train(tiny_recipe(tmp_path, accum_steps=13), tmp_path / "too_many", frame=corpus, progress=False)
+
+
+def test_bf16_autocast_with_accumulation_on_cpu(corpus, tmp_path):
+    from mammut_search.train import Runtime, training_autocast
+
+    config = tiny_recipe(tmp_path, steps=4, log_every=1, eval_every=100, final_eval="false", accum_steps=2,
+                         precision="'bf16'")
+    with training_autocast(config, Runtime(torch.device("cpu")))():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    assert training_autocast(tiny_recipe(tmp_path), Runtime(torch.device("cpu"))) is contextlib.nullcontext
+    train(config, tmp_path / "bf16", frame=corpus, progress=False)
+    losses = [e["loss"] for e in read_log(tmp_path / "bf16") if "loss" in e]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    with pytest.raises(UserError, match="precision"):
+        train(tiny_recipe(tmp_path, precision="'fp16'"), tmp_path / "fp16", frame=corpus, progress=False)
