@@ -57,6 +57,8 @@ class MammutConfig:
     contrastive_mask: str = "bidirectional"  # the paper's default; "causal" is the reference code's
     # learned positions added to the image tokens before the attention pool (a CNN's feature map carries none)
     image_token_positions: bool = False
+    # a linear map of the whole token grid added to the image latent: keeps the layout that pooling averages away
+    image_grid_latent: bool = False
     caption_loss_weight: float = 1.0
     contrastive_loss_weight: float = 1.0
     pad_id: int = 0

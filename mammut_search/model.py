@@ -45,6 +45,8 @@ class MaMMUT(nn.Module):
                             if c.image_token_positions else None)
         self.text_cls_norm = LayerNorm(c.dim)
         self.img_to_latents = nn.Linear(c.dim, c.dim_latents, bias=False)
+        grid = c.image_encoder.num_tokens * c.image_encoder.feature_dim
+        self.img_grid_to_latents = nn.Linear(grid, c.dim_latents) if c.image_grid_latent else None
         self.text_to_latents = nn.Linear(c.dim, c.dim_latents, bias=False)
         # learnable log temperature, initialised like CLIP's 1/0.07 and clamped at 100 where used
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -86,7 +88,28 @@ class MaMMUT(nn.Module):
     def image_latents(self, features: torch.Tensor) -> torch.Tensor:
         """features (b j c) -> unit-norm contrastive latents (b l)."""
         cls, _ = self.pool_image(features)
-        return F.normalize(self.img_to_latents(cls), dim=-1)
+        return self.contrastive_image_latents(cls, features)
+
+    def contrastive_image_latents(self, cls: torch.Tensor, features: torch.Tensor,
+                                  token_index: torch.Tensor | None = None) -> torch.Tensor:
+        """The image CLS (b d) and the tokens it was pooled from (b j c) -> unit-norm latents (b l).
+
+        token_index (b j) as in `pool_image`: dropped tokens are zeros in the grid, the kept ones scaled up
+        (inverted dropout), so training and full-grid inference see the same expected input.
+        """
+        latents = self.img_to_latents(cls)
+        if self.img_grid_to_latents is not None:
+            latents = latents + self.img_grid_to_latents(self.token_grid(features, token_index).to(latents.dtype))
+        return F.normalize(latents, dim=-1)
+
+    def token_grid(self, features: torch.Tensor, token_index: torch.Tensor | None = None) -> torch.Tensor:
+        """features (b j c), or the kept tokens with their token_index (b j) -> the flattened grid (b (n c))."""
+        if token_index is None:
+            return features.flatten(1)
+        b, kept, c = features.shape
+        n = self.config.image_encoder.num_tokens
+        grid = features.new_zeros(b, n, c).scatter(1, token_index[..., None].expand(-1, -1, c), features)
+        return grid.flatten(1) * (n / kept)
 
     # ----- contrastive text pass -----
 
@@ -190,7 +213,7 @@ class MaMMUT(nn.Module):
                 rearrange(logits.float(), "b n v -> b v n"), text[:, 1:], ignore_index=c.pad_id
             )
         if c.contrastive_loss_weight > 0:
-            image_latents = F.normalize(self.img_to_latents(image_cls), dim=-1)
+            image_latents = self.contrastive_image_latents(image_cls, features)
             text_latents = self.text_latents(text)  # the whole caption, <eos> included
             scale = self.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
             losses["contrastive"] = contrastive_loss(text_latents.float(), image_latents.float(), scale, group_ids)

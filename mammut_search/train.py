@@ -225,7 +225,7 @@ class TrainingObjective(nn.Module):
         if c.contrastive_loss_weight > 0 or self.distill_head is not None:
             text_latents = net.text_latents(text)
         if c.contrastive_loss_weight > 0:
-            image_latents = F.normalize(net.img_to_latents(image_cls), dim=-1)
+            image_latents = net.contrastive_image_latents(image_cls, features, keep_index)
             scale = net.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
             losses["contrastive"] = contrastive_loss(text_latents.float(), image_latents.float(), scale, groups,
                                                      cached=cached)
@@ -257,8 +257,9 @@ class TrainingObjective(nn.Module):
     def contrastive_latents(self, inputs: torch.Tensor, text: torch.Tensor,
                             keep_index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-norm text and image latents (b l), float32: what the contrastive loss compares."""
-        image_cls, _ = self.net.pool_image(self.image_features(inputs, keep_index), keep_index)
-        image_latents = F.normalize(self.net.img_to_latents(image_cls), dim=-1)
+        features = self.image_features(inputs, keep_index)
+        image_cls, _ = self.net.pool_image(features, keep_index)
+        image_latents = self.net.contrastive_image_latents(image_cls, features, keep_index)
         return self.net.text_latents(text).float(), image_latents.float()
 
     distill_weight: float = 0.0

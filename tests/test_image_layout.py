@@ -1,5 +1,5 @@
-"""Learned positions of the image tokens: the attention pool sees the layout, dropped tokens keep their
-positions, and the embeddings travel with the checkpoint."""
+"""The image tokens' layout: learned positions before the attention pool and the linear grid latent both see
+it, dropped tokens keep their place, and both travel with the checkpoint."""
 
 import torch
 
@@ -57,3 +57,30 @@ def test_positions_round_trip_through_the_checkpoint(tmp_path):
     loaded = load_model(tmp_path / "ckpt", device="cpu")
     assert loaded.config.image_token_positions
     assert torch.equal(loaded.net.img_pos_emb, model.net.img_pos_emb)
+
+
+def test_grid_latent_sees_the_layout_and_survives_the_checkpoint(tmp_path):
+    model = tiny_model(seed=0, image_grid_latent=True)
+    net = model.net
+    features = torch.randn(2, 16, 32)
+    swapped = features[:, torch.randperm(16, generator=torch.Generator().manual_seed(0))]
+    with torch.no_grad():
+        assert not torch.allclose(net.image_latents(features), net.image_latents(swapped), atol=1e-3)
+    model.save(tmp_path / "ckpt")
+    loaded = load_model(tmp_path / "ckpt", device="cpu")
+    assert torch.equal(loaded.net.img_grid_to_latents.weight, net.img_grid_to_latents.weight)
+    with torch.no_grad():
+        assert torch.allclose(loaded.net.image_latents(features), net.image_latents(features))
+
+
+def test_grid_of_kept_tokens_puts_them_in_place_and_scales_them():
+    net = tiny_model(seed=0, image_grid_latent=True).net
+    features = torch.randn(2, 16, 32)
+    assert torch.equal(net.token_grid(features, torch.arange(16).expand(2, 16)), features.flatten(1))
+    keep = torch.tensor([[0, 3, 5, 9], [15, 2, 7, 1]])
+    kept = features.gather(1, keep[..., None].expand(-1, -1, 32))
+    grid = net.token_grid(kept, keep).view(2, 16, 32)
+    for b in range(2):
+        for j in range(16):
+            expected = features[b, j] * 4 if j in keep[b] else torch.zeros(32)
+            assert torch.allclose(grid[b, j], expected)
