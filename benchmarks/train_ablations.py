@@ -1,6 +1,6 @@
 """Ablations of the default recipe at a small, equal budget: joint vs contrastive-only vs captioning-only,
 bidirectional vs causal contrastive pass, with vs without the pretrained text side (MiniLM embeddings and
-distillation). Reuses the cached encoder features of the default recipe.
+distillation), with vs without the image latent's linear grid map. Reuses the cached encoder features of the default recipe.
 
     python benchmarks/train_ablations.py [--steps 150] [--out runs/ablations] [--card data/checkpoints/default]
 
@@ -21,6 +21,7 @@ VARIANTS = {
     "captioning only": ["model.contrastive_loss_weight=0.0", "distill_weight=0.0"],
     "causal contrastive pass": ["model.contrastive_mask='causal'"],
     "no pretrained text init": ["text_init=false", "distill_weight=0.0"],
+    "image latent from the pool only": ["model.image_grid_latent=false"],
 }
 
 
