@@ -1,14 +1,16 @@
-"""Vector search beyond memory: a compressed index (IVF-PQ under a memory budget) over 1M and 10M vectors.
+"""Vector search beyond memory: a compressed index (refined IVF-PQ, in a memory budget) over 1M and 10M vectors.
 
 The vectors are generated chunk by chunk into a .npy file on disk and handed to `build_vector_index` as a
 read-only memmap, the way a collection larger than RAM would be: 10M × 256 float32 is 10 GB, and the process
-never holds it. The memory budget scales with the collection (BUDGET_PER_VECTOR bytes a vector, 2 GiB at 10M),
-so `kind="auto"` picks IVF-PQ at both sizes. Recall@10 is measured on fresh queries against exact search,
-computed block by block over the memmap. Query timings hold /tmp/bench.lock, so that they do not overlap
+never holds it. The memory budget scales with the collection (BUDGET_PER_VECTOR bytes a vector, 2 GiB at 10M,
+or --budget-per-vector), so `kind="auto"` picks the same compressed kind at both sizes: IVF-PQ re-ranked with
+finer scalar-quantized codes (ivf_pq_refine) where both fit the budget, else IVF-PQ alone (--kind ivf_pq).
+Recall@10 is measured on fresh queries against exact search, computed block by block over the memmap. Query timings hold /tmp/bench.lock, so that they do not overlap
 other timings on a shared machine.
 
     nice -n 19 python benchmarks/bench_scale.py --sizes 10000000 --nlist 1024   # ~35 min on 2 cores
     nice -n 19 python benchmarks/bench_scale.py --sizes 1000000 --nlist 1024
+    nice -n 19 python benchmarks/bench_scale.py --sizes 1000000 --nlist 1024 --budget-per-vector 300
     python benchmarks/bench_scale.py --report
 
 One size per process: memory freed by a larger build would hide what a smaller one needs.
@@ -77,7 +79,8 @@ def vectors_on_disk(size: int, dim: int, work: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def bench(size: int, dim: int, nlist: int | None, work: Path) -> dict:
+def bench(size: int, dim: int, nlist: int | None, work: Path, kind: str = "auto",
+          budget_per_vector: float = BUDGET_PER_VECTOR) -> dict:
     """Build the index of `size` vectors from disk and measure it."""
     start = time.perf_counter()
     vectors = vectors_on_disk(size, dim, work)
@@ -88,8 +91,9 @@ def bench(size: int, dim: int, nlist: int | None, work: Path) -> dict:
     gc.collect()
     before = memory_mb()
     start = time.perf_counter()
-    index = build_vector_index(vectors, ids, memory_budget_bytes=int(BUDGET_PER_VECTOR * size), queries=tuning,
-                               nlist=nlist, progress=True)
+    budget = int(budget_per_vector * size)
+    index = build_vector_index(vectors, ids, kind=kind, memory_budget_bytes=budget, queries=tuning, nlist=nlist,
+                               progress=True)
     build_s = time.perf_counter() - start
     after = memory_mb()
     with tempfile.TemporaryDirectory(dir=work) as folder:
@@ -105,7 +109,7 @@ def bench(size: int, dim: int, nlist: int | None, work: Path) -> dict:
     return {
         "size": size, "dim": dim, "kind": index.kind, "nlist": index.description.get("nlist"),
         "pq_bytes_per_vector": index.description.get("pq_bytes_per_vector"),
-        "memory_budget_bytes": int(BUDGET_PER_VECTOR * size), "generate_s": generate_s, "build_s": build_s,
+        "refine": index.description.get("refine"), "memory_budget_bytes": budget, "generate_s": generate_s, "build_s": build_s,
         "index_mb": index_mb, "anon_added_mb": after["anon_mb"] - before["anon_mb"],
         "peak_anon_mb": after["anon_mb"], "peak_rss_mb": after["peak_rss_mb"], "file_backed_mb": after["file_mb"],
         "fresh_recall_at_10": recall, "exact_numpy_s_per_query": exact_s_per_query,
@@ -123,8 +127,10 @@ def report() -> str:
              "| q/s batch 1 | q/s batch 256 | recall@10 | params |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r["description"].get("params", {}).items())
+        codes = " + ".join(c for c in (r["pq_bytes_per_vector"] and f"PQ{r['pq_bytes_per_vector']}",
+                                       r.get("refine"), r["kind"] == "ivf_sq8" and "SQ8") if c)
         lines.append(
-            f"| {r['size']:,} × {r['dim']} | {r['kind']} (nlist={r['nlist']}, PQ{r['pq_bytes_per_vector']}) "
+            f"| {r['size']:,} × {r['dim']} | {r['kind']} (nlist={r['nlist']}, {codes}) "
             f"| {r['memory_budget_bytes'] / 2**20:,.0f} MiB | {r['build_s']:.0f} s | {r['index_mb']:.0f} MB "
             f"| {r['peak_anon_mb']:,.0f} MB | {r['queries_per_s_batch1']:,.0f} | {r['queries_per_s_batch256']:,.0f} "
             f"| {r['fresh_recall_at_10']:.3f} | {params} |")
@@ -138,6 +144,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default: the builder's choice)")
+    parser.add_argument("--kind", default="auto", help="index kind (default: the builder's choice for the budget)")
+    parser.add_argument("--budget-per-vector", type=float, default=BUDGET_PER_VECTOR,
+                        help="memory budget in bytes per vector (default: 2 GiB per 10M vectors)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_scale")
     parser.add_argument("--keep", action="store_true", help="keep the generated vectors in --work")
     parser.add_argument("--report", action="store_true", help="print the table of saved runs and exit")
@@ -151,9 +160,10 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     where = machine()
     for size in args.sizes:
-        result = bench(size, args.dim, args.nlist, args.work)
+        result = bench(size, args.dim, args.nlist, args.work, args.kind, args.budget_per_vector)
         result["machine"], result["threads"] = where, faiss.omp_get_max_threads()
-        (OUT / f"{size:011d}-{result['kind']}.json").write_text(json.dumps(result, indent=2))
+        refine = f"-{result['refine'].lower()}" if result["refine"] else ""
+        (OUT / f"{size:011d}-{result['kind']}{refine}.json").write_text(json.dumps(result, indent=2))
         print(json.dumps({k: v for k, v in result.items() if k != "description"}), flush=True)
         gc.collect()
     if not args.keep:

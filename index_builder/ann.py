@@ -3,14 +3,18 @@
 - Up to `exact_threshold` vectors: exact search (flat inner product). Nothing to tune, recall is 1.
 - Above it: IVF-Flat (vectors kept exactly, removable, fast to train); when the raw float32 vectors would not
   fit `memory_budget_bytes`, IVF-SQ8 (one byte per dimension, recall close to IVF-Flat), and when even that
-  does not fit, IVF-PQ (a few bytes per vector; its recall may stay below the target, which is then recorded
-  as not met). HNSW when asked for (fast queries, slow to build, removals rebuild the graph).
+  does not fit, refined IVF-PQ (ivf_pq_refine: coarse PQ codes find k_factor·k candidates, which are re-ranked
+  with finer 8-, 6- or 4-bit scalar-quantized codes; both kinds of codes sized to fit the budget together),
+  or, when not even 4-bit codes fit, plain IVF-PQ (a few bytes per vector). The recall of the compressed
+  kinds may stay below the target, which is then recorded as not met. HNSW when asked for (fast queries,
+  slow to build, removals rebuild the graph).
 - Collections larger than memory: `vectors` may be a read-only `np.memmap` (e.g. `np.load(path, mmap_mode="r")`);
   it is only ever read in blocks (checks, exact search, adding), and only the training sample and the
   held-out queries are copied into memory.
 - IVF quantizers (and PQ codebooks) are trained on a sample; nprobe / efSearch is then raised until recall@10
-  against exact search reaches `target_recall` on held-out queries. The measured recall goes into the index
-  description, and so into the manifest.
+  against exact search reaches `target_recall` on held-out queries (for ivf_pq_refine, nprobe is tuned for
+  each k_factor in REFINE_K_FACTORS and the cheapest pair that reaches the target is kept). The measured
+  recall goes into the index description, and so into the manifest.
 
 Held-out queries are data vectors left out of the training sample and added to the index only after tuning,
 unless the caller gives real queries (e.g. text latents). Re-tuning an updated IVF index, which already holds
@@ -50,7 +54,11 @@ KMEANS_ITERATIONS = 10  # enough for a coarse quantizer; FAISS's default 25 most
 TRAIN_POINTS_PER_LIST = 64
 ADD_CHUNK = 65536
 GROUND_TRUTH_BLOCK = 16384  # rows per block of the exact search (a 1000-query block of scores is 64 MB)
-COMPRESSED_KINDS = ("ivf_sq8", "ivf_pq")
+COMPRESSED_KINDS = ("ivf_sq8", "ivf_pq", "ivf_pq_refine")
+REFINE_BITS = (8, 6, 4)  # scalar quantizer bits per dimension of the refine codes, finest first
+REFINE_K_FACTORS = (2, 4, 8, 16, 32, 64)  # candidates re-ranked, as multiples of k
+REFINE_COST = 8  # a re-ranked candidate costs about as much as scanning this many coarse codes
+ID_OVERHEAD = 8 + 16  # bytes per vector besides its codes: its id in an inverted list, and a hash-map entry
 SQ_RANGE_MARGIN = 0.05  # widen the trained 8-bit ranges so vectors outside the training sample clip less
 
 
@@ -62,8 +70,9 @@ def build_vector_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "aut
     """A VectorIndex of `vectors` (n d, unit norm) under `ids` (n int64): exact below `exact_threshold`, else
     approximate with search parameters tuned to `target_recall` (recall@10 against exact search).
 
-    kind: "auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq" or "hnsw". queries: optional real queries (q d) to
-    tune on (e.g. text latents; default: up to 1000 data vectors held out of training and tuning).
+    kind: "auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "ivf_pq_refine" or "hnsw". queries: optional real
+    queries (q d) to tune on (e.g. text latents; default: up to 1000 data vectors held out of training and
+    tuning).
     nlist: IVF lists (default: ivf_list_count); fewer lists train and add faster (k-means and assignment
     cost grow with nlist) but scan more vectors per query at a given recall.
     """
@@ -114,13 +123,15 @@ def _build_approximate(kind: str, vectors: np.ndarray, ids: np.ndarray, *, queri
 
 def choose_kind(count: int, dim: int, *, exact_threshold: int = DEFAULT_EXACT_THRESHOLD,
                 memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET) -> str:
-    """flat up to exact_threshold vectors; beyond, ivf_flat, or the compressed ivf_sq8 / ivf_pq when the raw
-    float32 vectors (or their 8-bit form) exceed the memory budget."""
+    """flat up to exact_threshold vectors; beyond, ivf_flat, or the compressed ivf_sq8 / ivf_pq_refine / ivf_pq
+    when the raw float32 vectors (or their 8-bit form) exceed the memory budget."""
     if count <= exact_threshold:
         return "flat"
     if count * dim * 4 <= memory_budget_bytes:
         return "ivf_flat"
-    return "ivf_sq8" if count * dim <= memory_budget_bytes else "ivf_pq"
+    if count * dim <= memory_budget_bytes:
+        return "ivf_sq8"
+    return "ivf_pq_refine" if refine_layout(count, dim, memory_budget_bytes) else "ivf_pq"
 
 
 def update_vector_index(index: VectorIndex, *, add_vectors: np.ndarray | None = None,
@@ -132,7 +143,8 @@ def update_vector_index(index: VectorIndex, *, add_vectors: np.ndarray | None = 
     """Apply an incremental update (removals, then additions; untouched vectors stay bit-identical), then keep
     the index fit: rebuild it when its kind no longer suits the new size or an approximate index has grown or
     shrunk REBUILD_GROWTH-fold since it was built, else re-tune an IVF-Flat index's nprobe to `target_recall`.
-    Compressed indexes (ivf_sq8, ivf_pq) are only updated: their stored vectors are not the originals.
+    Compressed indexes (ivf_sq8, ivf_pq, ivf_pq_refine) are only updated: their stored vectors are not the
+    originals.
     Returns the index (the same object, or a rebuilt one)."""
     if remove_ids is not None and len(remove_ids):
         index.remove(remove_ids)
@@ -234,23 +246,42 @@ def tune_search_params(index: VectorIndex, truth: GroundTruth, *, target_recall:
     `target_recall` with confidence, and record the measurement in its description; returns what was recorded."""
     if index.kind == "flat":
         return {}
+    if index.kind == "ivf_pq_refine":
+        return _tune_refined(index, truth, target_recall=target_recall, progress=progress)
     name = "nprobe" if index.kind.startswith("ivf") else "efSearch"
     low, high = (1, int(index.description["nlist"])) if name == "nprobe" else (RECALL_K, 4096)
     measured: dict[int, tuple[float, float]] = {}  # value -> (mean recall, its standard error)
+    value = _tune_one(index, truth, name, low, high, measured, target_recall=target_recall, progress=progress)
+    curve = {str(v): [round(m, 4), round(e, 4)] for v, (m, e) in sorted(measured.items())}
+    return _record_tuning(index, truth, {name: value}, measured[value], curve, target_recall)
+
+
+def _tune_one(index: VectorIndex, truth: GroundTruth, name: str, low: int, high: int,
+              measured: dict[int, tuple[float, float]], *, fixed: dict[str, int] | None = None,
+              target_recall: float, progress: bool, stop_at_plateau: bool = False) -> int:
+    """The smallest value of search parameter `name` in [low, high] (with the `fixed` others) whose recall
+    reaches `target_recall` with confidence, or, when none does, the cheapest one near the best recall.
+    `measured` collects value -> (mean recall, standard error). stop_at_plateau: stop raising the value once
+    doubling it no longer raises the recall by more than its standard error."""
 
     def bound(value: int) -> float:
         """Lower confidence bound of the recall at `value`."""
         if value not in measured:
-            per_query = recall_per_query(index, truth, search_params={name: value})
+            per_query = recall_per_query(index, truth, search_params={**(fixed or {}), name: value})
             measured[value] = (float(per_query.mean()), float(per_query.std() / math.sqrt(len(per_query))))
         mean, error = measured[value]
         return mean - CONFIDENCE_ERRORS * error
+
+    def flat(previous: int, value: int) -> bool:
+        return stop_at_plateau and measured[value][0] - measured[previous][0] <= measured[value][1]
 
     with tqdm(desc=f"tuning {name}", unit="try", disable=not progress) as bar:
         tried = [low]  # doubling until the target is met (or the search is exhaustive) brackets the answer
         while tried[-1] < high and bound(tried[-1]) < target_recall:
             tried.append(min(tried[-1] * 2, high))
             bar.update()
+            if bound(tried[-1]) < target_recall and flat(tried[-2], tried[-1]):
+                break
         # a compressed index may never reach the target: then take the cheapest value near its best recall
         best = bound(tried[-1])
         goal = target_recall if best >= target_recall else best - PLATEAU_SLACK
@@ -263,17 +294,64 @@ def tune_search_params(index: VectorIndex, truth: GroundTruth, *, target_recall:
             else:
                 below = middle
             bar.update()
-    achieved, error = measured[value]
-    met = bound(value) >= target_recall
+    return value
+
+
+def _tune_refined(index: VectorIndex, truth: GroundTruth, *, target_recall: float,
+                  progress: bool) -> dict[str, Any]:
+    """nprobe tuned for each k_factor (smallest first); keeps the cheapest pair that reaches the target (cost:
+    coarse codes scanned plus REFINE_COST per re-ranked candidate), or the pair with the best recall."""
+    nlist = int(index.description["nlist"])
+    results: list[tuple[dict[str, int], tuple[float, float]]] = []  # (params, (mean recall, standard error))
+
+    def cost(result: tuple[dict[str, int], tuple[float, float]]) -> float:
+        """Rough work of one search: coarse codes scanned, plus REFINE_COST per re-ranked candidate."""
+        return result[0]["nprobe"] * index.ntotal / nlist + REFINE_COST * result[0]["k_factor"] * RECALL_K
+
+    curve: dict[str, list[float]] = {}
+    for k_factor in REFINE_K_FACTORS:
+        measured: dict[int, tuple[float, float]] = {}
+        nprobe = _tune_one(index, truth, "nprobe", 1, nlist, measured, fixed={"k_factor": k_factor},
+                           target_recall=target_recall, progress=progress, stop_at_plateau=True)
+        curve.update({f"nprobe={v},k_factor={k_factor}": [round(m, 4), round(e, 4)]
+                      for v, (m, e) in sorted(measured.items())})
+        results.append(({"nprobe": nprobe, "k_factor": k_factor}, measured[nprobe]))
+        met = [r for r in results if _meets(r[1], target_recall)]
+        if met and not _meets(results[-1][1], target_recall):
+            break  # a larger k_factor that no longer reaches the target will not be cheaper
+        if len(met) >= 2 and cost(met[-1]) > cost(met[-2]):
+            break  # more candidates no longer save enough probes
+    met = [r for r in results if _meets(r[1], target_recall)]
+    if not met:  # the target is out of reach: the cheapest pair near the best recall
+        best = max(_bound(recall) for _, recall in results)
+        met = [r for r in results if _bound(r[1]) >= best - PLATEAU_SLACK]
+    params, recall = min(met, key=cost)
+    return _record_tuning(index, truth, params, recall, curve, target_recall)
+
+
+def _bound(recall: tuple[float, float]) -> float:
+    """Lower confidence bound of a (mean recall, standard error) measurement."""
+    mean, error = recall
+    return mean - CONFIDENCE_ERRORS * error
+
+
+def _meets(recall: tuple[float, float], target_recall: float) -> bool:
+    return _bound(recall) >= target_recall
+
+
+def _record_tuning(index: VectorIndex, truth: GroundTruth, params: dict[str, int], recall: tuple[float, float],
+                   curve: dict[str, list[float]], target_recall: float) -> dict[str, Any]:
+    """Set the chosen search parameters and record the measurement in the index's description."""
+    achieved, error = recall
+    met = _meets(recall, target_recall)
     if not met:
-        log.warning("%s index reaches recall@%d %.3f at most (%.3f at %s=%d), below the target %.2f",
-                    index.kind, RECALL_K, max(m for m, _ in measured.values()), achieved, name, value,
-                    target_recall)
-    facts = {"params": {name: value}, "recall_at_10": round(achieved, 4), "recall_stderr": round(error, 4),
+        best = max(mean for mean, _ in curve.values())
+        log.warning("%s index reaches recall@%d %.3f at most (%.3f at %s), below the target %.2f", index.kind,
+                    RECALL_K, best, achieved, ", ".join(f"{k}={v}" for k, v in params.items()), target_recall)
+    facts = {"params": params, "recall_at_10": round(achieved, 4), "recall_stderr": round(error, 4),
              "recall_target": target_recall, "recall_target_met": met, "recall_queries": len(truth.queries),
              "recall_query_source": "data, leave-one-out" if (truth.own_ids >= 0).any() else "given",
-             "recall_measured_at": index.ntotal,
-             "recall_curve": {str(v): [round(m, 4), round(e, 4)] for v, (m, e) in sorted(measured.items())}}
+             "recall_measured_at": index.ntotal, "recall_curve": curve}
     index.describe(**facts)
     return facts
 
@@ -299,8 +377,9 @@ def _train(kind: str, vectors: np.ndarray, rows: np.ndarray, *, seed: int, memor
         graph = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         return faiss.IndexIDMap2(graph), {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
-    if kind not in ("ivf_flat", "ivf_sq8", "ivf_pq"):
-        raise ValueError(f"unknown vector index kind {kind!r}; use auto, flat, ivf_flat, ivf_sq8, ivf_pq or hnsw")
+    if kind not in ("ivf_flat", "ivf_sq8", "ivf_pq", "ivf_pq_refine"):
+        raise ValueError(f"unknown vector index kind {kind!r}; use auto, flat, ivf_flat, ivf_sq8, ivf_pq, "
+                         "ivf_pq_refine or hnsw")
     nlist = min(nlist, len(rows)) if nlist else ivf_list_count(count, len(rows))
     quantizer = faiss.IndexFlatIP(dim)
     facts: dict[str, Any] = {"nlist": nlist}
@@ -310,18 +389,50 @@ def _train(kind: str, vectors: np.ndarray, rows: np.ndarray, *, seed: int, memor
         index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
                                               faiss.METRIC_INNER_PRODUCT)
         index.sq.rangestat_arg = SQ_RANGE_MARGIN
+    elif kind == "ivf_pq_refine":
+        layout = refine_layout(count, dim, memory_budget_bytes)
+        if layout is None:
+            layout = (_pq_divisors(dim)[-1], REFINE_BITS[-1])
+            log.warning("coarse and %d-bit refine codes exceed the memory budget of %d bytes for %d vectors",
+                        REFINE_BITS[-1], memory_budget_bytes, count)
+        m, bits = layout
+        index = _ivf_pq(quantizer, dim, nlist, m, seed)
+        facts.update(pq_bytes_per_vector=m, refine=f"SQ{bits}", refine_bytes_per_vector=_sq_bytes(dim, bits))
     else:
         m = pq_code_bytes(count, dim, memory_budget_bytes)
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-        index.pq.cp.niter, index.pq.cp.seed = KMEANS_ITERATIONS, seed
+        index = _ivf_pq(quantizer, dim, nlist, m, seed)
         facts["pq_bytes_per_vector"] = m
     index.cp.niter, index.cp.seed = KMEANS_ITERATIONS, seed
     sample = np.ascontiguousarray(vectors[rows])
     log.info("training %s (nlist=%d) on %d of %d vectors", kind, nlist, len(sample), count)
-    index.train(sample)
-    index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by id
+    if kind == "ivf_pq_refine":
+        index = _refined(index, dim, int(facts["refine"][2:]), sample)
+    else:
+        index.train(sample)
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by id
     facts["trained_on"] = len(sample)
     return index, facts
+
+
+def _ivf_pq(quantizer, dim: int, nlist: int, m: int, seed: int):
+    """An untrained IVF-PQ index with `m` bytes per code."""
+    import faiss
+
+    index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    index.pq.cp.niter, index.pq.cp.seed = KMEANS_ITERATIONS, seed
+    return index
+
+
+def _refined(base, dim: int, bits: int, sample: np.ndarray):
+    """`base` (an untrained IVF-PQ index) trained on `sample`, its candidates re-ranked with `bits`-bit scalar
+    codes, under an id map (the base's labels are positions in the refine codes, so ids live in the map)."""
+    import faiss
+
+    qtype = {8: faiss.ScalarQuantizer.QT_8bit, 6: faiss.ScalarQuantizer.QT_6bit, 4: faiss.ScalarQuantizer.QT_4bit}
+    fine = faiss.IndexScalarQuantizer(dim, qtype[bits], faiss.METRIC_INNER_PRODUCT)
+    refined = faiss.IndexRefine(base, fine)
+    refined.train(sample)
+    return faiss.IndexIDMap2(refined)
 
 
 def ivf_list_count(count: int, train_points: int | None = None) -> int:
@@ -337,14 +448,36 @@ def ivf_list_count(count: int, train_points: int | None = None) -> int:
 def pq_code_bytes(count: int, dim: int, memory_budget_bytes: int) -> int:
     """Bytes per PQ code: the largest divisor m of dim with m ≤ 64 and ≥ 4 dimensions per sub-quantizer whose
     codes (plus ids and map) fit the budget."""
-    divisors = [m for m in range(min(dim // 4, 64), 0, -1) if dim % m == 0] or [1]
-    overhead = 8 + 16  # the id in the inverted list and its direct-map entry
+    divisors = _pq_divisors(dim)
     for m in divisors:
-        if count * (m + overhead) <= memory_budget_bytes:
+        if count * (m + ID_OVERHEAD) <= memory_budget_bytes:
             return m
     log.warning("even %d-byte PQ codes exceed the memory budget of %d bytes for %d vectors",
                 divisors[-1], memory_budget_bytes, count)
     return divisors[-1]
+
+
+def refine_layout(count: int, dim: int, memory_budget_bytes: int) -> tuple[int, int] | None:
+    """(coarse PQ bytes, refine bits per dimension) of a refined IVF-PQ index that fits the budget, or None.
+    The finest refine codes (REFINE_BITS) that leave room for a coarse code of ≥ dim/32 bytes win; the coarse
+    code then takes what is left, up to dim/8 bytes (8 dimensions a byte: enough to find the candidates)."""
+    divisors = _pq_divisors(dim)
+    least = min((m for m in divisors if m >= dim // 32), default=divisors[-1])
+    for bits in REFINE_BITS:
+        room = memory_budget_bytes / max(count, 1) - ID_OVERHEAD - 8 - _sq_bytes(dim, bits)  # + the id map
+        fitting = [m for m in divisors if least <= m <= min(room, max(dim // 8, least))]
+        if fitting:
+            return fitting[0], bits
+    return None
+
+
+def _pq_divisors(dim: int) -> list[int]:
+    """PQ code sizes for `dim`: divisors m ≤ 64 with ≥ 4 dimensions per sub-quantizer, largest first."""
+    return [m for m in range(min(dim // 4, 64), 0, -1) if dim % m == 0] or [1]
+
+
+def _sq_bytes(dim: int, bits: int) -> int:
+    return (dim * bits + 7) // 8
 
 
 def _add_in_chunks(index: VectorIndex, vectors: np.ndarray, ids: np.ndarray, rows: np.ndarray,
@@ -370,7 +503,7 @@ def _training_rows(kind: str, allowed: np.ndarray, rng: np.random.Generator,
         return np.zeros(0, np.int64)
     pool = np.flatnonzero(allowed)
     wanted = TRAIN_POINTS_PER_LIST * (nlist or ivf_list_count(len(allowed)))
-    if kind == "ivf_pq":
+    if kind in ("ivf_pq", "ivf_pq_refine"):
         wanted = max(wanted, 256 * 64)  # the 256-entry PQ codebooks need their own share of points
     return np.sort(rng.choice(pool, size=min(wanted, len(pool)), replace=False))
 

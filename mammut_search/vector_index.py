@@ -1,12 +1,12 @@
 """The FAISS vector index of an index directory: search, reconstruct, add, remove, save, load.
 
 Vectors are unit-norm latents compared by inner product (cosine similarity). Ids are the items table's int64
-ids, stored inside FAISS (IndexIDMap2 around flat and HNSW indexes, native ids in IVF indexes with a hash
-table direct map) so they stay stable across additions and removals. Which index to build, and with which
-search parameters, is decided in `index_builder.ann`; this module only serves what was built.
+ids, stored inside FAISS (IndexIDMap2 around flat, HNSW and refined IVF-PQ indexes, native ids in the other
+IVF indexes with a hash table direct map) so they stay stable across additions and removals. Which index to
+build, and with which search parameters, is decided in `index_builder.ann`; this module only serves what was built.
 
 Concurrency: any number of threads may search and reconstruct at once; `add` and `remove` wait for them and
-run alone. Search parameters (nprobe, efSearch) are passed per call as FAISS SearchParameters, so nothing a
+run alone. Search parameters (nprobe, efSearch, k_factor) are passed per call as FAISS SearchParameters, so nothing a
 search does changes the shared index. A GPU copy, when FAISS has GPUs, serves one search at a time.
 
 File format: a plain FAISS index file (`faiss.read_index` opens it) followed by a small trailer holding the
@@ -28,7 +28,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-KINDS = ("flat", "ivf_flat", "ivf_sq8", "ivf_pq", "hnsw")
+KINDS = ("flat", "ivf_flat", "ivf_sq8", "ivf_pq", "ivf_pq_refine", "hnsw")
 TRAILER_MAGIC = b"MAMMUTVI"  # ends every file written by save(); the JSON length precedes it
 GPU_MAX_K = 2048  # FAISS GPU search returns at most this many neighbours; larger k is searched on the CPU
 CHECK_BLOCK = 1 << 18  # rows checked at a time (a block of 256-d float32 vectors is 256 MB)
@@ -37,9 +37,11 @@ CHECK_BLOCK = 1 << 18  # rows checked at a time (a block of 256-d float32 vector
 class VectorIndex:
     """Unit vectors keyed by int64 ids, searched by inner product; thread-safe search.
 
-    `description` says what it is: type (flat, ivf_flat, ivf_pq, hnsw), params (nprobe / efSearch used by
-    search), the recall@10 measured against exact search when it was built, and on_gpu. ivf_sq8 and ivf_pq
-    store compressed vectors (8 bits per dimension; PQ codes), so their reconstruct() is approximate.
+    `description` says what it is: type (flat, ivf_flat, ivf_sq8, ivf_pq, ivf_pq_refine, hnsw), params (nprobe /
+    efSearch / k_factor used by search), the recall@10 measured against exact search when it was built, and
+    on_gpu. ivf_sq8, ivf_pq and ivf_pq_refine store compressed vectors (8 bits per dimension; PQ codes; PQ
+    codes whose candidates are re-ranked with finer scalar-quantized codes), so their reconstruct() is
+    approximate. ivf_pq_refine serves from the CPU only.
     """
 
     def __init__(self, faiss_index, description: dict[str, Any] | None = None, *, use_gpu: bool | None = None):
@@ -52,7 +54,7 @@ class VectorIndex:
         kind = _kind_of(faiss_index)
         self._description = {"type": kind, "params": _default_params(faiss_index, kind)}
         if kind.startswith("ivf"):
-            self._description["nlist"] = int(faiss_index.nlist)
+            self._description["nlist"] = int(_ivf_part(faiss_index).nlist)
         self._description.update(_json_ready(description or {}))
         self._description["type"] = kind
         self._description.pop("on_gpu", None)
@@ -79,7 +81,7 @@ class VectorIndex:
 
     @property
     def kind(self) -> str:
-        """flat (exact), ivf_flat, ivf_sq8, ivf_pq or hnsw."""
+        """flat (exact), ivf_flat, ivf_sq8, ivf_pq, ivf_pq_refine or hnsw."""
         return self._description["type"]
 
     @property
@@ -109,7 +111,8 @@ class VectorIndex:
                search_params: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: (scores (q k) float32, ids (q k) int64); missing slots have id -1, score -inf.
 
-        `search_params` ({"nprobe": n} or {"efSearch": e}) overrides the tuned ones for this call only.
+        `search_params` ({"nprobe": n}, {"efSearch": e}, {"k_factor": f}) overrides the tuned ones for this
+        call only.
         """
         queries = self._check_queries(queries)
         if not isinstance(k, (int, np.integer)) or k < 1:
@@ -129,7 +132,7 @@ class VectorIndex:
 
     def reconstruct(self, ids: np.ndarray | list[int]) -> np.ndarray:
         """The stored vectors of `ids` (n d) float32; KeyError if one is absent. Bit-exact for flat, ivf_flat and
-        hnsw; decoded from the compressed codes for ivf_sq8 and ivf_pq."""
+        hnsw; decoded from the compressed codes for ivf_sq8, ivf_pq and ivf_pq_refine (its finer codes)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         with self._lock.reading():
             missing = ids[~np.isin(ids, self._ids)]
@@ -167,6 +170,8 @@ class VectorIndex:
                 raise KeyError(f"ids not in the vector index: {_some(missing)}")
             if self.kind == "hnsw":
                 self._index = _hnsw_without(self._index, ids, np.setdiff1d(self._ids, ids))
+            elif self.kind == "ivf_pq_refine":
+                _remove_refined(self._index, ids)
             else:
                 removed = self._index.remove_ids(ids)
                 if removed != len(ids):
@@ -239,6 +244,9 @@ class VectorIndex:
         """A copy of the index on all GPUs, with the tuned search parameters set on it (it is ours alone)."""
         import faiss
 
+        if self.kind == "ivf_pq_refine":  # FAISS has no GPU version of the re-ranking step
+            log.warning("vector index stays on the CPU: FAISS cannot copy a refined IVF-PQ index to the GPU")
+            return None
         try:
             gpu = faiss.index_cpu_to_all_gpus(self._index)
             nprobe = self._description.get("params", {}).get("nprobe")
@@ -276,6 +284,10 @@ def _kind_of(index) -> str:
         return "flat"
     if isinstance(index, faiss.IndexIDMap2) and isinstance(inner, faiss.IndexHNSW):
         return "hnsw"
+    if (isinstance(index, faiss.IndexIDMap2) and isinstance(inner, faiss.IndexRefine)
+            and isinstance(faiss.downcast_index(inner.base_index), faiss.IndexIVFPQ)
+            and isinstance(faiss.downcast_index(inner.refine_index), faiss.IndexScalarQuantizer)):
+        return "ivf_pq_refine"
     if isinstance(index, faiss.IndexIVFFlat):
         _check_direct_map(index)
         return "ivf_flat"
@@ -286,7 +298,8 @@ def _kind_of(index) -> str:
         _check_direct_map(index)
         return "ivf_sq8"
     raise ValueError(f"unsupported FAISS index {type(index).__name__}: expected IndexIDMap2 around a flat or "
-                     "HNSW index, or IndexIVFFlat / IndexIVFScalarQuantizer (8 bit) / IndexIVFPQ with a "
+                     "HNSW index or an IndexRefine of IndexIVFPQ and IndexScalarQuantizer, or "
+                     "IndexIVFFlat / IndexIVFScalarQuantizer (8 bit) / IndexIVFPQ with a "
                      "hash-table direct map")
 
 
@@ -298,9 +311,20 @@ def _check_direct_map(index) -> None:
                          "to reconstruct and remove vectors by id")
 
 
+def _ivf_part(index):
+    """The IVF index inside `index` (the index itself, or the base of a refined IVF-PQ index)."""
+    import faiss
+
+    if isinstance(index, faiss.IndexIDMap2):
+        return faiss.downcast_index(faiss.downcast_index(index.index).base_index)
+    return index
+
+
 def _default_params(index, kind: str) -> dict[str, int]:
     import faiss
 
+    if kind == "ivf_pq_refine":
+        return {"nprobe": int(_ivf_part(index).nprobe), "k_factor": int(faiss.downcast_index(index.index).k_factor)}
     if kind.startswith("ivf"):
         return {"nprobe": int(index.nprobe)}
     if kind == "hnsw":
@@ -311,6 +335,12 @@ def _default_params(index, kind: str) -> dict[str, int]:
 def _faiss_params(kind: str, params: dict[str, int]):
     import faiss
 
+    if kind == "ivf_pq_refine":
+        base = faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
+        refine = faiss.IndexRefineSearchParameters(k_factor=float(params["k_factor"]))
+        refine.base_index_params = base
+        refine.referenced_objects = [base]  # keeps the IVF parameters alive as long as these
+        return refine
     if kind.startswith("ivf"):
         return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
     if kind == "hnsw":
@@ -347,6 +377,32 @@ def _hnsw_without(index, removed: np.ndarray, kept: np.ndarray):
         result.add_with_ids(vectors, kept)
     log.info("HNSW index rebuilt without %d removed vectors (%d kept)", len(removed), len(kept))
     return result
+
+
+def _remove_refined(index, removed: np.ndarray) -> None:
+    """Remove `removed` ids from an IndexIDMap2 around an IndexRefine, in place. FAISS cannot remove from an
+    IndexRefine: the labels of its IVF-PQ base are positions in its refine codes. So both are removed by
+    position, the refine codes close up (in order) and the positions left in the inverted lists are renumbered."""
+    import faiss
+
+    refine = faiss.downcast_index(index.index)
+    base, fine = faiss.downcast_index(refine.base_index), faiss.downcast_index(refine.refine_index)
+    id_map = faiss.vector_to_array(index.id_map)
+    gone = np.flatnonzero(np.isin(id_map, removed)).astype(np.int64)  # sorted positions
+    for part in (base, fine):
+        if part.remove_ids(faiss.IDSelectorBatch(len(gone), faiss.swig_ptr(gone))) != len(gone):
+            raise RuntimeError(f"FAISS removed the wrong number of vectors from {type(part).__name__}")
+    lists = base.invlists
+    for number in range(base.nlist):
+        size = lists.list_size(number)
+        if size:
+            old = faiss.rev_swig_ptr(lists.get_ids(number), size)
+            renumbered = (old - np.searchsorted(gone, old)).astype(np.int64)
+            codes = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size).copy()
+            lists.update_entries(number, 0, size, faiss.swig_ptr(renumbered), faiss.swig_ptr(codes))
+    faiss.copy_array_to_vector(np.delete(id_map, gone), index.id_map)
+    refine.ntotal = index.ntotal = fine.ntotal
+    index.construct_rev_map()  # from the first ntotal entries of the id map
 
 
 def _gpu_wanted(use_gpu: bool | None) -> bool:

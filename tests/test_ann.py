@@ -1,9 +1,11 @@
 """Index choice and tuning: approximate indexes keep recall@10 ≥ the target against exact search."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
-from index_builder.ann import (build_vector_index, choose_kind, ground_truth, measure_recall,
+from index_builder.ann import (build_vector_index, choose_kind, ground_truth, measure_recall, refine_layout,
                                update_vector_index)
 from mammut_search.vector_index import VectorIndex
 
@@ -162,3 +164,96 @@ def test_bad_input_is_refused_clearly(collection):
         build_vector_index(np.full((10, DIM), np.nan, np.float32), ids)
     with pytest.raises(ValueError, match="unknown vector index kind"):
         build_vector_index(latents(100, 1), np.arange(100), kind="lsh")
+
+
+def test_a_budget_for_coarse_and_finer_codes_chooses_the_refined_index():
+    assert choose_kind(10**6, 256, exact_threshold=10**5, memory_budget_bytes=200 * 2**20) == "ivf_pq_refine"
+    assert refine_layout(10**6, 256, 200 * 2**20) == (32, 4)  # 32-byte PQ codes, re-ranked with 4-bit codes
+    assert refine_layout(10**6, 256, 320 * 2**20) == (32, 8)
+    assert refine_layout(10**6, 256, 64 * 2**20) is None  # not even 4-bit codes fit: plain PQ
+
+
+REFINED_BUDGET = 20_000 * 104  # 8-byte PQ codes + 64 bytes of 8-bit refine codes + ids, per vector
+
+
+@pytest.fixture(scope="module")
+def refined(collection):
+    vectors, ids = collection
+    return build_vector_index(vectors, ids, kind="ivf_pq_refine", exact_threshold=1000,
+                              memory_budget_bytes=REFINED_BUDGET, target_recall=0.97, seed=0)
+
+
+def test_refined_pq_reaches_the_target_where_pq_alone_does_not(refined, collection):
+    vectors, ids = collection
+    fresh_queries = latents(500, seed=99)
+    description = refined.description
+    assert refined.kind == "ivf_pq_refine" and description["refine"] == "SQ8"
+    assert description["recall_target_met"] is True and description["recall_at_10"] >= 0.97
+    assert set(description["params"]) == {"nprobe", "k_factor"}
+    assert description["params"]["nprobe"] < description["nlist"]
+    assert exact_recall_at_10(refined, vectors, ids, fresh_queries) >= 0.95
+
+    plain = build_vector_index(vectors, ids, kind="ivf_pq", exact_threshold=1000,
+                               memory_budget_bytes=20_000 * (description["pq_bytes_per_vector"] + 24), seed=0)
+    assert plain.description["pq_bytes_per_vector"] == description["pq_bytes_per_vector"]  # same coarse codes
+    assert plain.description["recall_target_met"] is False
+    assert exact_recall_at_10(plain, vectors, ids, fresh_queries) < 0.9
+
+
+def test_refined_pq_round_trips_through_a_file(refined, collection, tmp_path):
+    vectors, ids = collection
+    refined.save(tmp_path / "index.faiss")
+    loaded = VectorIndex.load(tmp_path / "index.faiss")
+    assert loaded.kind == "ivf_pq_refine" and loaded.description == refined.description
+    for a, b in zip(loaded.search(vectors[:50], 10), refined.search(vectors[:50], 10)):
+        assert np.array_equal(a, b)
+    assert np.array_equal(loaded.reconstruct(ids[:100]), refined.reconstruct(ids[:100]))
+    decoded = loaded.reconstruct(ids[:100])  # 8-bit codes, not the vectors: close in direction
+    assert ((decoded * vectors[:100]).sum(axis=1) / np.linalg.norm(decoded, axis=1)).min() > 0.99
+
+
+def test_refined_pq_search_params_are_per_call(refined, collection):
+    queries = latents(200, seed=12)
+    params = dict(refined.description["params"])
+    default = refined.search(queries, 10)[1]
+    settings = [{"nprobe": 1, "k_factor": 1}, {"nprobe": params["nprobe"], "k_factor": 64}, params] * 4
+    alone = [refined.search(queries, 10, search_params=s)[1] for s in settings]
+    assert not np.array_equal(alone[0], default)  # the override did take effect, for that call
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(lambda s: refined.search(queries, 10, search_params=s)[1], settings))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+    assert refined.description["params"] == params
+    assert np.array_equal(refined.search(queries, 10)[1], default)
+
+
+def test_refined_pq_removes_and_adds_by_id(refined, collection, tmp_path):
+    vectors, ids = collection
+    refined.save(tmp_path / "index.faiss")
+    index = VectorIndex.load(tmp_path / "index.faiss")  # a copy: the module's fixture stays untouched
+    kept = ids[3000:]
+    before = index.reconstruct(kept)
+    new_vectors, new_ids = latents(2000, seed=51), np.arange(2000, dtype=np.int64) + 10**9
+
+    updated = update_vector_index(index, add_vectors=new_vectors, add_ids=new_ids, remove_ids=ids[::7][:400],
+                                  exact_threshold=1000, memory_budget_bytes=REFINED_BUDGET)
+    updated = update_vector_index(updated, remove_ids=np.setdiff1d(ids[:3000], ids[::7][:400]),
+                                  exact_threshold=1000, memory_budget_bytes=REFINED_BUDGET)
+
+    assert updated is index and updated.kind == "ivf_pq_refine" and updated.ntotal == 20_000 - 3000 + 2000
+    assert np.array_equal(updated.ids(), np.sort(np.concatenate([kept, new_ids])))
+    assert np.array_equal(updated.reconstruct(kept), before)  # untouched codes stay bit-identical
+    with pytest.raises(KeyError):
+        updated.reconstruct(ids[:1])
+    found = updated.search(vectors, 10)[1]
+    assert not np.isin(found, ids[:3000]).any()  # removed vectors are never returned
+    assert (updated.search(new_vectors[:200], 1)[1][:, 0] == new_ids[:200]).mean() > 0.95
+    everything = np.concatenate([vectors[3000:], new_vectors])
+    assert exact_recall_at_10(updated, everything, np.concatenate([kept, new_ids]), latents(300, seed=8)) >= 0.95
+    updated.save(tmp_path / "updated.faiss")
+    reloaded = VectorIndex.load(tmp_path / "updated.faiss")
+    assert np.array_equal(reloaded.search(new_vectors[:50], 10)[1], updated.search(new_vectors[:50], 10)[1])
+
+
+def test_refined_pq_stays_on_the_cpu_with_a_warning(refined, caplog):
+    assert refined._gpu_copy() is None
+    assert "stays on the CPU" in caplog.text

@@ -68,7 +68,7 @@ def test_bad_queries_are_refused_clearly():
     assert one.shape == (1, 3)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf_flat", "hnsw", "ivf_sq8"])
+@pytest.mark.parametrize("kind", ["flat", "ivf_flat", "hnsw", "ivf_sq8", "ivf_pq_refine"])
 def test_save_load_round_trip(tmp_path, kind):
     import faiss
 
@@ -84,7 +84,7 @@ def test_save_load_round_trip(tmp_path, kind):
     for a, b in zip(loaded.search(queries, 10), index.search(queries, 10)):
         assert np.array_equal(a, b)
     assert np.array_equal(loaded.ids(), np.sort(ids))
-    if kind != "ivf_sq8":
+    if kind not in ("ivf_sq8", "ivf_pq_refine"):
         assert np.array_equal(loaded.reconstruct(ids[::7]), vectors[::7])
     else:  # 8-bit codes, not the vectors: close in direction
         decoded = loaded.reconstruct(ids[::7])
