@@ -248,7 +248,11 @@ class VectorIndex:
             log.warning("vector index stays on the CPU: FAISS cannot copy a refined IVF-PQ index to the GPU")
             return None
         try:
-            gpu = faiss.index_cpu_to_all_gpus(self._index)
+            options = faiss.GpuMultipleClonerOptions()
+            # several GPUs: each holds a share of the vectors (an IndexShards) and their results are merged,
+            # so the index can be as large as their memory together; a single GPU holds it whole
+            options.shard = faiss.get_num_gpus() > 1
+            gpu = faiss.index_cpu_to_all_gpus(self._index, co=options)
             nprobe = self._description.get("params", {}).get("nprobe")
             if nprobe is not None:
                 faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", int(nprobe))

@@ -217,3 +217,29 @@ def _widest(index: VectorIndex) -> dict:
     if index.kind == "hnsw":
         return {"efSearch": 512}
     return {}
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_gpu_copy_shards_the_vectors_across_several_gpus(monkeypatch, gpus):
+    import faiss
+
+    cloned = {}
+
+    class Options:
+        shard = False
+
+    class ParameterSpace:
+        def set_index_parameter(self, index, name, value):
+            cloned[name] = value
+
+    def to_all_gpus(index, co=None):
+        cloned["shard"] = co.shard
+        return index
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: gpus, raising=False)
+    monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", Options, raising=False)
+    monkeypatch.setattr(faiss, "GpuParameterSpace", ParameterSpace, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_all_gpus, raising=False)
+    index, _, _ = build("flat", n=200)
+    assert index._gpu_copy() is not None
+    assert cloned["shard"] is (gpus > 1)
