@@ -99,8 +99,6 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: the builder's)")
-    parser.add_argument("--threads", type=int, default=BuildOptions.threads,
-                        help="decoding threads when decoding in the main process (default: the builder's)")
     parser.add_argument("--rounds", type=int, default=2, help="measurements of each, best kept (default 2)")
     parser.add_argument("--captions", choices=["off", "on", "both"], default="both")
     args = parser.parse_args()
@@ -118,8 +116,7 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {model.device}")
     weights = f"checkpoint {args.checkpoint}" if args.checkpoint else "random weights"
     print(f"model: {encoder.kind} at {encoder.image_size} px, {weights}; "
-          f"batch {args.batch_size}, {args.workers} decoding workers"
-          f"{f' ({args.threads} decoding threads)' if args.workers == 0 else ''}, {args.images} images per set, "
+          f"batch {args.batch_size}, {args.workers} decoding workers, {args.images} images per set, "
           f"best of {args.rounds}")
     print("| images | captions | forward img/s | build img/s | ratio | load avg before → after |")
     print("|---|---|---|---|---|---|")
@@ -127,7 +124,7 @@ def main() -> None:
         folder = make_images(kind, args.images)
         for captions in {"off": (False,), "on": (True,), "both": (False, True)}[args.captions]:
             load_before = os.getloadavg()[0]
-            options = BuildOptions(batch_size=args.batch_size, workers=args.workers, threads=args.threads,
+            options = BuildOptions(batch_size=args.batch_size, workers=args.workers,
                                    captions=captions, shard_size=1024, progress=False)
             forward, build = 0.0, 0.0
             for _ in range(args.rounds):  # alternate and keep the best, so a busy moment hurts neither side

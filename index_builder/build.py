@@ -38,7 +38,6 @@ class BuildOptions:
 
     batch_size: int = 64
     workers: int | None = None  # decoding processes; 0 decodes in the main process; None: default_workers
-    threads: int = 1  # decoding threads in the main process (workers=0); more measured no faster on 2 cores
     captions: bool = True
     shard_size: int = 1024  # encoded images per checkpointed shard (work lost to a crash is at most this)
     progress: bool = True
@@ -62,9 +61,9 @@ def default_workers(device) -> int:
     """Decoding processes for a model on `device`.
 
     GPU: every core but the one feeding the model (up to 8). CPU: the model's threads already use every core,
-    so decoding cannot hide behind it, only take its share (on 2 cores one worker and inline decoding both
-    reached 0.90-0.93 of the model's own speed); small machines decode inline, saving a process, and larger
-    ones give a quarter of their cores to decoding.
+    so decoding cannot hide behind it, only take its share (on 2 cores one worker process was no faster than
+    decoding inline); small machines decode inline, saving a process, and larger ones give a quarter of their
+    cores to decoding.
     """
     cores = os.cpu_count() or 2
     if torch.device(device).type == "cuda":
@@ -230,7 +229,7 @@ def run_encoder(model, jobs: list[EncodeJob], shards: ShardWriter, options: Buil
     """Encode the jobs with a progress bar, checkpointing every result into the shards."""
     with tqdm(total=len(jobs), desc="encoding", unit="img", disable=not options.progress or not jobs) as bar:
         workers = options.workers if options.workers is not None else default_workers(model.device)
-        for batch in encode(model, jobs, batch_size=options.batch_size, workers=workers, threads=options.threads,
+        for batch in encode(model, jobs, batch_size=options.batch_size, workers=workers,
                             captions=options.captions):
             shards.add(batch)
             bar.update(len(batch))

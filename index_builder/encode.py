@@ -3,10 +3,8 @@ its tokens into a latent (for FAISS) and, in the same pass, a caption (for the i
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -46,10 +44,9 @@ class DecodeDataset(Dataset):
     """Decodes one job: the safe loader, then the encoder's preprocessing up to uint8 pixels (runs in DataLoader
     workers, or in the main process with `workers=0`)."""
 
-    def __init__(self, jobs: Sequence[EncodeJob], config: ImageEncoderConfig, pool: Executor | None = None):
+    def __init__(self, jobs: Sequence[EncodeJob], config: ImageEncoderConfig):
         self.jobs = list(jobs)
         self.config = config
-        self.pool = pool  # threads for decoding in the main process (never sent to worker processes)
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -65,13 +62,6 @@ class DecodeDataset(Dataset):
             log.warning("%s: unexpected error while decoding (%r)", job.path, e)
             return {"job": job, "status": f"cannot decode ({type(e).__name__}: {e})"}
         return {"job": job, "status": "ok", "pixels": pixels, "size": size}
-
-    def __getitems__(self, indices: list[int]) -> list[dict]:
-        """A batch of jobs, decoded by the thread pool when there is one (Pillow releases the GIL while it
-        decodes and resizes, so the threads share the cores the model waits on)."""
-        if self.pool is None:
-            return [self[i] for i in indices]
-        return list(self.pool.map(self.__getitem__, indices))
 
 
 def skip_reason(error: Exception, path: str) -> str:
@@ -91,30 +81,27 @@ def collate(samples: list[dict], config: ImageEncoderConfig) -> dict:
             if pixels else None}
 
 
-def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: int = 1, threads: int = 1,
-           captions: bool = True, caption_max_len: int = 24) -> Iterator[list[Encoded]]:
-    """Yield, batch by batch, one Encoded per job. Decoding (workers > 0: in worker processes) overlaps the model;
-    with workers=0 each batch is decoded by `threads` threads between the model's batches."""
+def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: int = 1, captions: bool = True,
+           caption_max_len: int = 24) -> Iterator[list[Encoded]]:
+    """Yield, batch by batch, one Encoded per job. Decoding (workers > 0: in worker processes) overlaps the model."""
     if not jobs:
         return
     on_cuda = model.device.type == "cuda"
     config = model.config.image_encoder
-    with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(ThreadPoolExecutor(threads)) if workers == 0 and threads > 1 else None
-        loader = DataLoader(
-            DecodeDataset(jobs, config, pool), batch_size=batch_size, num_workers=workers,
-            collate_fn=functools.partial(collate, config=config), pin_memory=on_cuda,
-            prefetch_factor=4 if workers > 0 else None, persistent_workers=False,
-        )
-        for batch in loader:
-            samples, pixels = batch["samples"], batch["pixels"]
-            latents, texts = None, None
-            if pixels is not None:
-                features = model.image_features(pixels.to(model.device, non_blocking=True))
-                latents = model.latents_from_features(features).numpy().astype(np.float32, copy=False)
-                if captions:
-                    texts = model.captions_from_features(features, max_len=caption_max_len)
-            yield list(_results(samples, latents, texts))
+    loader = DataLoader(
+        DecodeDataset(jobs, config), batch_size=batch_size, num_workers=workers,
+        collate_fn=functools.partial(collate, config=config), pin_memory=on_cuda,
+        prefetch_factor=4 if workers > 0 else None, persistent_workers=False,
+    )
+    for batch in loader:
+        samples, pixels = batch["samples"], batch["pixels"]
+        latents, texts = None, None
+        if pixels is not None:
+            features = model.image_features(pixels.to(model.device, non_blocking=True))
+            latents = model.latents_from_features(features).numpy().astype(np.float32, copy=False)
+            if captions:
+                texts = model.captions_from_features(features, max_len=caption_max_len)
+        yield list(_results(samples, latents, texts))
 
 
 def _results(samples: list[dict], latents: np.ndarray | None, texts: list[str] | None) -> Iterator[Encoded]:

@@ -164,11 +164,10 @@ def test_captions_come_from_the_same_pass_and_can_be_turned_off(tmp_path, model)
     assert without.manifest["captions"] is False
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_decoding_in_the_main_process_gives_the_same_index(tmp_path, model, threads):
+def test_decoding_in_the_main_process_gives_the_same_index(tmp_path, model):
     write_good_images(tmp_path / "a", 6)
     workers = build_index([tmp_path / "a"], tmp_path / "w", model, options=options(workers=2))
-    inline = build_index([tmp_path / "a"], tmp_path / "m", model, options=options(workers=0, threads=threads))
+    inline = build_index([tmp_path / "a"], tmp_path / "m", model, options=options(workers=0))
     assert content(workers) == content(inline)
 
 
