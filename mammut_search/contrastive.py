@@ -52,6 +52,10 @@ class CachedLatents:
     start: int  # the micro-batch's first row
     scale_grad: bool = True  # whether this micro-batch's loss trains the logit scale (exactly one should)
 
+    def images_around(self, image: torch.Tensor) -> torch.Tensor:
+        """The micro-batch's live image latents (m d) in place of their cached copies -> (b d)."""
+        return torch.cat([self.image[:self.start], image, self.image[self.start + image.shape[0]:]])
+
     def around(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The micro-batch's live latents (m d) in place of their cached copies -> (b d) text and image."""
         end = self.start + text.shape[0]
@@ -99,3 +103,27 @@ def contrastive_loss(
     loss_t = torch.sum(-targets * F.log_softmax(text_to_image, dim=-1), dim=-1).mean()
     loss_i = torch.sum(-targets * F.log_softmax(image_to_text, dim=-1), dim=-1).mean()
     return 0.5 * (loss_t + loss_i)
+
+
+def word_image_loss(
+    word_latents: torch.Tensor,
+    image_latents: torch.Tensor,
+    logit_scale: torch.Tensor,
+    positives: torch.Tensor,
+    *,
+    cached: CachedLatents | None = None,
+) -> torch.Tensor:
+    """Multi-positive InfoNCE from single words to the batch's images: word k (w d) should pick out the
+    images (b d) whose concept's name uses it, among all the (global) batch's images.
+
+    positives (w B): 1 where word k names image c of the global batch, columns in the order the ranks'
+    batches are gathered. A word stands for what its images share, so a model trained on names alone learns
+    what each word means and can compose names it has never seen. `cached`: the images are one micro-batch
+    of the batch in `cached` (as in `contrastive_loss`).
+    """
+    if cached is not None:
+        image_latents = cached.images_around(image_latents)
+    all_images = gather_with_grad(image_latents)[0] if is_distributed() else image_latents
+    logits = logit_scale * word_latents @ all_images.t()  # (w B)
+    targets = positives / positives.sum(dim=-1, keepdim=True).clamp(min=1)
+    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()

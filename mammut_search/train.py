@@ -37,9 +37,10 @@ from tqdm import tqdm
 
 from .checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from .config import ImageEncoderConfig, MammutConfig
-from .contrastive import CachedLatents, contrastive_loss
+from .contrastive import CachedLatents, contrastive_loss, word_image_loss
 from .errors import UserError
 from .image_encoders import preprocess_images
+from .metrics import tokenize
 from .model import MAX_LOGIT_SCALE, MaMMUT
 from .tokenizer import Tokenizer, train_bpe
 from . import training_data as td
@@ -74,6 +75,10 @@ class TrainConfig:
     distill_words: int = 0
     distill_words_batch: int = 64
     caption_target: str = "name"  # what the captioning pass learns to write: "name" or "caption" (the sampled one)
+    # single words of the batch's names, each contrasted with the batch's images whose names use it: what a
+    # word means, so that names never trained on can be composed from their words
+    word_weight: float = 0.0
+    word_batch: int = 64  # words per step (drawn from the global batch's names)
     # model
     model: dict[str, Any] = field(default_factory=dict)
     # optimisation
@@ -204,12 +209,15 @@ class TrainingObjective(nn.Module):
                 teacher: torch.Tensor | None, keep_index: torch.Tensor | None,
                 extra_text: torch.Tensor | None = None, extra_teacher: torch.Tensor | None = None,
                 cached: CachedLatents | None = None, shares: dict[str, float] | None = None,
-                ) -> dict[str, torch.Tensor]:
+                word_text: torch.Tensor | None = None, word_positives: torch.Tensor | None = None,
+                word_grad: bool = True) -> dict[str, torch.Tensor]:
         """inputs (b ...) cached encoder inputs; text (b n) contrastive captions; caption (b m) captioning
         targets; groups (b) concept ids; teacher (b 384) MiniLM embeddings of `text`; keep_index (b k)
         image tokens to keep; extra_text (e n') texts without images and their MiniLM embeddings (e 384).
         cached: the whole batch's latents when this is one micro-batch of it (see contrastive.CachedLatents);
-        shares: each loss's factor in "loss" beside its weight (its part of the step's gradient)."""
+        shares: each loss's factor in "loss" beside its weight (its part of the step's gradient).
+        word_text (w n) single words and word_positives (w B) the global batch's images each one names;
+        word_grad: whether the words' latents get gradients (only one micro-batch of a step's should)."""
         net, c = self.net, self.net.config
         features = self.image_features(inputs, keep_index)
         image_cls, image_tokens = net.pool_image(features, keep_index)
@@ -229,6 +237,11 @@ class TrainingObjective(nn.Module):
             scale = net.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
             losses["contrastive"] = contrastive_loss(text_latents.float(), image_latents.float(), scale, groups,
                                                      cached=cached)
+            if self.word_weight > 0 and word_text is not None:
+                with contextlib.nullcontext() if word_grad else torch.no_grad():
+                    words = net.text_latents(word_text)
+                losses["words"] = word_image_loss(words.float(), image_latents.float(), scale.detach(),
+                                                  word_positives, cached=cached)
         if self.distill_head is not None and teacher is not None:
             latents = text_latents
             if extra_text is not None:
@@ -245,7 +258,8 @@ class TrainingObjective(nn.Module):
         c, shares = self.net.config, shares or {}
         return (c.caption_loss_weight * shares.get("caption", 1.0) * losses.get("caption", zero)
                 + c.contrastive_loss_weight * shares.get("contrastive", 1.0) * losses.get("contrastive", zero)
-                + self.distill_weight * shares.get("distill", 1.0) * losses.get("distill", zero))
+                + self.distill_weight * shares.get("distill", 1.0) * losses.get("distill", zero)
+                + self.word_weight * shares.get("words", 1.0) * losses.get("words", zero))
 
     def image_features(self, inputs: torch.Tensor, keep_index: torch.Tensor | None) -> torch.Tensor:
         """Cached encoder inputs (b ...) -> the image tokens the pool attends to (b k c)."""
@@ -263,6 +277,7 @@ class TrainingObjective(nn.Module):
         return self.net.text_latents(text).float(), image_latents.float()
 
     distill_weight: float = 0.0
+    word_weight: float = 0.0
 
 
 # ----- data preparation -----
@@ -279,6 +294,8 @@ class PreparedData:
     extra_ids: list[list[int]]  # text-only distillation texts (token ids)
     extra_teacher: torch.Tensor | None  # their MiniLM embeddings
     sampler: td.ConceptBalancedSampler
+    name_words: list[list[int]]  # each training row's name as indices into `word_ids`
+    word_ids: list[list[int]]  # the names' distinct words (token ids)
     eval_splits: list[te.EvalSplit]
     data_card: dict[str, Any]
 
@@ -367,8 +384,24 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
         extra_ids = _encode_rows(tokenizer, extra, max_len)
         extra_teacher = minilm_targets(extra, cache_root, progress=runtime.main)
         data_card["distill_words"] = len(words)
+    words, name_words = name_vocabulary([str(n) for n in train["name"]])
+    word_ids = _encode_rows(tokenizer, words, max_len) if config.word_weight > 0 else []
     return PreparedData(frame, train, train_cache, captions, caption_ids, name_ids, teacher, extra_ids, extra_teacher,
-                        sampler, eval_splits, data_card)
+                        sampler, name_words, word_ids, eval_splits, data_card)
+
+
+# words that name nothing on their own
+FUNCTION_WORDS = frozenset("a an the of with and or in on at to for by from s".split())
+
+
+def name_vocabulary(names: list[str]) -> tuple[list[str], list[list[int]]]:
+    """Names -> (their distinct content words, each name's words as indices into that list)."""
+    index: dict[str, int] = {}
+    rows = []
+    for name in names:
+        words = dict.fromkeys(w for w in tokenize(name) if w not in FUNCTION_WORDS)
+        rows.append([index.setdefault(w, len(index)) for w in words])
+    return list(index), rows
 
 
 def training_rows(config: TrainConfig, frame: pd.DataFrame) -> pd.DataFrame:
@@ -572,6 +605,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: str | Path | None
     distill_dim = data.teacher.shape[1] if data.teacher is not None else 0
     objective = TrainingObjective(net, distill_dim=distill_dim, cached_features=cached_features)
     objective.distill_weight = config.distill_weight
+    objective.word_weight = config.word_weight
     if objective.distill_head is not None:
         torch.manual_seed(config.seed + 1)
         nn.init.normal_(objective.distill_head.weight, std=net.config.dim_latents ** -0.5)
@@ -720,19 +754,42 @@ def step_batch(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, ru
         if len(picks):
             extra_text = pad_rows([data.extra_ids[i] for i in picks], tokenizer.pad_id).to(device)
             extra_teacher = data.extra_teacher[torch.from_numpy(picks)].to(device)
+    word_text, word_positives = step_words(config, data, tokenizer, runtime, step)
     return {"inputs": inputs, "text": text, "caption": caption, "groups": batch.groups.to(device),
-            "teacher": teacher, "keep_index": keep_index, "extra_text": extra_text, "extra_teacher": extra_teacher}
+            "teacher": teacher, "keep_index": keep_index, "extra_text": extra_text, "extra_teacher": extra_teacher,
+            "word_text": word_text, "word_positives": word_positives}
+
+
+def step_words(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, runtime: Runtime,
+               step: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """This process's share of the step's words (w n) and which images of the global batch each names (w B),
+    columns in the order the processes' batches are gathered (rank 0's rows, then rank 1's...)."""
+    if config.word_weight <= 0 or not data.word_ids:
+        return None, None
+    images = data.sampler.global_batch(step).images.numpy()
+    world = runtime.world_size
+    gathered = np.concatenate([images[r::world] for r in range(world)])
+    column_words = [set(data.name_words[i]) for i in gathered]
+    present = np.array(sorted(set().union(*column_words)))
+    picks = np.random.default_rng([config.seed, step, 2]).permutation(present)[:config.word_batch]
+    picks = picks[runtime.rank::world]
+    if not len(picks):
+        return None, None
+    text = pad_rows([data.word_ids[w] for w in picks], tokenizer.pad_id).to(runtime.device)
+    positives = torch.tensor([[w in words for words in column_words] for w in picks], dtype=torch.float32)
+    return text, positives.to(runtime.device)
 
 
 def split_batch(batch: dict[str, torch.Tensor | None], parts: int) -> list[dict[str, torch.Tensor | None]]:
     """A step's batch -> `parts` micro-batches of consecutive rows (the extra distillation texts split apart)."""
-    extra = {"extra_text", "extra_teacher"}
+    extra, whole = {"extra_text", "extra_teacher"}, {"word_text", "word_positives"}
     rows, extras = len(batch["inputs"]), len(batch["extra_text"]) if batch["extra_text"] is not None else 0
     micro = []
     for j in range(parts):
         main = slice(rows * j // parts, rows * (j + 1) // parts)
         side = slice(extras * j // parts, extras * (j + 1) // parts)
-        part = {k: v[main] if v is not None else None for k, v in batch.items() if k not in extra}
+        part = {k: v[main] if v is not None else None for k, v in batch.items() if k not in extra | whole}
+        part.update({k: batch[k] for k in whole if k in batch})  # every micro-batch scores all the words
         for k in extra:
             part[k] = batch[k][side] if batch[k] is not None and side.stop > side.start else None
         micro.append(part)
@@ -774,11 +831,16 @@ def accumulate_gradients(model: nn.Module, objective: TrainingObjective, batch: 
         with torch.no_grad(), autocast():
             latents = [objective.contrastive_latents(m["inputs"], m["text"], m["keep_index"]) for m in micro]
         cached_text, cached_image = torch.cat([t for t, _ in latents]), torch.cat([i for _, i in latents])
+    words = len(batch["word_text"]) if batch.get("word_text") is not None else 0
+    word_total = torch.tensor([words], device=runtime.device)
+    if runtime.world_size > 1:
+        dist.all_reduce(word_total)
+    word_total = max(1, int(word_total))
     world, logged, start = runtime.world_size, {}, 0
     for j, (part, (tokens, texts, rows)) in enumerate(zip(micro, counts)):
         last = j == parts - 1
         shares = {"caption": tokens * world / totals[0], "distill": texts * world / totals[1],
-                  "contrastive": local[2] * world / totals[2]}
+                  "contrastive": local[2] * world / totals[2], "words": words * world / word_total}
         cached = None
         if cached_text is not None:  # the last micro-batch trains the logit scale: DDP's synced backward
             # must reach every parameter
@@ -786,11 +848,12 @@ def accumulate_gradients(model: nn.Module, objective: TrainingObjective, batch: 
         ddp = isinstance(model, nn.parallel.DistributedDataParallel)
         with model.no_sync() if ddp and not last else contextlib.nullcontext():
             with autocast():
-                losses = model(**part, cached=cached, shares=shares)
+                # the words' gradient is taken once, in the first micro-batch; the images' in each
+                losses = model(**part, cached=cached, shares=shares, word_grad=j == 0)
             losses["loss"].backward()
         # the log shows this process's means: the micro-batches weighted by their local counts
         weights = {"caption": tokens / max(1, local[0]), "distill": texts / max(1, local[1]),
-                   "contrastive": 1 / parts}
+                   "contrastive": 1 / parts, "words": 1 / parts}
         for name, weight in weights.items():
             if name in losses:
                 logged[name] = logged.get(name, 0.0) + weight * losses[name].detach()

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from mammut_search.contrastive import CachedLatents, contrastive_loss
+from mammut_search.contrastive import CachedLatents, contrastive_loss, word_image_loss
 from mammut_search.train import TrainConfig, train
 from test_train import corpus, tiny_recipe  # noqa: F401 (corpus is a fixture)
 
@@ -52,6 +52,34 @@ def test_micro_batches_against_cached_latents_give_the_whole_batch_gradient():
     assert not torch.allclose(weight.grad, expected[0], atol=1e-3)
 
 
+def test_word_loss_over_micro_batches_gives_the_whole_batch_gradient():
+    """Words scored against the cached images: their gradient taken once, the images' in each micro-batch."""
+    weight, scale, latents = toy_problem()
+    words = torch.randn(3, 8)
+    positives = torch.tensor([[1, 0, 0, 1, 0, 0], [0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 1]], dtype=torch.float32)
+    word_latents = lambda: F.normalize(words @ weight, dim=-1)  # noqa: E731
+    word_image_loss(word_latents(), latents(slice(None))[1], scale, positives).backward()
+    expected = weight.grad.clone()
+
+    weight.grad = None
+    with torch.no_grad():
+        text, image = latents(slice(None))
+    for j, rows in enumerate(MICRO):
+        cached = CachedLatents(text, image, GROUPS, rows.start)
+        live_words = word_latents() if j == 0 else word_latents().detach()
+        word_image_loss(live_words, latents(rows)[1], scale, positives, cached=cached).backward()
+    assert torch.allclose(weight.grad, expected, atol=1e-6)
+
+
+def test_word_loss_prefers_the_images_a_word_names():
+    images = F.normalize(torch.eye(4)[:, :3] + 0.01, dim=-1)  # four images; the last two look alike
+    positives = torch.tensor([[0.0, 0.0, 1.0, 1.0]])  # the word names images 2 and 3
+    scale = torch.tensor(10.0)
+    right = word_image_loss(F.normalize(torch.tensor([[0.0, 0.0, 1.0]]), dim=-1), images, scale, positives)
+    wrong = word_image_loss(F.normalize(torch.tensor([[1.0, 0.0, 0.0]]), dim=-1), images, scale, positives)
+    assert right < wrong
+
+
 def worker(rank, world, init_file, frame_path, recipe, out_dir):
     os.environ["WORLD_SIZE"] = str(world)  # as under torchrun: train() wraps the model in DDP
     torch.set_num_threads(1)
@@ -63,7 +91,7 @@ def worker(rank, world, init_file, frame_path, recipe, out_dir):
 
 @pytest.mark.slow
 def test_two_processes_with_two_micro_batches_train_like_one_batch(corpus, tmp_path):  # noqa: F811
-    single = tiny_recipe(tmp_path, steps=3, eval_every=100, final_eval="false")
+    single = tiny_recipe(tmp_path, steps=3, eval_every=100, final_eval="false", word_weight=0.5, word_batch=5)
     train(single, tmp_path / "single", frame=corpus, progress=False)
 
     corpus.to_pickle(tmp_path / "corpus.pkl")

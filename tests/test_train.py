@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from mammut_search import load_model
 from mammut_search.errors import UserError
-from mammut_search.train import TRAIN_STATE, load_config, train
+from mammut_search.train import TRAIN_STATE, load_config, name_vocabulary, train
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "orange": (250, 150, 20),
            "purple": (140, 40, 170), "black": (20, 20, 20)}
@@ -76,12 +76,14 @@ def read_log(run_dir):
 
 
 def test_tiny_run_lowers_both_losses_and_writes_a_card(corpus, tmp_path):
-    config = tiny_recipe(tmp_path, steps=40, export=f"'{tmp_path / 'export'}'")
+    config = tiny_recipe(tmp_path, steps=40, export=f"'{tmp_path / 'export'}'", word_weight=0.5)
     card = train(config, tmp_path / "run", frame=corpus, progress=False)
     losses = [e for e in read_log(tmp_path / "run") if "caption" in e]
     first, last = losses[:2], losses[-2:]
-    for name in ("caption", "contrastive"):  # averaged over two log lines: single batches are noisy
-        assert sum(e[name] for e in last) < 0.8 * sum(e[name] for e in first), name
+    # averaged over two log lines: single batches are noisy; a word names ~3 images of a batch here, so its
+    # loss cannot fall below ~ln 3
+    for name, factor in (("caption", 0.8), ("contrastive", 0.8), ("words", 0.9)):
+        assert sum(e[name] for e in last) < factor * sum(e[name] for e in first), name
     model = load_model(tmp_path / "export", device="cpu")
     written = model.config.training
     assert written["steps"] == 40 and written["wall_time_s"] > 0 and written["data"]["train_images"] == 24
@@ -90,6 +92,12 @@ def test_tiny_run_lowers_both_losses_and_writes_a_card(corpus, tmp_path):
     assert 0.0 <= written["captions"]["val"]["exact_name"] <= 1.0
     assert model.checkpoint_sha256 and (tmp_path / "run" / "best" / "config.json").is_file()
     assert not (tmp_path / "export" / TRAIN_STATE).exists()  # the shipped format holds no training state
+
+
+def test_name_vocabulary_shares_words_and_drops_function_words():
+    words, rows = name_vocabulary(["wine glass", "glass of milk", "Wine"])
+    assert words == ["wine", "glass", "milk"]
+    assert rows == [[0, 1], [1, 2], [0]]
 
 
 def test_resume_continues_exactly(corpus, tmp_path):
@@ -170,7 +178,8 @@ def test_accumulation_trains_like_one_batch(corpus, tmp_path):
     contrastive negatives included): the weights end up as with one batch of 12."""
     runs = {}
     for accum in (1, 3):
-        config = tiny_recipe(tmp_path, steps=3, eval_every=100, final_eval="false", accum_steps=accum)
+        config = tiny_recipe(tmp_path, steps=3, eval_every=100, final_eval="false", accum_steps=accum,
+                             word_weight=0.5)
         train(config, tmp_path / f"accum{accum}", frame=corpus, progress=False)
         runs[accum] = load_file(str(tmp_path / f"accum{accum}" / "last" / "model.safetensors"))
     for name in runs[1]:
