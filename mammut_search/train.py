@@ -75,10 +75,11 @@ class TrainConfig:
     distill_words: int = 0
     distill_words_batch: int = 64
     caption_target: str = "name"  # what the captioning pass learns to write: "name" or "caption" (the sampled one)
-    # single words of the batch's names, each contrasted with the batch's images whose names use it: what a
-    # word means, so that names never trained on can be composed from their words
+    # single words of the batch's captions (names, keywords, groups), each contrasted with the batch's images
+    # whose captions use it: what a word means, so that names never trained on can be composed from their words
     word_weight: float = 0.0
-    word_batch: int = 64  # words per step (drawn from the global batch's names)
+    word_batch: int = 64  # words per step (drawn from the global batch's captions)
+    word_max_share: float = 0.2  # words on more than this share of the training images (templates) are left out
     # model
     model: dict[str, Any] = field(default_factory=dict)
     # optimisation
@@ -294,8 +295,8 @@ class PreparedData:
     extra_ids: list[list[int]]  # text-only distillation texts (token ids)
     extra_teacher: torch.Tensor | None  # their MiniLM embeddings
     sampler: td.ConceptBalancedSampler
-    name_words: list[list[int]]  # each training row's name as indices into `word_ids`
-    word_ids: list[list[int]]  # the names' distinct words (token ids)
+    image_words: list[list[int]]  # each training row's caption words as indices into `word_ids`
+    word_ids: list[list[int]]  # the captions' distinct content words (token ids)
     eval_splits: list[te.EvalSplit]
     data_card: dict[str, Any]
 
@@ -384,23 +385,29 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
         extra_ids = _encode_rows(tokenizer, extra, max_len)
         extra_teacher = minilm_targets(extra, cache_root, progress=runtime.main)
         data_card["distill_words"] = len(words)
-    words, name_words = name_vocabulary([str(n) for n in train["name"]])
+    words, image_words = word_vocabulary([list(c) for c in train["captions"]], max_share=config.word_max_share)
     word_ids = _encode_rows(tokenizer, words, max_len) if config.word_weight > 0 else []
     return PreparedData(frame, train, train_cache, captions, caption_ids, name_ids, teacher, extra_ids, extra_teacher,
-                        sampler, name_words, word_ids, eval_splits, data_card)
+                        sampler, image_words, word_ids, eval_splits, data_card)
 
 
 # words that name nothing on their own
 FUNCTION_WORDS = frozenset("a an the of with and or in on at to for by from s".split())
 
 
-def name_vocabulary(names: list[str]) -> tuple[list[str], list[list[int]]]:
-    """Names -> (their distinct content words, each name's words as indices into that list)."""
+def word_vocabulary(captions: list[list[str]], *, max_share: float = 1.0) -> tuple[list[str], list[list[int]]]:
+    """Each image's captions -> (their distinct content words, each image's words as indices into that list).
+
+    Words on more than `max_share` of the images (the captions' templates: "picture", "emoji") name nothing."""
+    row_words = [list(dict.fromkeys(w for text in texts for w in tokenize(text) if w not in FUNCTION_WORDS))
+                 for texts in captions]
+    counts: dict[str, int] = {}
+    for words in row_words:
+        for w in words:
+            counts[w] = counts.get(w, 0) + 1
     index: dict[str, int] = {}
-    rows = []
-    for name in names:
-        words = dict.fromkeys(w for w in tokenize(name) if w not in FUNCTION_WORDS)
-        rows.append([index.setdefault(w, len(index)) for w in words])
+    rows = [[index.setdefault(w, len(index)) for w in words if counts[w] <= max_share * len(captions)]
+            for words in row_words]
     return list(index), rows
 
 
@@ -769,7 +776,7 @@ def step_words(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, ru
     images = data.sampler.global_batch(step).images.numpy()
     world = runtime.world_size
     gathered = np.concatenate([images[r::world] for r in range(world)])
-    column_words = [set(data.name_words[i]) for i in gathered]
+    column_words = [set(data.image_words[i]) for i in gathered]
     present = np.array(sorted(set().union(*column_words)))
     picks = np.random.default_rng([config.seed, step, 2]).permutation(present)[:config.word_batch]
     picks = picks[runtime.rank::world]

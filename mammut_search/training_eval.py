@@ -8,6 +8,7 @@ is right for a query when it shows that concept. Scoring follows `mammut_search.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -153,7 +154,7 @@ def baselines(train_frame: pd.DataFrame, train_features: torch.Tensor, splits: l
     """The two untrained baselines on each split (features centred on the training mean):
     - concept prototype: a concept = the mean feature of its training images (seen concepts only);
     - word means: a word = the mean feature of training images whose captions use it; a text = the mean of
-      its known words.
+      its known words (a random direction when it has none).
     """
     raw = train_features.float().mean(dim=1)  # (i c)
     centre = raw.mean(dim=0)
@@ -173,6 +174,10 @@ def baselines(train_frame: pd.DataFrame, train_features: torch.Tensor, splits: l
             known = [word_vecs[w] for w in metrics.tokenize(text) if w in word_vecs]
             if known:
                 out[t] = torch.stack(known).mean(dim=0)
+            else:  # nothing known: a random direction ranks at chance (a zero vector would tie with every
+                # image, and ties count as hits)
+                generator = torch.Generator().manual_seed(zlib.crc32(text.encode()))
+                out[t] = torch.randn(train_vecs.shape[1], generator=generator)
         return F.normalize(out, dim=-1)
 
     results = {}

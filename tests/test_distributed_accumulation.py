@@ -91,7 +91,8 @@ def worker(rank, world, init_file, frame_path, recipe, out_dir):
 
 @pytest.mark.slow
 def test_two_processes_with_two_micro_batches_train_like_one_batch(corpus, tmp_path):  # noqa: F811
-    single = tiny_recipe(tmp_path, steps=3, eval_every=100, final_eval="false", word_weight=0.5, word_batch=5)
+    single = tiny_recipe(tmp_path, steps=3, eval_every=100, final_eval="false", word_weight=0.5, word_batch=5,
+                         word_max_share=0.5)
     train(single, tmp_path / "single", frame=corpus, progress=False)
 
     corpus.to_pickle(tmp_path / "corpus.pkl")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from mammut_search import load_model
 from mammut_search.errors import UserError
-from mammut_search.train import TRAIN_STATE, load_config, name_vocabulary, train
+from mammut_search.train import TRAIN_STATE, load_config, word_vocabulary, train
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "orange": (250, 150, 20),
            "purple": (140, 40, 170), "black": (20, 20, 20)}
@@ -76,7 +76,8 @@ def read_log(run_dir):
 
 
 def test_tiny_run_lowers_both_losses_and_writes_a_card(corpus, tmp_path):
-    config = tiny_recipe(tmp_path, steps=40, export=f"'{tmp_path / 'export'}'", word_weight=0.5)
+    config = tiny_recipe(tmp_path, steps=40, export=f"'{tmp_path / 'export'}'", word_weight=0.5,
+                         word_max_share=0.5)
     card = train(config, tmp_path / "run", frame=corpus, progress=False)
     losses = [e for e in read_log(tmp_path / "run") if "caption" in e]
     first, last = losses[:2], losses[-2:]
@@ -94,10 +95,12 @@ def test_tiny_run_lowers_both_losses_and_writes_a_card(corpus, tmp_path):
     assert not (tmp_path / "export" / TRAIN_STATE).exists()  # the shipped format holds no training state
 
 
-def test_name_vocabulary_shares_words_and_drops_function_words():
-    words, rows = name_vocabulary(["wine glass", "glass of milk", "Wine"])
-    assert words == ["wine", "glass", "milk"]
-    assert rows == [[0, 1], [1, 2], [0]]
+def test_word_vocabulary_shares_words_and_drops_function_and_template_words():
+    captions = [["wine glass", "A picture of a wine glass."], ["glass of milk", "A picture of a glass of milk."],
+                ["Wine", "A picture of a wine: drink"], ["cat", "A picture of a cat."]]
+    words, rows = word_vocabulary(captions, max_share=0.75)  # "picture" is on all four images
+    assert words == ["wine", "glass", "milk", "drink", "cat"]
+    assert rows == [[0, 1], [1, 2], [0, 3], [4]]
 
 
 def test_resume_continues_exactly(corpus, tmp_path):
@@ -179,7 +182,7 @@ def test_accumulation_trains_like_one_batch(corpus, tmp_path):
     runs = {}
     for accum in (1, 3):
         config = tiny_recipe(tmp_path, steps=3, eval_every=100, final_eval="false", accum_steps=accum,
-                             word_weight=0.5)
+                             word_weight=0.5, word_max_share=0.5)
         train(config, tmp_path / f"accum{accum}", frame=corpus, progress=False)
         runs[accum] = load_file(str(tmp_path / f"accum{accum}" / "last" / "model.safetensors"))
     for name in runs[1]:
