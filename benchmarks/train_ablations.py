@@ -1,6 +1,6 @@
 """Ablations of the default recipe at a small, equal budget: joint vs contrastive-only vs captioning-only,
 bidirectional vs causal contrastive pass, with vs without the pretrained text side (MiniLM embeddings and
-distillation), with vs without the image latent's linear grid map. Reuses the cached encoder features of the default recipe.
+distillation), with vs without the image latent's linear grid map, with vs without the word loss. Reuses the cached encoder features of the default recipe.
 
     python benchmarks/train_ablations.py [--steps 150] [--out runs/ablations] [--card data/checkpoints/default]
 
@@ -22,6 +22,7 @@ VARIANTS = {
     "causal contrastive pass": ["model.contrastive_mask='causal'"],
     "no pretrained text init": ["text_init=false", "distill_weight=0.0"],
     "image latent from the pool only": ["model.image_grid_latent=false"],
+    "no word loss": ["word_weight=0.0"],
 }
 
 

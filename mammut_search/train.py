@@ -80,6 +80,7 @@ class TrainConfig:
     word_weight: float = 0.0
     word_batch: int = 64  # words per step (drawn from the global batch's captions)
     word_max_share: float = 0.2  # words on more than this share of the training images (templates) are left out
+    word_moves_images: bool = True  # false: the word loss trains the text side only (image latents detached)
     # model
     model: dict[str, Any] = field(default_factory=dict)
     # optimisation
@@ -241,7 +242,8 @@ class TrainingObjective(nn.Module):
             if self.word_weight > 0 and word_text is not None:
                 with contextlib.nullcontext() if word_grad else torch.no_grad():
                     words = net.text_latents(word_text)
-                losses["words"] = word_image_loss(words.float(), image_latents.float(), scale.detach(),
+                anchors = image_latents if self.word_moves_images else image_latents.detach()
+                losses["words"] = word_image_loss(words.float(), anchors.float(), scale.detach(),
                                                   word_positives, cached=cached)
         if self.distill_head is not None and teacher is not None:
             latents = text_latents
@@ -279,6 +281,7 @@ class TrainingObjective(nn.Module):
 
     distill_weight: float = 0.0
     word_weight: float = 0.0
+    word_moves_images: bool = True
 
 
 # ----- data preparation -----
@@ -613,6 +616,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: str | Path | None
     objective = TrainingObjective(net, distill_dim=distill_dim, cached_features=cached_features)
     objective.distill_weight = config.distill_weight
     objective.word_weight = config.word_weight
+    objective.word_moves_images = config.word_moves_images
     if objective.distill_head is not None:
         torch.manual_seed(config.seed + 1)
         nn.init.normal_(objective.distill_head.weight, std=net.config.dim_latents ** -0.5)

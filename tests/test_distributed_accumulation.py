@@ -105,3 +105,26 @@ def test_two_processes_with_two_micro_batches_train_like_one_batch(corpus, tmp_p
     assert expected.keys() == result.keys()
     for name in expected:
         assert torch.allclose(expected[name], result[name], atol=2e-5), name
+
+
+@pytest.mark.parametrize("moves_images", [True, False])
+def test_word_loss_moves_the_image_side_only_when_asked(moves_images):
+    from mammut_search.testing import tiny_model
+    from mammut_search.train import TrainingObjective
+
+    model = tiny_model()
+    net, tokenizer = model.net, model.tokenizer
+    objective = TrainingObjective(net, cached_features=False)
+    objective.word_weight, objective.word_moves_images = 1.0, moves_images
+    for p in net.parameters():
+        p.requires_grad_(True)
+    pixels = torch.randn(4, 3, 32, 32)
+    text = tokenizer.encode(["a red apple", "an octopus", "a cat", "a dog"], 16)
+    words = tokenizer.encode(["red", "cat"], 16)
+    positives = torch.tensor([[1.0, 0, 0, 0], [0, 0, 1.0, 0]])
+    losses = objective(pixels, text, text, torch.arange(4), None, None, word_text=words, word_positives=positives)
+    net.zero_grad()
+    losses["words"].backward()
+    image_grads = [p.grad for name, p in net.named_parameters() if name.startswith(("img", "image_encoder"))]
+    assert any(g is not None and g.abs().sum() > 0 for g in image_grads) == moves_images
+    assert net.token_emb.weight.grad is not None and net.token_emb.weight.grad.abs().sum() > 0
