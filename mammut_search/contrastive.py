@@ -114,12 +114,12 @@ def word_image_loss(
     cached: CachedLatents | None = None,
 ) -> torch.Tensor:
     """Multi-positive InfoNCE from single words to the batch's images: word k (w d) should pick out the
-    images (b d) whose concept's name uses it, among all the (global) batch's images.
+    images (b d) whose captions use it, among all the (global) batch's images.
 
     positives (w B): 1 where word k names image c of the global batch, columns in the order the ranks'
-    batches are gathered. A word stands for what its images share, so a model trained on names alone learns
-    what each word means and can compose names it has never seen. `cached`: the images are one micro-batch
-    of the batch in `cached` (as in `contrastive_loss`).
+    batches are gathered. A word stands for what its images share, so the text side learns what each word
+    means on its own and can compose names it has never seen. `cached`: the images are one micro-batch of the
+    batch in `cached` (as in `contrastive_loss`).
     """
     if cached is not None:
         image_latents = cached.images_around(image_latents)

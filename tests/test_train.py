@@ -204,3 +204,16 @@ def test_bf16_autocast_with_accumulation_on_cpu(corpus, tmp_path):
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
     with pytest.raises(UserError, match="precision"):
         train(tiny_recipe(tmp_path, precision="'fp16'"), tmp_path / "fp16", frame=corpus, progress=False)
+
+
+def test_word_means_baseline_ranks_texts_with_no_known_word_at_chance():
+    from mammut_search.training_eval import EvalSplit, baselines
+
+    torch.manual_seed(0)
+    train_frame = pd.DataFrame({"concept_id": ["a", "b"], "name": ["red circle", "blue square"],
+                                "captions": [["red circle"], ["blue square"]]})
+    names = [f"unknownword{i}" for i in range(40)]  # no word the training captions use
+    split = EvalSplit("val_unseen", pd.DataFrame({"concept_id": names, "name": names, "captions": [[n] for n in names]}),
+                      torch.randn(40, 4, 8))
+    figures = baselines(train_frame, torch.randn(2, 4, 8), [split])["val_unseen"]["word_means"]
+    assert figures["t2i_R@1"] < 0.25  # chance is 1/40; a zero query would tie with every image and score 1.0
