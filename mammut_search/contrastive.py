@@ -59,8 +59,7 @@ class CachedLatents:
     def around(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The micro-batch's live latents (m d) in place of their cached copies -> (b d) text and image."""
         end = self.start + text.shape[0]
-        return (torch.cat([self.text[:self.start], text, self.text[end:]]),
-                torch.cat([self.image[:self.start], image, self.image[end:]]))
+        return torch.cat([self.text[:self.start], text, self.text[end:]]), self.images_around(image)
 
 
 def contrastive_loss(

@@ -388,8 +388,10 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
         extra_ids = _encode_rows(tokenizer, extra, max_len)
         extra_teacher = minilm_targets(extra, cache_root, progress=runtime.main)
         data_card["distill_words"] = len(words)
-    words, image_words = word_vocabulary([list(c) for c in train["captions"]], max_share=config.word_max_share)
-    word_ids = _encode_rows(tokenizer, words, max_len) if config.word_weight > 0 else []
+    image_words, word_ids = [], []
+    if config.word_weight > 0:
+        words, image_words = word_vocabulary([list(c) for c in train["captions"]], max_share=config.word_max_share)
+        word_ids = _encode_rows(tokenizer, words, max_len)
     return PreparedData(frame, train, train_cache, captions, caption_ids, name_ids, teacher, extra_ids, extra_teacher,
                         sampler, image_words, word_ids, eval_splits, data_card)
 
