@@ -35,9 +35,9 @@ def default_architecture_model(device: str | None):
     """The shipping architecture with random weights, as in bench_model.py: EfficientNet-Lite0 at 160 px, a
     3-layer 384-wide decoder, 8192-token vocabulary (a random model writes all 24 caption tokens: worst case)."""
     from mammut_search import MammutConfig, MammutModel
-    from mammut_search.model import MaMMUT
+    from mammut_search.model.mammut import MaMMUT
     from mammut_search.testing import TINY_TEXTS
-    from mammut_search.tokenizer import train_bpe
+    from mammut_search.model.tokenizer import train_bpe
 
     tokenizer = train_bpe(TINY_TEXTS * 4, vocab_size=300, min_frequency=1)
     config = MammutConfig(vocab_size=8192, dim=384, depth=3, heads=6, num_img_queries=64, dim_latents=256)

@@ -23,12 +23,12 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from mammut_search.api import MammutModel, load_model
-from mammut_search.config import MammutConfig
-from mammut_search.decoding import generate
-from mammut_search.model import MaMMUT
+from mammut_search.inference import MammutModel, load_model
+from mammut_search.model.config import MammutConfig
+from mammut_search.model.decoding import generate
+from mammut_search.model.mammut import MaMMUT
 from mammut_search.testing import TINY_TEXTS
-from mammut_search.tokenizer import train_bpe
+from mammut_search.model.tokenizer import train_bpe
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> float:

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mammut_search.evaluation import read_folder, read_pairs
-from mammut_search.searcher import NO_MATCH_MARGIN, RERANK_CANDIDATES, RERANK_WEIGHT, Searcher
+from mammut_search.eval.evaluation import read_folder, read_pairs
+from mammut_search.search import NO_MATCH_MARGIN, RERANK_CANDIDATES, RERANK_WEIGHT, Searcher
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Re-ranking"
@@ -78,7 +78,7 @@ def prepare_corpus_split(manifest: Path, split: str, negative_split: str, work: 
     import pandas as pd
 
     from index_builder.build import BuildOptions, build_index
-    from mammut_search.api import load_model
+    from mammut_search.inference import load_model
 
     table = pd.read_parquet(manifest)
     images = work / split / "images"

@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_search import BATCH, clustered_latents, machine, time_searches  # noqa: E402
-from index_builder.ann import build_vector_index, ground_truth, measure_recall  # noqa: E402
+from mammut_search.index.vectors.ann import build_vector_index, ground_truth, measure_recall  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "bench_scale"
 BUDGET_PER_VECTOR = 2 * 2**30 / 10_000_000  # bytes: 2 GiB for 10M vectors

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from index_builder.ann import build_vector_index, ground_truth, measure_recall  # noqa: E402
+from mammut_search.index.vectors.ann import build_vector_index, ground_truth, measure_recall  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "bench_search"
 CLUSTERS, LATENT_RANK, NOISE = 100, 32, 0.3

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from mammut_search.api import MammutModel, default_checkpoint_dir, load_model
-from mammut_search.searcher import RERANK_CANDIDATES, Searcher
-from mammut_search.store import IndexStore, items_frame
+from mammut_search.inference import MammutModel, default_checkpoint_dir, load_model
+from mammut_search.search import RERANK_CANDIDATES, Searcher
+from mammut_search.index.store import IndexStore, items_frame
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Search latency"
@@ -46,10 +46,10 @@ def default_model(device: str | None) -> tuple[MammutModel, str]:
     if (default_checkpoint_dir() / "model.safetensors").exists():
         model = load_model(None, device=device)
         return model, f"the bundled checkpoint data/checkpoints/default ({model.checkpoint_sha256[:12]})"
-    from mammut_search.config import MammutConfig
-    from mammut_search.model import MaMMUT
+    from mammut_search.model.config import MammutConfig
+    from mammut_search.model.mammut import MaMMUT
     from mammut_search.testing import TINY_TEXTS
-    from mammut_search.tokenizer import train_bpe
+    from mammut_search.model.tokenizer import train_bpe
 
     tokenizer = train_bpe(TINY_TEXTS * 4, vocab_size=300, min_frequency=1)
     config = MammutConfig(vocab_size=8192, dim=384, depth=3, heads=6, num_img_queries=64, dim_latents=256,
@@ -79,7 +79,7 @@ def image_pool(folder: Path, count: int) -> list[str]:
 
 def synthetic_index(directory: Path, size: int, dim: int, pool: list[str], sha: str) -> IndexStore:
     """An index of `size` random unit latents whose items point at the pool's files in turn."""
-    from index_builder.ann import build_vector_index
+    from mammut_search.index.vectors.ann import build_vector_index
 
     rng = np.random.default_rng(size)
     latents = rng.standard_normal((size, dim), dtype=np.float32)

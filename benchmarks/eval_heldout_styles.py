@@ -15,11 +15,11 @@ import argparse
 import numpy as np
 import torch
 
-from mammut_search import metrics
-from mammut_search.checkpoint import load_checkpoint
-from mammut_search.image_encoders import preprocess_images
-from mammut_search.training_data import open_image, read_manifest
-from mammut_search.training_eval import text_latents
+from mammut_search.eval import metrics
+from mammut_search.model.checkpoint import load_checkpoint
+from mammut_search.model.image_encoders import preprocess_images
+from mammut_search.train.data import open_image, read_manifest
+from mammut_search.train.card import text_latents
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mammut_search.train import add_to_training_card, load_config, train
+from mammut_search.train.loop import add_to_training_card, load_config, train
 
 VARIANTS = {
     "joint (default)": [],

@@ -20,11 +20,11 @@ import torch
 from tqdm import tqdm
 
 from mammut_search.errors import UserError
-from mammut_search.store import MANIFEST_FILE, OK, IndexStore, items_frame
+from mammut_search.index.store import MANIFEST_FILE, OK, IndexStore, items_frame
 
-from .encode import Encoded, EncodeJob, encode
-from .scan import FoundFile, hash_files, scan_roots
-from .shards import WORK_DIR, ShardWriter, remove_work
+from index_builder.encode import Encoded, EncodeJob, encode
+from index_builder.scan import FoundFile, hash_files, scan_roots
+from index_builder.shards import WORK_DIR, ShardWriter, remove_work
 
 log = logging.getLogger(__name__)
 UNREADABLE = "unreadable"
@@ -239,8 +239,8 @@ def run_encoder(model, jobs: list[EncodeJob], shards: ShardWriter, options: Buil
 def make_vectors(previous: IndexStore | None, items, results: dict[str, Encoded], latent_dim: int, *,
                  progress: bool = False):
     """The vector index of the ok items: a new one, or the previous one with dropped ids removed and new ids
-    added (untouched vectors stay bit-identical; index_builder.ann decides when a rebuild is due)."""
-    from .ann import build_vector_index, update_vector_index
+    added (untouched vectors stay bit-identical; mammut_search.index.vectors.ann decides when a rebuild is due)."""
+    from mammut_search.index.vectors.ann import build_vector_index, update_vector_index
 
     ok = items[items["status"] == OK]
     if previous is None:

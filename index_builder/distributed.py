@@ -19,12 +19,12 @@ from typing import Iterable, Iterator
 
 import torch.distributed as dist
 
-from mammut_search.store import IndexStore
+from mammut_search.index.store import IndexStore
 
-from .build import BuildOptions, build_index, check_output_dir, plan_rows, run_encoder, work_identity
-from .encode import EncodeJob
-from .scan import scan_roots
-from .shards import ShardWriter
+from index_builder.build import BuildOptions, build_index, check_output_dir, plan_rows, run_encoder, work_identity
+from index_builder.encode import EncodeJob
+from index_builder.scan import scan_roots
+from index_builder.shards import ShardWriter
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mammut_search.config import ImageEncoderConfig
+from mammut_search.model.config import ImageEncoderConfig
 from mammut_search.errors import ImageLoadError
-from mammut_search.image_encoders import decode_side, normalise_pixels, square_pixels
+from mammut_search.model.image_encoders import decode_side, normalise_pixels, square_pixels
 from mammut_search.images import load_image_with_size
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import numpy as np
 
 from mammut_search.atomic import atomic_write
 
-from .encode import Encoded
+from index_builder.encode import Encoded
 
 log = logging.getLogger(__name__)
 WORK_DIR = ".work"

@@ -25,7 +25,7 @@ from typing import IO, Iterator
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from .errors import ImageLoadError
+from mammut_search.errors import ImageLoadError
 
 # 128 million pixels: above the 108 MP of current phone cameras, and about 384 MB once decoded to RGB.
 DEFAULT_MAX_PIXELS = 128_000_000

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .api import MammutModel
-from .config import ImageEncoderConfig, MammutConfig
-from .model import MaMMUT
-from .tokenizer import train_bpe
+from mammut_search.inference import MammutModel
+from mammut_search.model.config import ImageEncoderConfig, MammutConfig
+from mammut_search.model.mammut import MaMMUT
+from mammut_search.model.tokenizer import train_bpe
 
 TINY_TEXTS = [
     "a red apple", "an octopus", "a picture of a cat", "a black dog", "a smiling face", "the blue sea",

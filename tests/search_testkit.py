@@ -52,7 +52,7 @@ def build_test_index(root: Path, *, count: int = 24, seed: int = 0, readable_cap
     generation through the store, so that a page can be checked for them. -> (index dir, checkpoint dir)
     """
     from index_builder.build import BuildOptions, build_index
-    from mammut_search.store import IndexStore
+    from mammut_search.index.store import IndexStore
     from mammut_search.testing import tiny_model
 
     labels = write_collection(root / "images", count)

@@ -5,9 +5,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from index_builder.ann import (build_vector_index, choose_kind, ground_truth, measure_recall, refine_layout,
+from mammut_search.index.vectors.ann import (build_vector_index, choose_kind, ground_truth, measure_recall, refine_layout,
                                update_vector_index)
-from mammut_search.vector_index import VectorIndex
+from mammut_search.index.vectors import VectorIndex
 
 DIM = 64
 CENTRES = np.random.default_rng(2024).normal(size=(100, DIM))
@@ -21,7 +21,7 @@ def latents(n: int, seed: int) -> np.ndarray:
 
 
 def exact_recall_at_10(index: VectorIndex, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> float:
-    """Recall@10 of `index` computed independently of index_builder.ann, by brute force in numpy (tie-aware)."""
+    """Recall@10 of `index` computed independently of mammut_search.index.vectors.ann, by brute force in numpy (tie-aware)."""
     scores = queries @ vectors.T  # (q n)
     tenth = np.sort(scores, axis=1)[:, -10]
     _, found = index.search(queries, 10)

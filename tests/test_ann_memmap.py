@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-import mammut_search.vector_index as vector_index
-from index_builder.ann import build_vector_index
-from mammut_search.vector_index import check_vectors
+import mammut_search.index.vectors as vector_index
+from mammut_search.index.vectors.ann import build_vector_index
+from mammut_search.index.vectors import check_vectors
 from test_ann import exact_recall_at_10, latents
 
 

@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mammut_search.corpus import splits
-from mammut_search.corpus.build import MANIFEST_COLUMNS, build_corpus
-from mammut_search.corpus.captions import captions_for, with_article
-from mammut_search.corpus.concepts import ConceptMatcher, load_concepts
-from mammut_search.corpus.demo import make_demo
-from mammut_search.corpus.fetch import FetchError, fetch
-from mammut_search.corpus.openclipart import parse_clipart
-from mammut_search.corpus.sources import Package, check_allowed
+from mammut_search.train.corpus import splits
+from mammut_search.train.corpus.build import MANIFEST_COLUMNS, build_corpus
+from mammut_search.train.corpus.captions import captions_for, with_article
+from mammut_search.train.corpus.concepts import ConceptMatcher, load_concepts
+from mammut_search.train.corpus.demo import make_demo
+from mammut_search.train.corpus.fetch import FetchError, fetch
+from mammut_search.train.corpus.openclipart import parse_clipart
+from mammut_search.train.corpus.sources import Package, check_allowed
 from mammut_search.errors import UserError
 
 SVG = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10"><circle cx="5" cy="5" r="4" fill="{c}"/></svg>'

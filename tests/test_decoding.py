@@ -3,7 +3,7 @@
 import torch
 from PIL import Image
 
-from mammut_search.decoding import block_repeated_ngrams, generate
+from mammut_search.model.decoding import block_repeated_ngrams, generate
 from mammut_search.testing import tiny_model
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 from index_builder.build import BuildOptions, build_index
 from index_builder.distributed import build_index_distributed
 from mammut_search import load_model
-from mammut_search.store import IndexStore
+from mammut_search.index.store import IndexStore
 from mammut_search.testing import tiny_model
 
 OPTIONS = BuildOptions(batch_size=4, workers=0, shard_size=3, progress=False)

@@ -9,8 +9,8 @@ from PIL import Image
 
 from mammut_search import UserError
 from mammut_search.cli import main
-from mammut_search.evaluation import evaluate, format_table, read_folder, read_pairs, write_report
-from mammut_search.metrics import image_to_text_recall, pair_targets, recall_at_k
+from mammut_search.eval.evaluation import evaluate, format_table, read_folder, read_pairs, write_report
+from mammut_search.eval.metrics import image_to_text_recall, pair_targets, recall_at_k
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (20, 40, 230), "yellow": (240, 230, 20),
            "black": (0, 0, 0), "white": (255, 255, 255)}
@@ -248,8 +248,8 @@ def write_flat_index(directory, paths, latents, checkpoint_sha256):
     """An index directory of `paths` with their latents, in an exact (flat) FAISS index."""
     import faiss
 
-    from mammut_search.store import IndexStore, items_frame
-    from mammut_search.vector_index import VectorIndex
+    from mammut_search.index.store import IndexStore, items_frame
+    from mammut_search.index.vectors import VectorIndex
 
     vectors = VectorIndex(faiss.IndexIDMap2(faiss.IndexFlatIP(latents.shape[1])))
     vectors.add(np.ascontiguousarray(latents, dtype=np.float32), np.arange(len(paths)))

@@ -17,7 +17,7 @@ from PIL import Image
 
 from index_builder.build import BuildOptions, build_index, update_index
 from mammut_search.errors import IndexStoreError, UserError
-from mammut_search.store import IndexStore
+from mammut_search.index.store import IndexStore
 
 REPO = Path(__file__).resolve().parent.parent
 NON_UTF8_NAME = b"caf\xe9.png"  # Latin-1 bytes: not valid UTF-8

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mammut_search.metrics import (
+from mammut_search.eval.metrics import (
     bleu4, cider_d, cider_d_per_item, image_to_text_recall, pair_targets, ranks_from_scores, recall_at_k,
     recall_curve, recall_from_ranks, retrieval_ranks, tokenize,
 )

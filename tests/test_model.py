@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mammut_search.model import MAX_LOGIT_SCALE
+from mammut_search.model.mammut import MAX_LOGIT_SCALE
 from mammut_search.testing import tiny_model
 
 
@@ -98,7 +98,7 @@ def test_both_losses_train(model):
 
 
 def test_group_ids_make_same_concept_pairs_positives():
-    from mammut_search.contrastive import contrastive_loss
+    from mammut_search.model.contrastive import contrastive_loss
 
     def loss_and_grad(groups):
         # two images of one concept: each of their captions is equally close to both of them
@@ -131,7 +131,7 @@ def test_attention_goes_through_sdpa(model, monkeypatch):
 
 
 def test_rotary_tables_rotate_like_the_rotate_half_formula():
-    from mammut_search.layers import Rotary, apply_rotary
+    from mammut_search.model.layers import Rotary, apply_rotary
 
     def reference(t, positions):  # https://arxiv.org/abs/2104.09864, rotate-half form
         d = t.shape[-1]
@@ -155,7 +155,7 @@ def test_rotary_tables_are_not_part_of_the_checkpoint(model):
 def test_folded_multi_query_attention_matches_per_head_attention():
     """Without a mask the heads share the key/value head and are folded into one; the masked path broadcasts
     the key/value head over the heads. With an all-True mask both give the same result."""
-    from mammut_search.layers import attention
+    from mammut_search.model.layers import attention
 
     q, k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 1, 5, 8), torch.randn(2, 1, 5, 8)  # (b i h d), (b 1 j d)
     everything = torch.ones(2, 1, 3, 5, dtype=torch.bool)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mammut_search.api import load_model
+from mammut_search.inference import load_model
 from mammut_search.cli import main
 from mammut_search.errors import IndexStoreError, UserError
-from mammut_search.searcher import RERANK_BY_DEFAULT, Searcher
+from mammut_search.search import RERANK_BY_DEFAULT, Searcher
 from mammut_search.testing import tiny_model
 from search_testkit import build_test_index, one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -256,5 +256,5 @@ def test_searcher_falls_back_to_the_bundled_checkpoint_when_the_index_one_is_gon
     index, checkpoint = build_test_index(tmp_path, count=4)
     bundled = tmp_path / "bundled"
     shutil.move(checkpoint, bundled)
-    monkeypatch.setattr("mammut_search.api.default_checkpoint_dir", lambda: bundled)
+    monkeypatch.setattr("mammut_search.inference.default_checkpoint_dir", lambda: bundled)
     assert len(Searcher.open(index, device="cpu").search_text("a red circle", 2)) == 2

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from mammut_search import store as store_module
+from mammut_search.index import store as store_module
 from mammut_search.errors import IndexStoreError
-from mammut_search.store import IndexStore, items_frame
+from mammut_search.index.store import IndexStore, items_frame
 
 NON_UTF8 = os.fsdecode(b"/photos/caf\xe9.png")  # holds a surrogate escape
 
@@ -22,7 +22,7 @@ def make_items(n_ok: int, first_id: int = 0) -> "pd.DataFrame":
 
 
 def make_vectors(ids, dim: int = 8, seed: int = 0):
-    from index_builder.ann import build_vector_index
+    from mammut_search.index.vectors.ann import build_vector_index
 
     vectors = np.random.default_rng(seed).normal(size=(len(ids), dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -1,4 +1,4 @@
-from mammut_search.tokenizer import Tokenizer, train_bpe
+from mammut_search.model.tokenizer import Tokenizer, train_bpe
 
 
 def test_frame_padding_truncation_and_round_trip(tmp_path):

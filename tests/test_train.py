@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from mammut_search import load_model
 from mammut_search.errors import UserError
-from mammut_search.train import TRAIN_STATE, load_config, word_vocabulary, train
+from mammut_search.train.loop import TRAIN_STATE, load_config, word_vocabulary, train
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "orange": (250, 150, 20),
            "purple": (140, 40, 170), "black": (20, 20, 20)}
@@ -192,7 +192,7 @@ def test_accumulation_trains_like_one_batch(corpus, tmp_path):
 
 
 def test_bf16_autocast_with_accumulation_on_cpu(corpus, tmp_path):
-    from mammut_search.train import Runtime, training_autocast
+    from mammut_search.train.loop import Runtime, training_autocast
 
     config = tiny_recipe(tmp_path, steps=4, log_every=1, eval_every=100, final_eval="false", accum_steps=2,
                          precision="'bf16'")
@@ -207,7 +207,7 @@ def test_bf16_autocast_with_accumulation_on_cpu(corpus, tmp_path):
 
 
 def test_word_means_baseline_ranks_texts_with_no_known_word_at_chance():
-    from mammut_search.training_eval import EvalSplit, baselines
+    from mammut_search.train.card import EvalSplit, baselines
 
     torch.manual_seed(0)
     train_frame = pd.DataFrame({"concept_id": ["a", "b"], "name": ["red circle", "blue square"],

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from mammut_search.searcher import Searcher
+from mammut_search.search import Searcher
 from search_testkit import build_test_index, free_port, one_torch_thread  # noqa: F401 (autouse fixture)
 
 CHROMIUM = "/usr/bin/chromium"

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from mammut_search.cli import build_parser
-from mammut_search.searcher import Searcher
+from mammut_search.search import Searcher
 from search_testkit import build_test_index, free_port, one_torch_thread  # noqa: F401 (autouse fixture)
 from ui import app as ui_app
 

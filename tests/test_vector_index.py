@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from index_builder.ann import build_vector_index
-from mammut_search.vector_index import VectorIndex
+from mammut_search.index.vectors.ann import build_vector_index
+from mammut_search.index.vectors import VectorIndex
 
 DIM = 32
 

@@ -18,7 +18,7 @@ import gradio as gr
 from PIL import Image
 
 from mammut_search.errors import UserError
-from mammut_search.searcher import SearchResults, Searcher
+from mammut_search.search import SearchResults, Searcher
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def markdown_text(text: str) -> str:
 
 
 def _file_name(path: str) -> str:
-    from mammut_search.store import readable
+    from mammut_search.index.store import readable
 
     return readable(os.path.basename(os.path.normpath(path)) or path)
 

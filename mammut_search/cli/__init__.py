@@ -51,7 +51,7 @@ def _module(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mammut` console script."""
-    from ..errors import UserError
+    from mammut_search.errors import UserError
 
     argv = sys.argv[1:] if argv is None else argv
     wanted = {a for a in argv if a in SUBCOMMANDS}

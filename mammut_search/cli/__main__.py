@@ -2,6 +2,6 @@
 
 import sys
 
-from . import main
+from mammut_search.cli import main
 
 sys.exit(main())

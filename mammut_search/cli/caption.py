@@ -17,9 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api import load_model
-    from ..errors import ImageLoadError
-    from ..images import load_image
+    from mammut_search.inference import load_model
+    from mammut_search.errors import ImageLoadError
+    from mammut_search.images import load_image
 
     model = load_model(args.checkpoint, device=args.device)
     failures = 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `build` and `demo` sub-subcommands."""
-    from ..corpus.sources import SOURCES
+    from mammut_search.train.corpus.sources import SOURCES
 
     sub = parser.add_subparsers(dest="corpus_command", metavar="{build,demo}", required=True)
     build = sub.add_parser("build", help="fetch, render and index the corpus under CACHE_DIR/corpus")
@@ -27,13 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `corpus build` or `corpus demo`."""
     if args.corpus_command == "build":
-        from ..corpus.build import build_corpus
+        from mammut_search.train.corpus.build import build_corpus
 
         summary = build_corpus(args.cache_dir, args.sources, args.size, args.workers)
         print(json.dumps({k: summary[k] for k in ("images", "per_split", "failed_sources", "seconds")}, indent=2))
         print(f"manifest: {Path(args.cache_dir) / 'corpus' / 'manifest.parquet'}")
         return 1 if summary["failed_sources"] else 0
-    from ..corpus.demo import make_demo
+    from mammut_search.train.corpus.demo import make_demo
 
     written = make_demo(args.cache_dir, args.out, args.count)
     print(f"{written} images in {args.out / 'images'}; captions in {args.out / 'captions.csv'}")

@@ -57,9 +57,9 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api import load_model
-    from ..errors import UserError
-    from ..evaluation import evaluate, format_table, read_folder, read_pairs, write_report
+    from mammut_search.inference import load_model
+    from mammut_search.errors import UserError
+    from mammut_search.eval.evaluation import evaluate, format_table, read_folder, read_pairs, write_report
 
     if args.group_column and args.folder:
         raise UserError("--group-column needs --captions (a folder has no group column)")
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, device=args.device)
     store = None
     if args.index:
-        from ..store import IndexStore
+        from mammut_search.index.store import IndexStore
 
         store = IndexStore.open(args.index, checkpoint_sha256=model.checkpoint_sha256 or None)
         inputs["index"] = args.index

@@ -66,7 +66,7 @@ def _build(args: argparse.Namespace) -> int:
     from index_builder.build import build_index
     from index_builder.distributed import build_index_distributed, rank_device
 
-    from ..api import load_model
+    from mammut_search.inference import load_model
 
     options = _options(args, captions=not args.no_captions)
     if args.distributed:
@@ -83,12 +83,12 @@ def _build(args: argparse.Namespace) -> int:
 def _update(args: argparse.Namespace) -> int:
     from index_builder.build import update_index
 
-    from ..api import load_model
-    from ..store import IndexStore
+    from mammut_search.inference import load_model
+    from mammut_search.index.store import IndexStore
 
     checkpoint = args.checkpoint or IndexStore.open(args.index).manifest.get("checkpoint_dir")
     if checkpoint is not None and not os.path.isdir(checkpoint):
-        from ..errors import UserError
+        from mammut_search.errors import UserError
 
         raise UserError(f"{checkpoint}: the index's checkpoint directory is gone; pass --checkpoint DIR")
     model = load_model(checkpoint, device=args.device)
@@ -105,7 +105,7 @@ def _print_summary(store) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from ..store import IndexStore, readable
+    from mammut_search.index.store import IndexStore, readable
 
     store = IndexStore.open(args.index)
     m = store.manifest

@@ -8,7 +8,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..searcher import DEFAULT_K, RERANK_BY_DEFAULT
+    from mammut_search.search import DEFAULT_K, RERANK_BY_DEFAULT
 
     parser.add_argument("query", nargs="?", help="what to look for, in words (quote it)")
     parser.add_argument("--image", metavar="FILE", help="look for images like this one instead of a text query")
@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UserError
-    from ..searcher import Searcher
+    from mammut_search.errors import UserError
+    from mammut_search.search import Searcher
 
     if (args.query is None) == (args.image is None):
         raise UserError('give either a text query ("a red apple") or --image FILE, not both or neither')
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_table(results) -> None:
     """Notices on stderr; on stdout one line per hit: rank, score, path, caption (tab-separated)."""
-    from ..store import readable
+    from mammut_search.index.store import readable
 
     if results.query_caption is not None:
         print(f"query image caption: {results.query_caption}", file=sys.stderr)

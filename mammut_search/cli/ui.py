@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from ..searcher import Searcher
+    from mammut_search.search import Searcher
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
     """"user:password" -> (user, password); None stays None."""
-    from ..errors import UserError
+    from mammut_search.errors import UserError
 
     if text is None:
         return None

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on captioned images: recall@k both ways, caption quality, and the approximate index's cost.
 
 Inputs become a pairs table (one row per image-caption pair: `image` path, `caption`, optional `group`); each
-image is decoded and encoded once, each distinct caption text is encoded once. See `mammut_search.metrics` for
+image is decoded and encoded once, each distinct caption text is encoded once. See `mammut_search.eval.metrics` for
 the scoring conventions; they are repeated in every report.
 """
 
@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import metrics
-from .errors import ImageLoadError, UserError
+from mammut_search.eval import metrics
+from mammut_search.errors import ImageLoadError, UserError
 
 IMAGE_COLUMN_NAMES = ("image", "path", "file", "filename", "image_path", "filepath", "file_name", "img")
 CAPTION_COLUMN_NAMES = ("caption", "text", "captions", "sentence", "description")
@@ -118,7 +118,7 @@ def read_folder(folder: str | os.PathLike) -> pd.DataFrame:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder; give a folder of images with NAME.txt captions beside them")
-    from .images import has_image_extension
+    from mammut_search.images import has_image_extension
 
     rows = []
     for image in sorted(p for p in folder.rglob("*") if has_image_extension(p) and p.is_file()):
@@ -276,7 +276,7 @@ def _encode_images(model, paths: list[str], *, captions: bool, beam_width: int, 
                    batch_size: int | None, progress: bool, load) -> _Encoded:
     """Decode (threads), encode once, and caption every image; unreadable images are listed, not fatal."""
     if load is None:
-        from .images import load_image as load
+        from mammut_search.images import load_image as load
     batch_size = batch_size or auto_batch_size(model)
 
     def pixels(path: str) -> torch.Tensor | str:

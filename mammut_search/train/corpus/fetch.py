@@ -8,8 +8,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..errors import UserError
-from .sources import Package, check_allowed
+from mammut_search.errors import UserError
+from mammut_search.train.corpus.sources import Package, check_allowed
 
 
 class FetchError(UserError):

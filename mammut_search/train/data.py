@@ -22,8 +22,8 @@ import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from tqdm import tqdm
 
-from .errors import UserError
-from .image_encoders import preprocess_images, to_rgb
+from mammut_search.errors import UserError
+from mammut_search.model.image_encoders import preprocess_images, to_rgb
 
 MANIFEST_COLUMNS = ("path", "concept_id", "name", "captions", "split")
 TRAIN_SPLIT = "train"

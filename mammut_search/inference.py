@@ -9,12 +9,12 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import MammutConfig
-from .decoding import generate, score_texts
-from .image_encoders import preprocess_images
-from .model import MaMMUT
-from .tokenizer import Tokenizer
+from mammut_search.model.checkpoint import load_checkpoint, save_checkpoint
+from mammut_search.model.config import MammutConfig
+from mammut_search.model.decoding import generate, score_texts
+from mammut_search.model.image_encoders import preprocess_images
+from mammut_search.model.mammut import MaMMUT
+from mammut_search.model.tokenizer import Tokenizer
 
 ImageBatch = Sequence[Image.Image] | torch.Tensor
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import UserError
-from .sources import VALIDATION_STYLE
+from mammut_search.errors import UserError
+from mammut_search.train.corpus.sources import VALIDATION_STYLE
 
 ATTRIBUTION = """# Demo collection: attribution
 

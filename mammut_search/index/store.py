@@ -18,8 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_write, fsync_directory
-from .errors import IndexStoreError
+from mammut_search.atomic import atomic_write, fsync_directory
+from mammut_search.errors import IndexStoreError
 
 SCHEMA_VERSION = 1
 INDEX_FILE, ITEMS_FILE, MANIFEST_FILE = "index.faiss", "items.parquet", "manifest.json"
@@ -83,7 +83,7 @@ class IndexStore:
     def vectors(self):
         """The VectorIndex (FAISS) of the ok items, keyed by item id; loaded on first use."""
         if self._vectors is None:
-            from .vector_index import VectorIndex
+            from mammut_search.index.vectors import VectorIndex
 
             path = committed_path(self.directory, INDEX_FILE, self.manifest)
             try:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import re
 
-from .concepts import Concept
-from .sources import VALIDATION_STYLE
+from mammut_search.train.corpus.concepts import Concept
+from mammut_search.train.corpus.sources import VALIDATION_STYLE
 
 TRAIN = "train"
 HELDOUT_CONCEPTS = "heldout_concepts"  # training styles, unseen concepts: never trained on

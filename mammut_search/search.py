@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ImageLoadError, UserError
+from mammut_search.errors import ImageLoadError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class SearchHit:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (the path rendered readable)."""
-        from .store import readable
+        from mammut_search.index.store import readable
 
         return {**asdict(self), "path": readable(self.path)}
 
@@ -150,8 +150,8 @@ class Searcher:
              device: str | torch.device | None = None, **options) -> "Searcher":
         """Open an index with `checkpoint` (default: the one the index was built with if it is still there,
         else the bundled model); an index built by another checkpoint is refused."""
-        from .api import load_model
-        from .store import IndexStore, read_manifest
+        from mammut_search.inference import load_model
+        from mammut_search.index.store import IndexStore, read_manifest
 
         index_dir = Path(index_dir)
         manifest = read_manifest(index_dir)  # the helpful "no such index" errors come first
@@ -280,7 +280,7 @@ class Searcher:
 
     def load_item_image(self, item_id: int, *, max_side: int | None = None) -> Image.Image:
         """An indexed image through the safe loader, optionally shrunk to fit max_side (for thumbnails)."""
-        from .images import load_image
+        from mammut_search.images import load_image
 
         picture = load_image(self.image_path(item_id))
         if max_side is not None:
@@ -362,7 +362,7 @@ class Searcher:
         return [found[i] for i in ids]
 
     def _pixels_of(self, item_id: int) -> torch.Tensor | None:
-        from .images import load_image
+        from mammut_search.images import load_image
 
         path = self.store.path_of(item_id)
         try:
@@ -374,7 +374,7 @@ class Searcher:
         return None
 
     def _load_query_image(self, image: Image.Image | str | os.PathLike | bytes) -> Image.Image:
-        from .images import load_image, open_image_bytes
+        from mammut_search.images import load_image, open_image_bytes
 
         if isinstance(image, Image.Image):
             return image
@@ -402,7 +402,7 @@ def _check_k(k: Any) -> int:
 
 def _describe(image: Any) -> str:
     """How an image query is named in its results: its path, or what it was."""
-    from .store import readable
+    from mammut_search.index.store import readable
 
     if isinstance(image, (str, os.PathLike)):
         return readable(os.fspath(image))

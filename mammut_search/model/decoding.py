@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .model import MaMMUT
+from mammut_search.model.mammut import MaMMUT
 
 
 def block_repeated_ngrams(log_probs: torch.Tensor, sequences: torch.Tensor, ngram: int) -> torch.Tensor:

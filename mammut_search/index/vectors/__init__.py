@@ -3,7 +3,7 @@
 Vectors are unit-norm latents compared by inner product (cosine similarity). Ids are the items table's int64
 ids, stored inside FAISS (IndexIDMap2 around flat, HNSW and refined IVF-PQ indexes, native ids in the other
 IVF indexes with a hash table direct map) so they stay stable across additions and removals. Which index to
-build, and with which search parameters, is decided in `index_builder.ann`; this module only serves what was built.
+build, and with which search parameters, is decided in `mammut_search.index.vectors.ann`; this module only serves what was built.
 
 Concurrency: any number of threads may search and reconstruct at once; `add` and `remove` wait for them and
 run alone. Search parameters (nprobe, efSearch, k_factor) are passed per call as FAISS SearchParameters, so nothing a
@@ -45,7 +45,7 @@ class VectorIndex:
     """
 
     def __init__(self, faiss_index, description: dict[str, Any] | None = None, *, use_gpu: bool | None = None):
-        """Wrap a CPU FAISS index with inner-product metric (see index_builder.ann for building one)."""
+        """Wrap a CPU FAISS index with inner-product metric (see mammut_search.index.vectors.ann for building one)."""
         import faiss
 
         if faiss_index.metric_type != faiss.METRIC_INNER_PRODUCT:

@@ -14,11 +14,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_write
-from .config import MammutConfig
-from .errors import CheckpointError
-from .model import MaMMUT
-from .tokenizer import Tokenizer
+from mammut_search.atomic import atomic_write
+from mammut_search.model.config import MammutConfig
+from mammut_search.errors import CheckpointError
+from mammut_search.model.mammut import MaMMUT
+from mammut_search.model.tokenizer import Tokenizer
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 

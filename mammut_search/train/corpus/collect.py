@@ -6,11 +6,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .captions import captions_for
-from .concepts import Concept, ConceptMatcher
-from .openclipart import parse_clipart
-from .render import RenderJob
-from .splits import TRAIN, split_for, title_in_families
+from mammut_search.train.corpus.captions import captions_for
+from mammut_search.train.corpus.concepts import Concept, ConceptMatcher
+from mammut_search.train.corpus.openclipart import parse_clipart
+from mammut_search.train.corpus.render import RenderJob
+from mammut_search.train.corpus.splits import TRAIN, split_for, title_in_families
 
 
 @dataclass

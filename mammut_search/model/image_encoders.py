@@ -8,7 +8,7 @@ from einops import rearrange
 from PIL import Image
 from torch import nn
 
-from .config import ImageEncoderConfig
+from mammut_search.model.config import ImageEncoderConfig
 
 # Large images are box-reduced (cheap) only down to twice the input size: the bicubic resize from there keeps
 # the pixels within about one grey level of a bicubic resize from full size.

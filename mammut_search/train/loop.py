@@ -35,16 +35,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import file_sha256, load_checkpoint, save_checkpoint
-from .config import ImageEncoderConfig, MammutConfig
-from .contrastive import CachedLatents, contrastive_loss, word_image_loss
-from .errors import UserError
-from .image_encoders import preprocess_images
-from .metrics import tokenize
-from .model import MAX_LOGIT_SCALE, MaMMUT
-from .tokenizer import Tokenizer, train_bpe
-from . import training_data as td
-from . import training_eval as te
+from mammut_search.model.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from mammut_search.model.config import ImageEncoderConfig, MammutConfig
+from mammut_search.model.contrastive import CachedLatents, contrastive_loss, word_image_loss
+from mammut_search.errors import UserError
+from mammut_search.model.image_encoders import preprocess_images
+from mammut_search.eval.metrics import tokenize
+from mammut_search.model.mammut import MAX_LOGIT_SCALE, MaMMUT
+from mammut_search.model.tokenizer import Tokenizer, train_bpe
+from mammut_search.train import data as td
+from mammut_search.train import card as te
 
 TRAIN_STATE = "train_state.pt"
 
@@ -307,7 +307,7 @@ class PreparedData:
 def build_tokenizer(config: TrainConfig, texts: list[str]) -> tuple[Tokenizer, list[int] | None]:
     """The recipe's tokenizer (and, for MiniLM, the MiniLM id of each token)."""
     if config.tokenizer == "minilm":
-        from .text_init import compact_wordpiece
+        from mammut_search.train.text_init import compact_wordpiece
 
         return compact_wordpiece(texts, common_words=config.common_words)
     if config.tokenizer == "bpe":
@@ -381,7 +381,7 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
     }
     extra_ids, extra_teacher = [], None
     if config.distill_weight > 0 and config.distill_words > 0:
-        from .text_init import common_english_words
+        from mammut_search.train.text_init import common_english_words
 
         words = common_english_words(config.distill_words)
         extra = [t for w in words for t in (w, td.sentence_query(w))]
@@ -449,7 +449,7 @@ def _encode_rows(tokenizer: Tokenizer, texts: list[str], max_len: int) -> list[l
 
 def minilm_targets(texts: list[str], cache_root: Path, *, progress: bool) -> torch.Tensor:
     """MiniLM sentence embeddings (t 384) of texts, cached on disk by content."""
-    from .text_init import MiniLMSentenceEncoder
+    from mammut_search.train.text_init import MiniLMSentenceEncoder
 
     path = cache_root / f"minilm-{td.cache_key(texts)}.npy"
     if path.is_file():
@@ -481,7 +481,7 @@ def build_network(config: TrainConfig, tokenizer: Tokenizer, minilm_ids: list[in
     torch.manual_seed(config.seed)
     net = MaMMUT(model_config, pretrained_encoder=model_config.image_encoder.kind == "efficientnet_lite0")
     if config.text_init and config.tokenizer == "minilm":
-        from .text_init import initial_token_embeddings
+        from mammut_search.train.text_init import initial_token_embeddings
 
         with torch.no_grad():
             net.token_emb.weight.copy_(initial_token_embeddings(minilm_ids, model_config.dim))
@@ -911,7 +911,7 @@ def finish(config: TrainConfig, out_dir: Path, net: MaMMUT, tokenizer: Tokenizer
                 card["baselines"] = te.baselines(data.train, data.train_cache.inputs[0], data.eval_splits)
     card["targets"] = te.target_check(card, config.val_split, config.val_unseen_split)
     card["conventions"] = ("queries: each concept's name (and 'A picture of a NAME.' for sentence figures); gallery: "
-                           "every image of the split; i2t ranks the split's names; ranks as in mammut_search.metrics")
+                           "every image of the split; i2t ranks the split's names; ranks as in mammut_search.eval.metrics")
     best_net.config.training = card
     save_run_checkpoint(out_dir / "best", best_net, tokenizer, None)
     (out_dir / "training_card.json").write_text(json.dumps(card, indent=2))
@@ -924,7 +924,7 @@ def finish(config: TrainConfig, out_dir: Path, net: MaMMUT, tokenizer: Tokenizer
 def add_to_training_card(checkpoint_dir: str | Path, key: str, value: Any) -> None:
     """Add one entry to a checkpoint's training card (config.json only: the weights, and so the checkpoint's
     identity, do not change)."""
-    from .checkpoint import CONFIG, atomic_write_bytes, read_config
+    from mammut_search.model.checkpoint import CONFIG, atomic_write_bytes, read_config
 
     config = read_config(checkpoint_dir)
     config.training[key] = value

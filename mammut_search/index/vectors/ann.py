@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from mammut_search.vector_index import VectorIndex, check_vectors
+from mammut_search.index.vectors import VectorIndex, check_vectors
 
 log = logging.getLogger(__name__)
 

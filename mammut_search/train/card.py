@@ -3,7 +3,7 @@ bare names and sentence queries, caption quality, and the two untrained baseline
 frozen encoder features.
 
 Queries are the concepts' names (one text per concept); the gallery is every image of the split; an image
-is right for a query when it shows that concept. Scoring follows `mammut_search.metrics`.
+is right for a query when it shows that concept. Scoring follows `mammut_search.eval.metrics`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import metrics
-from .decoding import generate
-from .model import MaMMUT
-from .tokenizer import Tokenizer
-from .training_data import sentence_query
+from mammut_search.eval import metrics
+from mammut_search.model.decoding import generate
+from mammut_search.model.mammut import MaMMUT
+from mammut_search.model.tokenizer import Tokenizer
+from mammut_search.train.data import sentence_query
 
 KS = (1, 5, 10)
 
