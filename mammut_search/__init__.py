@@ -1,11 +1,37 @@
-"""mammut-search: search image collections with MaMMUT, one model that retrieves images and captions them."""
+"""mammut-search: search image collections with MaMMUT, one model that retrieves images and captions them.
 
-from mammut_search.inference import MammutModel, default_device, load_model
-from mammut_search.model.config import ImageEncoderConfig, MammutConfig
-from mammut_search.errors import CheckpointError, ImageLoadError, IndexStoreError, UserError
+The names below are imported on first use (module `__getattr__`), so that commands needing no model, such as
+`mammut --help` or `mammut index info`, never pay for importing torch.
+"""
 
-__all__ = [
-    "MammutModel", "load_model", "default_device", "MammutConfig", "ImageEncoderConfig",
-    "UserError", "CheckpointError", "ImageLoadError", "IndexStoreError",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "MammutModel": "mammut_search.inference",
+    "load_model": "mammut_search.inference",
+    "default_device": "mammut_search.inference",
+    "MammutConfig": "mammut_search.model.config",
+    "ImageEncoderConfig": "mammut_search.model.config",
+    "UserError": "mammut_search.errors",
+    "CheckpointError": "mammut_search.errors",
+    "ImageLoadError": "mammut_search.errors",
+    "IndexStoreError": "mammut_search.errors",
+}
+
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mammut_search' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

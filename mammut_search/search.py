@@ -17,13 +17,15 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-import torch
-from PIL import Image
 
 from mammut_search.errors import ImageLoadError, UserError
+
+if TYPE_CHECKING:  # torch and PIL are imported where used: `mammut search`'s argument errors need neither
+    import torch
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +330,8 @@ class Searcher:
     def _likelihood_lifts(self, text: str, ids: np.ndarray) -> np.ndarray:
         """Per candidate: log p(text | image) per token minus its median over reference images of the index,
         i.e. how much better than an arbitrary image the candidate explains the query; NaN if unreadable."""
+        import torch
+
         wanted = [int(i) for i in ids] + [int(i) for i in self.reference_ids]
         features = self._features_of(wanted)
         usable = [i for i, f in enumerate(features) if f is not None]
@@ -345,6 +349,8 @@ class Searcher:
         """Image tokens (j c) of indexed images, from the cache or computed in batches; None for a file that
         cannot be read any more. (A row's tokens do not depend on its batch-mates beyond float rounding,
         ~1e-13, far below the 1e-6 that scores are rounded to.)"""
+        import torch
+
         found = {i: self._features.get(i) for i in dict.fromkeys(ids)}
         missing = [i for i, f in found.items() if f is None]
         pending = [self._loader.submit(self._pixels_of, i) for i in missing]  # decoding overlaps the model
@@ -374,6 +380,8 @@ class Searcher:
         return None
 
     def _load_query_image(self, image: Image.Image | str | os.PathLike | bytes) -> Image.Image:
+        from PIL import Image
+
         from mammut_search.images import load_image, open_image_bytes
 
         if isinstance(image, Image.Image):
