@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"default: all of {', '.join(SOURCES)}")
     build.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     build.add_argument("--workers", type=int, default=None, help="render processes (default: all CPU cores)")
+    build.add_argument("--only", choices=["validation"],
+                       help="validation: only (re)build the validation sets of an existing corpus: re-split "
+                            "OpenClipart into train/val_objects and fetch the val_photos photos; nothing re-rendered")
     demo = sub.add_parser("demo", help="copy validation-style images from the built corpus into a demo folder")
     demo.add_argument("--cache-dir", type=Path, default=Path("data/cache"), help="default: data/cache")
     demo.add_argument("--out", type=Path, default=Path("data/demo"), help="default: data/demo")
@@ -26,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `corpus build` or `corpus demo`."""
+    if args.corpus_command == "build" and args.only == "validation":
+        from mammut_search.train.corpus.build import build_validation_sets
+
+        summary = build_validation_sets(args.cache_dir)
+        print(json.dumps({k: summary[k] for k in ("images", "per_split", "validation_failed_sources")}, indent=2))
+        print(f"manifest: {Path(args.cache_dir) / 'corpus' / 'manifest.parquet'}")
+        return 1 if summary["validation_failed_sources"] else 0
     if args.corpus_command == "build":
         from mammut_search.train.corpus.build import build_corpus
 

@@ -11,16 +11,20 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from mammut_search.errors import UserError
-from mammut_search.train.corpus import collect
+from mammut_search.train.corpus import collect, photos
 from mammut_search.train.corpus.concepts import load_concepts
 from mammut_search.train.corpus.fetch import fetch
+from mammut_search.train.corpus.openclipart import parse_clipart
 from mammut_search.train.corpus.render import render_job
-from mammut_search.train.corpus.sources import EMOJI_DATA, ICONIFY_SETS, OPENMOJI, SOURCES, check_allowed
-from mammut_search.train.corpus.splits import HELDOUT_FRACTION, heldout_concepts, heldout_families
+from mammut_search.train.corpus.sources import (
+    EMOJI_DATA, GCOMPRIS, ICONIFY_SETS, OPENMOJI, SKIMAGE, SKLEARN, SOURCES, check_allowed)
+from mammut_search.train.corpus.splits import (
+    HELDOUT_FRACTION, OBJECTS_FRACTION, VAL_PHOTOS, heldout_concepts, heldout_families)
 
 MANIFEST_COLUMNS = ["path", "concept_id", "name", "captions", "style", "split", "source", "licence"]
 OPENMOJI_MEMBERS = ("package/data/openmoji.json", "package/color/svg/", "package/black/svg/")
@@ -55,8 +59,13 @@ def build_corpus(
     workers: int | None = None,
     fetcher: Fetcher = fetch,
     heldout_fraction: float = HELDOUT_FRACTION,
+    objects_fraction: float = OBJECTS_FRACTION,
+    validation: bool = True,
 ) -> dict:
-    """Fetch, render and index the corpus under cache_dir/corpus; returns the summary written beside it."""
+    """Fetch, render and index the corpus under cache_dir/corpus; returns the summary written beside it.
+
+    With `validation`, the validation photos (split val_photos) are added too; see `build_validation_sets`.
+    """
     start = time.time()
     cache_dir = Path(cache_dir)
     sources = list(sources or SOURCES)
@@ -72,7 +81,8 @@ def build_corpus(
     openmoji_root = fetcher(OPENMOJI, cache_dir, OPENMOJI_MEMBERS)
     concepts = load_concepts(emoji_json, openmoji_root / "package" / "data" / "openmoji.json")
     heldout = heldout_concepts(concepts, heldout_fraction)
-    ctx = collect.Context(concepts, heldout, heldout_families(concepts, heldout_fraction), corpus_dir, size)
+    ctx = collect.Context(concepts, heldout, heldout_families(concepts, heldout_fraction), corpus_dir, size,
+                          objects_fraction)
 
     items: list[collect.Item] = []
     failed: dict[str, str] = {}
@@ -88,10 +98,103 @@ def build_corpus(
 
     errors = render_all(items, size, workers)
     rows = [it.row for it in items if it.job.out_path not in errors]
+    if validation:
+        photo_rows, photo_failed = validation_photos(cache_dir, fetcher)
+        rows += photo_rows
+        failed.update(photo_failed)
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     write_parquet(manifest, corpus_dir / "manifest.parquet")
     summary = summarise(manifest, size, failed, errors, len(concepts), len(heldout), time.time() - start)
     _write_text(corpus_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def validation_photos(cache_dir: Path, fetcher: Fetcher = fetch) -> tuple[list[dict], dict[str, str]]:
+    """Fetch the photo packages, write their photos under corpus/images/photos; (manifest rows, failures).
+
+    A package that cannot be fetched or read is reported and skipped; an unreadable photo is skipped."""
+    cache_dir = Path(cache_dir)
+    corpus_dir = cache_dir / "corpus"
+    readers = {
+        SKIMAGE.name: lambda: photos.skimage_photos(fetcher(SKIMAGE, cache_dir, ("skimage/data/",)), SKIMAGE.version),
+        SKLEARN.name: lambda: photos.sklearn_photos(
+            fetcher(SKLEARN, cache_dir, ("sklearn/datasets/images/",)), SKLEARN.version),
+        GCOMPRIS.name: lambda: photos.gcompris_photos(fetcher(GCOMPRIS, cache_dir)),
+    }
+    rows: list[dict] = []
+    failed: dict[str, str] = {}
+    for name, read in readers.items():
+        try:
+            found = read()
+        except Exception as e:  # one package failing is reported; the others go on
+            failed[f"photos:{name}"] = f"{type(e).__name__}: {e}"
+            print(f"warning: validation photos from {name} skipped: {failed[f'photos:{name}']}", file=sys.stderr)
+            continue
+        kept = 0
+        for photo in found:
+            row = photos.photo_row(photo)
+            try:
+                out = corpus_dir / row["path"]
+                if not out.exists():
+                    photos.save_photo(photo.data, out)
+            except Exception as e:
+                print(f"warning: {name}: {photo.key}: cannot read the photo ({e}); skipped", file=sys.stderr)
+                continue
+            rows.append(row)
+            kept += 1
+        print(f"{name}: {kept} validation photos", file=sys.stderr)
+    return rows, failed
+
+
+def resplit_objects(manifest: pd.DataFrame, clipart_root: Path, objects_fraction: float = OBJECTS_FRACTION) -> pd.DataFrame:
+    """The manifest with every OpenClipart row's split and captions recomputed from its SVG (no re-rendering)."""
+    svg_root = Path(clipart_root) / "usr" / "share" / "openclipart" / "svg"
+    manifest = manifest.copy()
+    for i in np.flatnonzero((manifest["style"] == "openclipart").to_numpy()):
+        rel_id = str(manifest.at[i, "concept_id"]).removeprefix("openclipart/")
+        path = svg_root / f"{rel_id}.svg"
+        info = parse_clipart(path, svg_root) if path.is_file() else None
+        if info is None:
+            print(f"warning: {path}: missing or unreadable; its row keeps split {manifest.at[i, 'split']}",
+                  file=sys.stderr)
+            continue
+        decided = collect.clipart_split(info, objects_fraction)
+        manifest.at[i, "split"] = decided["split"]
+        manifest.at[i, "captions"] = decided["captions"]
+    return manifest
+
+
+def build_validation_sets(cache_dir: Path | str = "data/cache", fetcher: Fetcher = fetch,
+                          objects_fraction: float = OBJECTS_FRACTION) -> dict:
+    """Add the validation sets to an existing corpus without re-rendering it: re-split OpenClipart into train
+    and val_objects, and replace the val_photos rows. Writes the manifest and summary; returns the summary."""
+    cache_dir = Path(cache_dir)
+    corpus_dir = cache_dir / "corpus"
+    path = corpus_dir / "manifest.parquet"
+    if path.is_file():
+        manifest = pd.read_parquet(path)
+    else:
+        manifest = pd.DataFrame(columns=MANIFEST_COLUMNS)
+        corpus_dir.mkdir(parents=True, exist_ok=True)
+    manifest = manifest[manifest["split"] != VAL_PHOTOS].reset_index(drop=True)
+    failed: dict[str, str] = {}
+    if (manifest["style"] == "openclipart").any():
+        try:
+            manifest = resplit_objects(manifest, fetcher(SOURCES["openclipart"].packages[0], cache_dir),
+                                       objects_fraction)
+        except Exception as e:
+            failed["openclipart"] = f"{type(e).__name__}: {e}"
+            print(f"warning: OpenClipart not re-split: {failed['openclipart']}", file=sys.stderr)
+    photo_rows, photo_failed = validation_photos(cache_dir, fetcher)
+    failed.update(photo_failed)
+    manifest = pd.concat([manifest, pd.DataFrame(photo_rows, columns=MANIFEST_COLUMNS)], ignore_index=True)
+    write_parquet(manifest, path)
+    summary_path = corpus_dir / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    counts = summarise(manifest, summary.get("size", 0), {}, {}, 0, 0, 0.0)
+    summary.update({k: counts[k] for k in ("images", "per_split", "per_style")})
+    summary["validation_failed_sources"] = failed
+    _write_text(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 

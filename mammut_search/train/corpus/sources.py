@@ -11,7 +11,7 @@ from mammut_search.errors import UserError
 class Package:
     """One pinned package in a registry."""
 
-    registry: str  # "npm" or "deb"
+    registry: str  # "npm", "deb" or "pypi" (a wheel, read as a zip; never installed)
     name: str
     version: str  # "" for Debian packages: apt-get downloads the distribution's current one
 
@@ -79,6 +79,17 @@ SOURCES: dict[str, Source] = {
     ),
 }
 
+# Real photos with text: validation only, never trained on (split "val_photos").
+SKIMAGE = Package("pypi", "scikit-image", "0.25.2")  # skimage/data/: sample photos with telling file names
+SKLEARN = Package("pypi", "scikit-learn", "1.7.2")  # sklearn/datasets/images/: china.jpg, flower.jpg
+GCOMPRIS = Package("deb", "gcompris-qt-data", "")  # photos with titles inside Qt .rcc resource files
+PHOTO_PACKAGES = (SKIMAGE, SKLEARN, GCOMPRIS)
+
+# ImageNet class knowledge: class names and glosses (timm's data files, read, never imported) and WordNet.
+TIMM = Package("pypi", "timm", "1.0.22")
+WORDNET = Package("deb", "wordnet-base", "")
+KNOWLEDGE_PACKAGES = (TIMM, WORDNET)
+
 # Collections kept for independent evaluation or not licensed for this use: refused by name.
 RESERVED_WORDS = ("apple", "facebook", "fluent", "streamline")
 
@@ -89,6 +100,7 @@ def check_allowed(name: str) -> None:
     for word in RESERVED_WORDS:
         if word in lowered:
             raise UserError(f"{name}: reserved collection, never used for training or validation (see ASSETS.md)")
-    allowed_packages = {EMOJI_DATA.name} | {p.name for s in SOURCES.values() for p in s.packages}
+    allowed_packages = ({EMOJI_DATA.name} | {p.name for s in SOURCES.values() for p in s.packages}
+                        | {p.name for p in PHOTO_PACKAGES + KNOWLEDGE_PACKAGES})
     if name not in SOURCES and name not in allowed_packages:
         raise UserError(f"{name}: not an allowed corpus source; choose from {', '.join(SOURCES)}")

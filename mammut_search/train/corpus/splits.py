@@ -5,6 +5,10 @@ stripped ("face", "button", directions) and person words dropped. So "cook", "ma
 family "cook"; "cat", "cat face" and "grinning cat with smiling eyes" are family "cat"; "man in tuxedo" is
 family "tuxedo"; all clock faces are one family. A family is held out when the hash of its head word falls
 below the held-out fraction, with every style and variant of every concept in it.
+
+OpenClipart items whose title names a held-out emoji family are dropped. Of the rest, a slice of title
+families (same head-word rule, a differently salted hash, so the slice is independent of the emoji one) is
+the objects validation set: "bored dog" and "dog 2" fall on the same side.
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ TRAIN = "train"
 HELDOUT_CONCEPTS = "heldout_concepts"  # training styles, unseen concepts: never trained on
 VAL = "val"  # the validation style, seen concepts
 VAL_UNSEEN = "val_unseen"  # the validation style, unseen concepts
-SPLITS = (TRAIN, HELDOUT_CONCEPTS, VAL, VAL_UNSEEN)
+VAL_OBJECTS = "val_objects"  # held-out OpenClipart title families: never trained on
+VAL_PHOTOS = "val_photos"  # real photos: validation only
+SPLITS = (TRAIN, HELDOUT_CONCEPTS, VAL, VAL_UNSEEN, VAL_OBJECTS, VAL_PHOTOS)
 
 HELDOUT_FRACTION = 0.10
+OBJECTS_FRACTION = 0.10
+OBJECTS_SALT = "objects:"
 PERSON_WORDS = {"man", "woman", "men", "women", "person", "people", "adult", "boy", "girl", "older"}
 GENERIC_TAIL = {"face", "button", "sign", "symbol", "up", "down", "left", "right", "mark"}
 PHRASE_BREAK = re.compile(r"\s+(?:with|without|in|on|of|behind|over|at|for|from|and)\s+")
@@ -57,9 +65,9 @@ def family_of(name: str) -> str:
     return fallback[0] if fallback else lowered
 
 
-def is_heldout_family(family: str, fraction: float = HELDOUT_FRACTION) -> bool:
+def is_heldout_family(family: str, fraction: float = HELDOUT_FRACTION, salt: str = "") -> bool:
     """Deterministic: the same family is held out on every machine and every run."""
-    digest = hashlib.sha256(family.encode("utf-8")).digest()
+    digest = hashlib.sha256((salt + family).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
@@ -76,6 +84,11 @@ def heldout_concepts(concepts: dict[str, Concept], fraction: float = HELDOUT_FRA
 def title_in_families(title: str, families: set[str]) -> bool:
     """True when a clip-art title names a held-out family ("Bored dog" when "dog" is held out)."""
     return bool(set(words(title)) & families)
+
+
+def object_split(title: str, fraction: float = OBJECTS_FRACTION) -> str:
+    """The split of one clip-art item: its title's family decides train or the objects validation set."""
+    return VAL_OBJECTS if is_heldout_family(family_of(title), fraction, OBJECTS_SALT) else TRAIN
 
 
 def split_for(style: str, concept_id: str, heldout: set[str]) -> str:
