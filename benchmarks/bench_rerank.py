@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mammut_search.eval.evaluation import read_folder, read_pairs
+from mammut_search.captioned import read_captioned
 from mammut_search.search import NO_MATCH_MARGIN, RERANK_CANDIDATES, RERANK_WEIGHT, Searcher
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -42,8 +42,8 @@ UNRELATED = [
 
 
 def read_queries(source: str) -> dict[str, list[str]]:
-    """Pairs file or captioned folder -> {caption: [absolute image paths]}."""
-    pairs = read_folder(source) if os.path.isdir(source) else read_pairs(source)
+    """Captions file or captioned folder -> {caption: [absolute image paths]}."""
+    pairs = read_captioned(source).pairs()
     queries: dict[str, list[str]] = {}
     for image, caption in zip(pairs["image"], pairs["caption"]):
         if caption:

@@ -9,7 +9,8 @@ from PIL import Image
 
 from mammut_search import UserError
 from mammut_search.cli import main
-from mammut_search.eval.evaluation import evaluate, format_table, read_folder, read_pairs, write_report
+from mammut_search.captioned import read_captioned
+from mammut_search.eval.evaluation import evaluate, format_table, write_report
 from mammut_search.eval.metrics import image_to_text_recall, pair_targets, recall_at_k
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (20, 40, 230), "yellow": (240, 230, 20),
@@ -22,7 +23,7 @@ def make_folder(folder):
     for name, colour in COLOURS.items():
         Image.new("RGB", (40, 36), colour).save(folder / f"{name}.png")
         caption = "a plain square" if name in ("white", "black") else f"a {name} square"
-        (folder / f"{name}.txt").write_text(caption + "\nsecond line is ignored\n")
+        (folder / f"{name}.txt").write_text(caption + "\n")
     (folder / "broken.png").write_bytes(b"not a png at all")
     (folder / "broken.txt").write_text("a broken picture\n")
     return folder
@@ -36,52 +37,15 @@ def folder_pairs_csv(folder, path):
     return path
 
 
+def read_folder(folder):
+    """The folder's image-caption pairs."""
+    return read_captioned(folder).pairs()
+
+
 @pytest.fixture
 def checkpoint(model, tmp_path):
     model.save(tmp_path / "ckpt")
     return tmp_path / "ckpt"
-
-
-# ----- reading inputs -----
-
-
-def test_csv_tsv_and_jsonl_read_the_same_pairs(tmp_path):
-    frame = pd.DataFrame({"Image": ["a.png", "b.png", "a.png"], "caption": ["one", "NA", "three"]})
-    frame.to_csv(tmp_path / "p.csv", index=False)
-    frame.to_csv(tmp_path / "p.tsv", index=False, sep="\t")
-    frame.to_json(tmp_path / "p.jsonl", orient="records", lines=True)
-    read = [read_pairs(tmp_path / f"p.{ext}", images_root=tmp_path / "imgs") for ext in ("csv", "tsv", "jsonl")]
-    for pairs in read:
-        assert pairs["image"].tolist() == [str(tmp_path / "imgs" / n) for n in ("a.png", "b.png", "a.png")]
-        assert pairs["caption"].tolist() == ["one", "NA", "three"]  # "NA" is a caption, not a missing value
-
-
-def test_jsonl_caption_lists_become_one_pair_each(tmp_path):
-    (tmp_path / "p.jsonl").write_text('{"file": "a.png", "captions": ["x", "y"]}\n{"file": "b.png", "captions": ["z"]}\n')
-    pairs = read_pairs(tmp_path / "p.jsonl")
-    assert list(zip([p.rsplit("/", 1)[1] for p in pairs["image"]], pairs["caption"])) == [
-        ("a.png", "x"), ("a.png", "y"), ("b.png", "z")]
-
-
-def test_columns_can_be_named_and_unknown_ones_are_refused(tmp_path):
-    pd.DataFrame({"pic": ["a.png"], "words": ["hi"], "split": ["val"]}).to_csv(tmp_path / "p.csv", index=False)
-    with pytest.raises(UserError, match="--image-column"):
-        read_pairs(tmp_path / "p.csv")
-    pairs = read_pairs(tmp_path / "p.csv", image_column="pic", caption_column="words", group_column="split")
-    assert pairs[["caption", "group"]].values.tolist() == [["hi", "val"]]
-    with pytest.raises(UserError, match="no column 'nope'"):
-        read_pairs(tmp_path / "p.csv", image_column="pic", caption_column="nope")
-    with pytest.raises(UserError, match="no such file"):
-        read_pairs(tmp_path / "missing.csv")
-
-
-def test_folder_reads_first_line_of_same_name_text_files(tmp_path):
-    folder = make_folder(tmp_path / "set")
-    (folder / "nocaption.png").write_bytes((folder / "red.png").read_bytes())
-    pairs = read_folder(folder).set_index("image")["caption"]
-    assert pairs[str(folder / "red.png")] == "a red square"
-    assert pairs[str(folder / "nocaption.png")] == ""  # left out by evaluate, counted
-    assert len(pairs) == 8
 
 
 # ----- evaluating -----
@@ -218,6 +182,8 @@ def test_folder_and_csv_give_the_same_report(checkpoint, tmp_path, capsys):
 
     reports = [json.loads((tmp_path / r / "report.json").read_text()) for r in ("r1", "r2")]
     assert reports[0].pop("inputs") != reports[1].pop("inputs")
+    assert [r.pop("data")["format"] for r in reports] == ["folder", "table"]
+    assert [r.pop("protocol")["name"] for r in reports] == ["folder, all splits, 7 images", "table, all splits, 7 images"]
     assert reports[0] == reports[1]
     assert set(reports[0]["text_to_image"]) == {"R@1", "R@2", "R@5"} and reports[0]["counts"]["images"] == 6
     assert "optimistic" in reports[0]["conventions"]["rank"]

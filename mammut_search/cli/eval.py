@@ -6,13 +6,24 @@ import argparse
 import sys
 
 CONVENTIONS_HELP = """\
+inputs (--captions): a Karpathy split JSON (dataset_coco.json, dataset_flickr30k.json), COCO captions JSON
+  (captions_val2017.json; images beside it or in ../val2017/), a CSV/TSV/JSONL/parquet of image,caption rows
+  (several rows per image, or a list of captions; optional split and concept_id columns), or a folder of
+  images with NAME.txt beside each (one caption per line; subfolders train/val/test are splits).
+  Missing image files and images without a caption are listed and left out.
+standard protocol (a Karpathy file; as in CLIP_benchmark and the papers' COCO 5k / Flickr30k 1k test):
+  the test split, the first 5 captions of each image, every caption its own query: text->image ranks the
+  caption's own image among all test images; image->text ranks the image's own captions among all test
+  captions (identical texts of other images are wrong answers that tie). COCO captions JSON: the same on
+  the whole file. Other inputs: every caption, identical caption texts merged (below). Override with
+  --split, --captions-per-image and --per-caption / --distinct-texts.
 scoring (as in CLIP_benchmark):
   rank of the right item = 1 + number of items scored strictly higher than it (ties are optimistic);
   a hit at k means rank <= k.
-  text->image recall@k: share of captions whose image is among the top k images; when several images
-    carry the identical caption text, any of them counts.
-  image->text recall@k: share of images with at least one of their captions among the top k distinct
-    caption texts.
+  text->image recall@k: share of captions whose image is among the top k images; with distinct texts,
+    when several images carry the identical caption text, any of them counts.
+  image->text recall@k: share of images with at least one of their captions among the top k captions
+    (distinct caption texts, or every caption under the standard protocol).
   BLEU-4 (corpus, closest reference length) and CIDEr-D (coco-caption, document frequencies over the
     references of the evaluated set) compare each image's generated caption with all its captions.
   --index: text->image recall through the index (approximate) beside exact search over the index's
@@ -26,11 +37,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = CONVENTIONS_HELP
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--captions", metavar="FILE",
-                        help="CSV, TSV or JSONL of image-caption pairs (several rows per image allowed)")
+    source.add_argument("--captions", metavar="FILE_OR_DIR",
+                        help="Karpathy or COCO captions JSON, CSV/TSV/JSONL of image-caption pairs, or a folder "
+                             "of images with NAME.txt captions (see below)")
     source.add_argument("--folder", metavar="DIR", help="images with a same-name .txt caption file beside them")
     parser.add_argument("--images-root", metavar="DIR",
                         help="folder that relative image paths start from (default: the captions file's folder)")
+    parser.add_argument("--split", help="evaluate this split only ('all': every split; default: test for a "
+                                        "Karpathy file, everything otherwise)")
+    parser.add_argument("--captions-per-image", type=_positive, metavar="N",
+                        help="first N captions of each image (default: 5 for Karpathy/COCO files, all otherwise)")
+    texts = parser.add_mutually_exclusive_group()
+    texts.add_argument("--per-caption", dest="per_caption", action="store_true", default=None,
+                       help="every caption its own query and gallery text (default for Karpathy/COCO files)")
+    texts.add_argument("--distinct-texts", dest="per_caption", action="store_false",
+                       help="identical caption texts are one text, right for all their images (default otherwise)")
     parser.add_argument("--image-column", help="image path column (default: image/path/file/filename)")
     parser.add_argument("--caption-column", help="caption column (default: caption/text)")
     parser.add_argument("--group-column", help="rank each caption only among the images of its group")
@@ -57,19 +78,17 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammut_search.inference import load_model
+    from mammut_search.captioned import read_captioned
     from mammut_search.errors import UserError
-    from mammut_search.eval.evaluation import evaluate, format_table, read_folder, read_pairs, write_report
+    from mammut_search.eval.evaluation import evaluate_captioned, format_table, write_report
+    from mammut_search.inference import load_model
 
     if args.group_column and args.folder:
         raise UserError("--group-column needs --captions (a folder has no group column)")
-    if args.folder:
-        pairs = read_folder(args.folder)
-        inputs = {"folder": args.folder}
-    else:
-        pairs = read_pairs(args.captions, images_root=args.images_root, image_column=args.image_column,
-                           caption_column=args.caption_column, group_column=args.group_column)
-        inputs = {"captions": args.captions, "images_root": args.images_root}
+    source = args.folder or args.captions
+    captioned = read_captioned(source, images_root=args.images_root, image_column=args.image_column,
+                               caption_column=args.caption_column)
+    inputs = {"folder": args.folder} if args.folder else {"captions": args.captions, "images_root": args.images_root}
     model = load_model(args.checkpoint, device=args.device)
     store = None
     if args.index:
@@ -77,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
 
         store = IndexStore.open(args.index, checkpoint_sha256=model.checkpoint_sha256 or None)
         inputs["index"] = args.index
-    result = evaluate(pairs, model, ks=args.k, group_column="group" if args.group_column else None,
-                      captions=not args.no_captions, beam_width=args.beam_width, max_len=args.max_len,
-                      index=store, batch_size=args.batch_size, progress=not args.quiet)
+    result = evaluate_captioned(captioned, model, split=args.split, captions_per_image=args.captions_per_image,
+                                per_caption=args.per_caption, group_column=args.group_column, ks=args.k,
+                                captions=not args.no_captions, beam_width=args.beam_width, max_len=args.max_len,
+                                index=store, batch_size=args.batch_size, progress=not args.quiet)
     print(format_table(result))
     if args.out:
         paths = write_report(result, args.out, inputs=inputs)

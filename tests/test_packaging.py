@@ -1,0 +1,23 @@
+"""What `mammut train` needs is declared by the package, and `make setup` installs it from there."""
+
+import re
+import tomllib
+from pathlib import Path
+
+from mammut_search.train.text_init import MINILM_PACKAGE, minilm_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_train_extra_declares_the_minilm_package_that_training_reads():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = [re.split(r"[<>=!~ ;\[]", requirement)[0].replace("-", "_") for requirement in extras["train"]]
+    assert MINILM_PACKAGE in names
+    assert (minilm_dir() / "model.safetensors").is_file() and (minilm_dir() / "tokenizer.json").is_file()
+
+
+def test_make_setup_installs_the_train_extra_not_a_package_beside_it():
+    makefile = (ROOT / "Makefile").read_text()
+    installs = re.findall(r"pip install .*-e '\.\[([^\]]*)\]'", makefile)
+    assert installs and "train" in installs[0].split(",")
+    assert "--no-deps" not in makefile
