@@ -22,7 +22,7 @@ from tqdm import tqdm
 from mammut_search.errors import UserError
 from mammut_search.index.store import MANIFEST_FILE, OK, IndexStore, items_frame
 
-from index_builder.encode import Encoded, EncodeJob, encode
+from index_builder.encode import CHANGED, Encoded, EncodeJob, encode
 from index_builder.scan import FoundFile, hash_files, scan_roots
 from index_builder.shards import WORK_DIR, ShardWriter, remove_work
 
@@ -119,6 +119,8 @@ def index_files(index_dir: Path, model, files: list[FoundFile], roots: list[str]
     for row in new_rows:  # new ids, never reused, so a removed item's id can never point at another file
         if "status" not in row:  # unreadable files have theirs already
             r = results[row["sha256"]]
+            if r.status == CHANGED:  # the hash is of bytes that are gone: nothing may be matched to it
+                row["sha256"] = ""
             row.update(status=r.status, width=r.width, height=r.height, caption=r.caption)
         row["id"] = next_id
         next_id += 1
@@ -231,7 +233,7 @@ def run_encoder(model, jobs: list[EncodeJob], shards: ShardWriter, options: Buil
         workers = options.workers if options.workers is not None else default_workers(model.device)
         for batch in encode(model, jobs, batch_size=options.batch_size, workers=workers,
                             captions=options.captions):
-            shards.add(batch)
+            shards.add([e for e in batch if e.status != CHANGED])  # a changed file is retried, not resumed
             bar.update(len(batch))
             yield from batch
 

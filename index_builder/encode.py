@@ -15,9 +15,13 @@ from torch.utils.data import DataLoader, Dataset
 from mammut_search.model.config import ImageEncoderConfig
 from mammut_search.errors import ImageLoadError
 from mammut_search.model.image_encoders import decode_side, normalise_pixels, square_pixels
-from mammut_search.images import load_image_with_size
+from mammut_search.images import load_image_and_sha256
 
 log = logging.getLogger(__name__)
+
+
+# The file's bytes changed between hashing and decoding; its row is retried by the next update.
+CHANGED = "unreadable (changed while it was being indexed; run mammut index update)"
 
 
 @dataclass
@@ -54,7 +58,9 @@ class DecodeDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         job = self.jobs[i]
         try:
-            image, size = load_image_with_size(job.path, min_side=decode_side(self.config))
+            image, size, sha256 = load_image_and_sha256(job.path, min_side=decode_side(self.config))
+            if sha256 != job.sha256:  # rewritten since it was hashed: these pixels are not those bytes
+                return {"job": job, "status": CHANGED}
             pixels = square_pixels(image, self.config)
         except ImageLoadError as e:
             return {"job": job, "status": skip_reason(e, job.path)}

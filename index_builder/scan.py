@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +11,7 @@ from typing import Iterable, Iterator
 from tqdm import tqdm
 
 from mammut_search.errors import UserError
+from mammut_search.files import sha256_regular
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,9 @@ def _walk(directory: str, extensions: frozenset[str], visited: set[tuple[int, in
 
 
 def file_sha256(path: str) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex sha256 of a regular file's bytes; NotRegularFileError (an OSError) for a FIFO, device or directory,
+    which are never read (a FIFO would block and /dev/zero never ends)."""
+    return sha256_regular(path)
 
 
 def hash_files(paths: list[str], *, threads: int = 4, progress: bool = True) -> dict[str, str | OSError]:
@@ -105,7 +102,10 @@ def hash_files(paths: list[str], *, threads: int = 4, progress: bool = True) -> 
         except OSError as e:
             return e
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    pool = ThreadPoolExecutor(max_workers=threads)
+    try:
         results = list(tqdm(pool.map(one, paths), total=len(paths), desc="hashing", unit="file",
                             disable=not progress or not paths, leave=False))
+    finally:  # on Ctrl+C, drop the queued files instead of hashing them all before exiting
+        pool.shutdown(wait=False, cancel_futures=True)
     return dict(zip(paths, results))

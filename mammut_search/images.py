@@ -16,9 +16,9 @@ file gives nearly the same model input whichever way it was loaded.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
-import stat
 import warnings
 from typing import IO, Iterator
 
@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from mammut_search.errors import ImageLoadError
+from mammut_search.files import NotRegularFileError, open_regular
 
 # 128 million pixels: above the 108 MP of current phone cameras, and about 384 MB once decoded to RGB.
 DEFAULT_MAX_PIXELS = 128_000_000
@@ -56,9 +57,19 @@ def load_image_with_size(path: str | os.PathLike, *, max_pixels: int = DEFAULT_M
     """`load_image`, and the (width, height) of the full upright image (the image itself is smaller when
     `min_side` let it be decoded at reduced scale)."""
     name = _display(path)
-    _check_regular_file(path, name)
-    with _read_errors(name), open(path, "rb") as f:
+    with _read_errors(name), _open_regular(path, name) as f:
         return _decode(f, name, max_pixels, min_side)
+
+
+def load_image_and_sha256(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                          min_side: int | None = None) -> tuple[Image.Image, tuple[int, int], str]:
+    """`load_image_with_size`, and the sha256 of exactly the bytes that were decoded (read once into memory),
+    so that a file rewritten while it is indexed can never pair one content's hash with another's pixels."""
+    name = _display(path)
+    with _read_errors(name), _open_regular(path, name) as f:
+        data = f.read(os.fstat(f.fileno()).st_size)  # a file still being written is cut at its size when opened
+    image, size = _decode(io.BytesIO(data), name, max_pixels, min_side)
+    return image, size, hashlib.sha256(data).hexdigest()
 
 
 def open_image_bytes(data: bytes, *, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -73,8 +84,7 @@ def image_size(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     """(width, height) as `load_image` would return it (EXIF orientation included), read from the header only;
     refuses what `load_image` refuses from the header alone."""
     name = _display(path)
-    _check_regular_file(path, name)
-    with _read_errors(name), open(path, "rb") as f, _open(f, name, max_pixels) as image:
+    with _read_errors(name), _open_regular(path, name) as f, _open(f, name, max_pixels) as image:
         if image.size[0] * image.size[1] > max_pixels:
             raise _too_many_pixels(name, image.size, max_pixels)
         width, height = image.size
@@ -90,6 +100,10 @@ def _read_errors(name: str) -> Iterator[None]:
         yield
     except ImageLoadError:
         raise
+    except FileNotFoundError:
+        raise _error(name, "no such file") from None
+    except NotRegularFileError as e:
+        raise _error(name, e.strerror) from None
     except PermissionError:
         raise _error(name, "permission denied; make the file readable") from None
     except OSError as e:
@@ -223,22 +237,13 @@ def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
 
 # ----- files and messages -----
 
-def _check_regular_file(path: str | os.PathLike, name: str) -> None:
-    """Refuse what is not a non-empty regular file before opening it (opening a FIFO would block forever)."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise _error(name, "no such file") from None
-    except PermissionError:
-        raise _error(name, "permission denied; make the file and its folders readable") from None
-    except OSError as e:
-        raise _error(name, f"cannot read the file ({e.strerror or e})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise _error(name, "is a directory, not an image file")
-    if not stat.S_ISREG(info.st_mode):
-        raise _error(name, "not a regular file (a pipe, socket or device)")
-    if info.st_size == 0:
-        raise _error(name, "empty file (0 bytes)")
+@contextlib.contextmanager
+def _open_regular(path: str | os.PathLike, name: str) -> Iterator[IO[bytes]]:
+    """Open a non-empty regular file (never blocking on a FIFO; see mammut_search.files)."""
+    with open_regular(path) as (f, size):
+        if size == 0:
+            raise _error(name, "empty file (0 bytes)")
+        yield f
 
 
 def _display(path: str | os.PathLike | bytes) -> str:
