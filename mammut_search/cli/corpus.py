@@ -18,9 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"default: all of {', '.join(SOURCES)}")
     build.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     build.add_argument("--workers", type=int, default=None, help="render processes (default: all CPU cores)")
-    build.add_argument("--only", choices=["validation"],
+    build.add_argument("--only", choices=["validation", "imagenet"],
                        help="validation: only (re)build the validation sets of an existing corpus: re-split "
-                            "OpenClipart into train/val_objects and fetch the val_photos photos; nothing re-rendered")
+                            "OpenClipart into train/val_objects and fetch the val_photos photos; nothing re-rendered. "
+                            "imagenet: only fetch the ImageNet class names into CACHE_DIR/imagenet/classes.json")
     demo = sub.add_parser("demo", help="copy validation-style images from the built corpus into a demo folder")
     demo.add_argument("--cache-dir", type=Path, default=Path("data/cache"), help="default: data/cache")
     demo.add_argument("--out", type=Path, default=Path("data/demo"), help="default: data/demo")
@@ -36,6 +37,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({k: summary[k] for k in ("images", "per_split", "validation_failed_sources")}, indent=2))
         print(f"manifest: {Path(args.cache_dir) / 'corpus' / 'manifest.parquet'}")
         return 1 if summary["validation_failed_sources"] else 0
+    if args.corpus_command == "build" and args.only == "imagenet":
+        from mammut_search.train.corpus.imagenet import imagenet_classes
+
+        classes = imagenet_classes(args.cache_dir)
+        print(f"{len(classes)} classes in {Path(args.cache_dir) / 'imagenet' / 'classes.json'}")
+        return 0
     if args.corpus_command == "build":
         from mammut_search.train.corpus.build import build_corpus
 

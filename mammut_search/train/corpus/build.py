@@ -19,6 +19,7 @@ from mammut_search.errors import UserError
 from mammut_search.train.corpus import collect, photos
 from mammut_search.train.corpus.concepts import load_concepts
 from mammut_search.train.corpus.fetch import fetch
+from mammut_search.train.corpus.imagenet import imagenet_classes
 from mammut_search.train.corpus.openclipart import parse_clipart
 from mammut_search.train.corpus.render import render_job
 from mammut_search.train.corpus.sources import (
@@ -65,6 +66,7 @@ def build_corpus(
     """Fetch, render and index the corpus under cache_dir/corpus; returns the summary written beside it.
 
     With `validation`, the validation photos (split val_photos) are added too; see `build_validation_sets`.
+    The ImageNet class names (cache_dir/imagenet/classes.json) are fetched too; see `imagenet.py`.
     """
     start = time.time()
     cache_dir = Path(cache_dir)
@@ -102,6 +104,7 @@ def build_corpus(
         photo_rows, photo_failed = validation_photos(cache_dir, fetcher)
         rows += photo_rows
         failed.update(photo_failed)
+    failed.update(fetch_imagenet_classes(cache_dir, fetcher))
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     write_parquet(manifest, corpus_dir / "manifest.parquet")
     summary = summarise(manifest, size, failed, errors, len(concepts), len(heldout), time.time() - start)
@@ -144,6 +147,17 @@ def validation_photos(cache_dir: Path, fetcher: Fetcher = fetch) -> tuple[list[d
             kept += 1
         print(f"{name}: {kept} validation photos", file=sys.stderr)
     return rows, failed
+
+
+def fetch_imagenet_classes(cache_dir: Path, fetcher: Fetcher = fetch) -> dict[str, str]:
+    """Write cache_dir/imagenet/classes.json; returns {"imagenet": reason} when it cannot be built, else {}."""
+    try:
+        classes = imagenet_classes(cache_dir, fetcher)
+    except Exception as e:  # reported; the corpus itself is still usable
+        print(f"warning: ImageNet classes not built: {type(e).__name__}: {e}", file=sys.stderr)
+        return {"imagenet": f"{type(e).__name__}: {e}"}
+    print(f"imagenet: {len(classes)} classes", file=sys.stderr)
+    return {}
 
 
 def resplit_objects(manifest: pd.DataFrame, clipart_root: Path, objects_fraction: float = OBJECTS_FRACTION) -> pd.DataFrame:
