@@ -11,7 +11,7 @@ import fcntl
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -20,7 +20,8 @@ import torch
 from tqdm import tqdm
 
 from mammut_search.errors import UserError
-from mammut_search.index.store import MANIFEST_FILE, OK, IndexStore, items_frame
+from mammut_search.index.manifest import MANIFEST_FILE, Manifest, RunStats, model_identity
+from mammut_search.index.store import OK, IndexStore, items_frame
 
 from index_builder.encode import CHANGED, Encoded, EncodeJob, encode
 from index_builder.scan import FoundFile, hash_files, scan_roots
@@ -29,7 +30,6 @@ from index_builder.shards import WORK_DIR, ShardWriter, remove_work
 log = logging.getLogger(__name__)
 UNREADABLE = "unreadable"
 LOCK_FILE = ".lock"
-METRIC = "inner_product"  # latents are unit norm: inner product == cosine similarity
 
 
 @dataclass
@@ -41,20 +41,6 @@ class BuildOptions:
     captions: bool = True
     shard_size: int = 1024  # encoded images per checkpointed shard (work lost to a crash is at most this)
     progress: bool = True
-
-
-@dataclass
-class RunStats:
-    """What one build or update did (stored in the manifest as `last_run`)."""
-
-    files: int = 0
-    images: int = 0  # indexed (status ok)
-    skipped: int = 0
-    encoded: int = 0  # images run through the model by this run
-    resumed: int = 0  # images whose results came from the shards of an interrupted run
-    reused: int = 0  # images whose results came from the index being updated (moved or duplicate files)
-    removed: int = 0  # items of the previous index dropped (deleted or changed files)
-    seconds: float = 0.0
 
 
 def default_workers(device) -> int:
@@ -94,16 +80,16 @@ def update_index(index_dir: str | os.PathLike, model, *, checkpoint_dir: str | o
     Items whose files did not change keep their ids and bit-identical vectors."""
     index_dir = Path(index_dir)
     with locked(index_dir):
-        previous = IndexStore.open(index_dir, checkpoint_sha256=model.checkpoint_sha256)
+        previous = IndexStore.open(index_dir, model=model)
         # the captions choice is the index's, not the update's
-        options = replace(options or BuildOptions(), captions=previous.manifest.get("captions", True))
-        roots = previous.manifest["roots"]
+        options = replace(options or BuildOptions(), captions=previous.manifest.captions)
+        roots = previous.manifest.roots
         missing = [r for r in roots if not os.path.exists(r)]
         if missing:  # an unmounted disk must not empty the index
             raise UserError(f"{missing[0]}: a folder of this index is missing (unmounted?); mount it, or "
                             f"rebuild without it with mammut index build FOLDER... --out {index_dir}")
         files = scan_roots(roots, progress=options.progress)
-        checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else previous.manifest.get("checkpoint_dir")
+        checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else previous.manifest.checkpoint_dir
         return index_files(index_dir, model, files, roots, previous=previous, checkpoint_dir=checkpoint_dir,
                            options=options)
 
@@ -115,7 +101,7 @@ def index_files(index_dir: Path, model, files: list[FoundFile], roots: list[str]
     stats = RunStats(files=len(files))
     kept_rows, new_rows = plan_rows(files, previous, options.progress)
     results = results_for(new_rows, index_dir, model, previous, options, stats)
-    next_id = previous.manifest.get("next_id", 0) if previous is not None else 0
+    next_id = previous.manifest.next_id if previous is not None else 0
     for row in new_rows:  # new ids, never reused, so a removed item's id can never point at another file
         if "status" not in row:  # unreadable files have theirs already
             r = results[row["sha256"]]
@@ -131,18 +117,18 @@ def index_files(index_dir: Path, model, files: list[FoundFile], roots: list[str]
     stats.images, stats.skipped = int(ok.sum()), int((~ok).sum())
     stats.removed = len(set(previous.items["id"]) - set(items["id"])) if previous is not None else 0
     stats.seconds = round(time.monotonic() - started, 3)
-    manifest = {
-        "checkpoint_sha256": model.checkpoint_sha256,
-        "checkpoint_dir": os.path.abspath(checkpoint_dir) if checkpoint_dir is not None else None,
-        "model": model_summary(model),
-        "latent_dim": int(model.latent_dim),
-        "metric": METRIC,
-        "roots": roots,
-        "captions": options.captions,
-        "next_id": next_id,
-        "last_run": asdict(stats),
-        "created": previous.manifest.get("created") if previous is not None else None,
-    }
+    manifest = Manifest(
+        checkpoint_sha256=model.checkpoint_sha256,
+        model_identity=model_identity(model),
+        checkpoint_dir=os.path.abspath(checkpoint_dir) if checkpoint_dir is not None else None,
+        model=model_summary(model),
+        latent_dim=int(model.latent_dim),
+        roots=roots,
+        captions=options.captions,
+        next_id=next_id,
+        last_run=stats,
+        created=previous.manifest.created if previous is not None else None,
+    )
     store = IndexStore.commit(index_dir, items, vectors, manifest)
     remove_work(index_dir)
     log.info("indexed %d images, skipped %d files, encoded %d in %.1f s",
@@ -264,7 +250,7 @@ def latents_of(rows, results: dict[str, Encoded], latent_dim: int) -> np.ndarray
 
 def work_identity(model, options: BuildOptions) -> dict[str, Any]:
     """What the shards of a build depend on: reused only when all of it matches."""
-    return {"checkpoint_sha256": model.checkpoint_sha256, "latent_dim": int(model.latent_dim),
+    return {"model_identity": model_identity(model) or model.checkpoint_sha256, "latent_dim": int(model.latent_dim),
             "captions": options.captions}
 
 

@@ -1,15 +1,23 @@
-"""Crash-safe file writes: a temporary file, fsynced, renamed over the target, the rename made durable."""
+"""Crash-safe file writes: a temporary file, fsynced, renamed over the target, the rename made durable.
+
+Temporary files are named `.NAME.tmp-PID-THREAD` beside their target; a writer killed mid-write leaves one
+behind, which `remove_leftovers` deletes on the next run (under the writer's lock, when no write is under way).
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Callable
+
+TMP_MARK = ".tmp-"
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)`, fsync the file, and rename it over `path` (so `path` is old or new, never torn)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{threading.get_ident()}")
     try:
         write(str(tmp))
         with open(tmp, "rb+") as f:
@@ -19,6 +27,17 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         if tmp.exists():
             tmp.unlink()
     fsync_directory(path.parent)
+
+
+def remove_leftovers(directory: Path) -> list[Path]:
+    """Delete the temporary files that killed writers left in `directory`; returns them. Call it only while
+    no other process writes there (e.g. under the index lock)."""
+    removed = []
+    for path in Path(directory).glob(f".*{TMP_MARK}*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def fsync_directory(directory: Path) -> None:

@@ -150,19 +150,17 @@ class Searcher:
     @classmethod
     def open(cls, index_dir: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None,
              device: str | torch.device | None = None, **options) -> "Searcher":
-        """Open an index with `checkpoint` (default: the one the index was built with if it is still there,
-        else the bundled model); an index built by another checkpoint is refused."""
+        """Open an index with `checkpoint` (default: the one the index was built with; see
+        mammut_search.index.manifest.resolve_checkpoint); an index built by another model is refused."""
         from mammut_search.inference import load_model
-        from mammut_search.index.store import IndexStore, read_manifest
+        from mammut_search.index.manifest import read_manifest, resolve_checkpoint
+        from mammut_search.index.store import IndexStore
 
         index_dir = Path(index_dir)
         manifest = read_manifest(index_dir)  # the helpful "no such index" errors come first
-        if checkpoint is None:
-            built_with = manifest.get("checkpoint_dir")
-            checkpoint = built_with if built_with and os.path.isdir(built_with) else None
-        model = load_model(checkpoint, device=device)
+        model = load_model(resolve_checkpoint(manifest, checkpoint), device=device)
         use_gpu = False if model.device.type == "cpu" else None
-        store = IndexStore.open(index_dir, checkpoint_sha256=model.checkpoint_sha256, use_gpu=use_gpu)
+        store = IndexStore.open(index_dir, model=model, use_gpu=use_gpu)
         return cls(store, model, **options)
 
     def clear_cache(self) -> None:
@@ -252,24 +250,28 @@ class Searcher:
 
     # ----- what the index holds -----
 
-    def info(self) -> dict[str, Any]:
-        """What a user wants to know about the index: size, skipped files, model, dates."""
-        m = self.store.manifest
+    def info(self, *, private: bool = False) -> dict[str, Any]:
+        """What a user wants to know about the index: size, skipped files, model, dates, where it runs; and
+        `summary`, the (label, value) rows that `mammut index info` shows too (`private`: without this
+        machine's paths, for a browser)."""
+        from mammut_search.index.manifest import summary_rows
+        from mammut_search.index.vectors import search_device
+
+        store, m = self.store, self.store.manifest
         return {
-            "index": str(self.store.directory.resolve()),
-            "images": int(m.get("count", len(self._ok_ids))),
-            "skipped": int(m.get("skipped", 0)),
-            "roots": list(m.get("roots", [])),
-            "checkpoint_sha256": m.get("checkpoint_sha256", ""),
-            "checkpoint_dir": m.get("checkpoint_dir"),
-            "model": m.get("model", {}),
-            "latent_dim": m.get("latent_dim"),
-            "vector_index": m.get("index", {}),
-            "captions": m.get("captions", True),
-            "created": m.get("created"),
-            "updated": m.get("updated"),
+            "index": str(store.directory.resolve()),
+            "images": m.count,
+            "skipped": m.skipped,
+            "roots": list(m.roots),
+            "checkpoint_sha256": m.checkpoint_sha256,
+            "checkpoint_dir": m.checkpoint_dir,
+            "generation": m.generation,
+            "created": m.created,
+            "updated": m.updated,
             "device": str(self.model.device),
             "rerank_default": self.rerank_default,
+            "summary": summary_rows(store.directory, m, search=search_device(store.use_gpu),
+                                    model_device=str(self.model.device), private=private),
         }
 
     def item(self, item_id: int) -> dict[str, Any]:

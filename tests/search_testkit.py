@@ -65,7 +65,7 @@ def build_test_index(root: Path, *, count: int = 24, seed: int = 0, readable_cap
     if readable_captions:
         items = store.items.copy()
         items["caption"] = [labels[p] for p in items["path"]]
-        IndexStore.commit(index, items, store.vectors, dict(store.manifest))
+        IndexStore.commit(index, items, store.vectors, store.manifest)
     return index, checkpoint
 
 

@@ -57,5 +57,5 @@ def test_two_rank_build_equals_single_process_build(tmp_path):
     assert single_items.equals(dist_items)
     assert np.allclose(single_vectors, dist_vectors, atol=1e-5)
     manifest = IndexStore.open(tmp_path / "dist.index").manifest
-    assert manifest["last_run"]["encoded"] == 0  # rank 0 only merged: every image came from the ranks' shards
+    assert manifest.last_run.encoded == 0  # rank 0 only merged: every image came from the ranks' shards
     assert not (tmp_path / "dist.index" / ".work").exists()

@@ -214,6 +214,7 @@ def write_flat_index(directory, paths, latents, checkpoint_sha256):
     """An index directory of `paths` with their latents, in an exact (flat) FAISS index."""
     import faiss
 
+    from mammut_search.index.manifest import Manifest
     from mammut_search.index.store import IndexStore, items_frame
     from mammut_search.index.vectors import VectorIndex
 
@@ -222,7 +223,7 @@ def write_flat_index(directory, paths, latents, checkpoint_sha256):
     rows = [dict(id=i, path=str(p), size=1, mtime=0.0, sha256=f"{i:064x}", width=1, height=1, caption="",
                  status="ok") for i, p in enumerate(paths)]
     IndexStore.commit(directory, items_frame(rows), vectors,
-                      {"checkpoint_sha256": checkpoint_sha256, "latent_dim": latents.shape[1], "roots": []})
+                      Manifest(checkpoint_sha256, latents.shape[1], []))
 
 
 def test_cli_through_an_index_directory(model, checkpoint, tmp_path):

@@ -123,7 +123,7 @@ def test_odd_corpus_indexes_every_valid_image_once_and_skips_the_rest_with_reaso
     assert all(reason.strip() for reason in bad["status"])
     assert store.vectors.ntotal == len(indexed)
 
-    reopened = IndexStore.open(tmp_path / "photos.index", checkpoint_sha256=model.checkpoint_sha256)
+    reopened = IndexStore.open(tmp_path / "photos.index", model=model)
     non_utf8 = [p for p in reopened.items["path"] if os.fsencode(p).endswith(NON_UTF8_NAME)]
     assert len(non_utf8) == 1 and os.path.exists(non_utf8[0])  # the exact name survives the parquet round trip
     rotated = reopened.items[reopened.items["path"].str.endswith("rotated.jpg")].iloc[0]
@@ -141,8 +141,8 @@ def test_duplicates_are_encoded_once_and_latents_match_the_model(tmp_path, model
     shutil.copy(paths[0], tmp_path / "a" / "dup2.png")
     store = build_index([tmp_path / "a"], tmp_path / "i", model, options=options())
 
-    assert store.manifest["last_run"]["encoded"] == 5
-    assert store.manifest["count"] == 7
+    assert store.manifest.last_run.encoded == 5
+    assert store.manifest.count == 7
     vectors = vectors_by_path(store)
     expected = model.encode_image([load_image(p) for p in paths]).numpy()
     got = np.stack([vectors[str(p)] for p in paths])
@@ -161,7 +161,7 @@ def test_captions_come_from_the_same_pass_and_can_be_turned_off(tmp_path, model)
     assert list(with_captions.ok_items.sort_values("path")["caption"]) == expected
     without = build_index([tmp_path / "a"], tmp_path / "n", model, options=options(captions=False))
     assert set(without.items["caption"]) == {""}
-    assert without.manifest["captions"] is False
+    assert without.manifest.captions is False
 
 
 def test_decoding_in_the_main_process_gives_the_same_index(tmp_path, model):
@@ -243,14 +243,14 @@ def test_build_killed_with_sigkill_resumes_without_reencoding(tmp_path, model, h
     kill_build_after_first_shard(checkpoint, root, out)
 
     if had_index:  # the last complete index is still there, intact
-        assert IndexStore.open(out).manifest["count"] == 1
+        assert IndexStore.open(out).manifest.count == 1
     else:
         with pytest.raises(IndexStoreError, match="run the same build command again"):
             IndexStore.open(out)
     resumed = build_index([root], out, model, checkpoint_dir=checkpoint, options=options())
-    run = resumed.manifest["last_run"]
-    assert run["resumed"] >= 1  # the finished shard was not encoded again
-    assert run["encoded"] + run["resumed"] == 16  # 16 distinct images, each encoded once in all
+    run = resumed.manifest.last_run
+    assert run.resumed >= 1  # the finished shard was not encoded again
+    assert run.encoded + run.resumed == 16  # 16 distinct images, each encoded once in all
     assert not (out / ".work").exists()
 
     uninterrupted = build_index([root], tmp_path / "reference.index", model, options=options())
@@ -279,9 +279,9 @@ def test_update_matches_a_fresh_build_and_keeps_untouched_vectors_bit_identical(
     os.utime(paths[4], None)  # touched: new mtime, same bytes
 
     updated = update_index(out, model, options=options())
-    run = updated.manifest["last_run"]
-    assert run["encoded"] == 3  # two new images and the modified one; the moved file's vector is reused
-    assert run["removed"] == 3  # deleted, modified (gets a new id), moved away
+    run = updated.manifest.last_run
+    assert run.encoded == 3  # two new images and the modified one; the moved file's vector is reused
+    assert run.removed == 3  # deleted, modified (gets a new id), moved away
 
     fresh = build_index([root], tmp_path / "fresh.index", model, options=options())
     assert content(updated) == content(fresh)
@@ -298,7 +298,7 @@ def test_update_matches_a_fresh_build_and_keeps_untouched_vectors_bit_identical(
     assert new_ids[str(paths[1])] not in old_ids.values()  # a changed file gets a fresh id
 
     again = update_index(out, model, options=options())
-    assert again.manifest["last_run"]["encoded"] == 0
+    assert again.manifest.last_run.encoded == 0
     assert content(again) == content(updated)
 
 
@@ -340,6 +340,14 @@ def test_cli_build_info_update(odd_corpus, tmp_path, model, capsys):
     for path in skipped:
         assert path in info  # each skipped file is listed with its reason
     assert "zero.jpg: " in info and model.checkpoint_sha256[:12] in info
+    assert "search:" in info and "CPU build" in info  # which device and FAISS build serve the vectors
+    from mammut_search.index.manifest import summary_rows
+    from mammut_search.index.store import IndexStore
+    from mammut_search.index.vectors import search_device
+
+    store = IndexStore.open(out)  # the same rows as the UI's about table and Searcher.info
+    for label, value in summary_rows(out, store.manifest, search=search_device()):
+        assert f"{label}:" in info and value in info
 
     write_good_images(root / "more", 1, first_seed=50)
     assert main(["index", "update", str(out), "--workers", "0", "--quiet"]) == 0  # checkpoint from the manifest
@@ -392,7 +400,7 @@ def test_shards_round_trip_and_are_discarded_for_another_model(tmp_path):
 def test_an_empty_folder_gives_an_empty_index_that_updates(tmp_path, model):
     (tmp_path / "empty").mkdir()
     store = build_index([tmp_path / "empty"], tmp_path / "i", model, options=options())
-    assert store.manifest["count"] == 0 and len(store.items) == 0
+    assert store.manifest.count == 0 and len(store.items) == 0
     write_good_images(tmp_path / "empty", 2)
     updated = update_index(tmp_path / "i", model, options=options())
-    assert updated.manifest["count"] == 2 and updated.vectors.ntotal == 2
+    assert updated.manifest.count == 2 and updated.vectors.ntotal == 2

@@ -2,12 +2,14 @@
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from mammut_search.index import store as store_module
 from mammut_search.errors import IndexStoreError
+from mammut_search.index.manifest import Manifest
 from mammut_search.index.store import IndexStore, items_frame
 
 NON_UTF8 = os.fsdecode(b"/photos/caf\xe9.png")  # holds a surrogate escape
@@ -29,8 +31,13 @@ def make_vectors(ids, dim: int = 8, seed: int = 0):
     return build_vector_index(vectors, np.asarray(ids, np.int64)), vectors
 
 
-def manifest(sha: str = "a" * 64) -> dict:
-    return {"checkpoint_sha256": sha, "latent_dim": 8, "metric": "inner_product", "roots": ["/photos"]}
+def manifest(sha: str = "a" * 64, **fields) -> Manifest:
+    return Manifest(checkpoint_sha256=sha, latent_dim=8, roots=["/photos"], **fields)
+
+
+def weights(sha: str) -> SimpleNamespace:
+    """A stand-in for a model: all an index made before model identities were recorded checks is the weights."""
+    return SimpleNamespace(checkpoint_sha256=sha)
 
 
 def commit(directory, n_ok: int = 3, first_id: int = 0, sha: str = "a" * 64):
@@ -45,15 +52,15 @@ def test_round_trip_keeps_rows_exact_paths_and_vectors(tmp_path):
     vectors, raw = make_vectors([0, 1])
     IndexStore.commit(tmp_path / "i", items, vectors, manifest())
 
-    store = IndexStore.open(tmp_path / "i", checkpoint_sha256="a" * 64)
+    store = IndexStore.open(tmp_path / "i", model=weights("a" * 64))
     assert store.items.to_dict("records") == items.to_dict("records")
     assert store.path_of(0) == NON_UTF8 and store.has_path(NON_UTF8)
     assert store.item(1) == items.iloc[1].to_dict()
     assert list(store.ok_items["id"]) == [0, 1]
     assert np.array_equal(store.vectors.reconstruct(np.array([0, 1])), raw)
     m = store.manifest
-    assert (m["schema_version"], m["count"], m["items"], m["skipped"]) == (store_module.SCHEMA_VERSION, 2, 3, 1)
-    assert m["generation"] == 1 and m["created"] == m["updated"] and m["faiss_version"]
+    assert (m.schema_version, m.count, m.items, m.skipped) == (store_module.SCHEMA_VERSION, 2, 3, 1)
+    assert m.generation == 1 and m.created == m.updated and m.faiss_version
     with pytest.raises(KeyError):
         store.item(99)
 
@@ -61,7 +68,7 @@ def test_round_trip_keeps_rows_exact_paths_and_vectors(tmp_path):
 def test_refuses_an_index_built_with_another_checkpoint_saying_how_to_rebuild(tmp_path):
     commit(tmp_path / "i", sha="a" * 64)
     with pytest.raises(IndexStoreError) as error:
-        IndexStore.open(tmp_path / "i", checkpoint_sha256="b" * 64)
+        IndexStore.open(tmp_path / "i", model=weights("b" * 64))
     message = str(error.value)
     assert "aaaaaaaaaaaa" in message and "bbbbbbbbbbbb" in message
     assert f"mammut index build /photos --out {tmp_path / 'i'}" in message
@@ -94,24 +101,21 @@ def test_refuses_another_schema_version_missing_and_damaged_indexes(tmp_path):
 
 def test_a_writer_killed_before_the_manifest_leaves_the_previous_index(tmp_path, monkeypatch):
     commit(tmp_path / "i", n_ok=3)
-    real_atomic_write = store_module.atomic_write
 
-    def crash_at_manifest(path, write):
-        if path.name == "manifest.json":
-            raise KeyboardInterrupt("killed")
-        real_atomic_write(path, write)
+    def crash_at_manifest(directory, manifest):
+        raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(store_module, "atomic_write", crash_at_manifest)
+    monkeypatch.setattr(store_module, "write_manifest", crash_at_manifest)
     with pytest.raises(KeyboardInterrupt):
         commit(tmp_path / "i", n_ok=5, first_id=100)
     monkeypatch.undo()
 
     store = IndexStore.open(tmp_path / "i")
-    assert store.manifest["generation"] == 1 and list(store.ok_items["id"]) == [0, 1, 2]
+    assert store.manifest.generation == 1 and list(store.ok_items["id"]) == [0, 1, 2]
     assert store.vectors.ntotal == 3
     commit(tmp_path / "i", n_ok=4, first_id=200)  # the next commit discards the uncommitted files
     assert sorted(p.name for p in (tmp_path / "i").iterdir()) == ["index.faiss", "items.parquet", "manifest.json"]
-    assert IndexStore.open(tmp_path / "i").manifest["generation"] == 2
+    assert IndexStore.open(tmp_path / "i").manifest.generation == 2
 
 
 def test_a_writer_killed_after_the_manifest_leaves_the_new_index(tmp_path, monkeypatch):
@@ -131,10 +135,10 @@ def test_a_writer_killed_after_the_manifest_leaves_the_new_index(tmp_path, monke
     monkeypatch.undo()
 
     store = IndexStore.open(tmp_path / "i")
-    assert store.manifest["generation"] == 2 and list(store.ok_items["id"]) == [100, 101, 102, 103, 104]
+    assert store.manifest.generation == 2 and list(store.ok_items["id"]) == [100, 101, 102, 103, 104]
     assert store.vectors.ntotal == 5
     store, _ = commit(tmp_path / "i", n_ok=1, first_id=300)  # rolls the renames forward, then commits
-    assert store.manifest["generation"] == 3
+    assert store.manifest.generation == 3
     assert sorted(p.name for p in (tmp_path / "i").iterdir()) == ["index.faiss", "items.parquet", "manifest.json"]
 
 
@@ -143,8 +147,8 @@ def test_an_update_keeps_created_and_moves_updated(tmp_path, monkeypatch):
     monkeypatch.setattr(store_module.time, "strftime", lambda fmt: "2099-01-01T00:00:00+0000")
     items = make_items(1)
     vectors, _ = make_vectors([0])
-    second = IndexStore.commit(tmp_path / "i", items, vectors, {**manifest(), "created": first.manifest["created"]})
-    assert second.manifest["created"] == first.manifest["created"] != "2099-01-01T00:00:00+0000"
-    assert second.manifest["updated"] == "2099-01-01T00:00:00+0000"
+    second = IndexStore.commit(tmp_path / "i", items, vectors, manifest(created=first.manifest.created))
+    assert second.manifest.created == first.manifest.created != "2099-01-01T00:00:00+0000"
+    assert second.manifest.updated == "2099-01-01T00:00:00+0000"
     rebuilt, _ = commit(tmp_path / "i")
-    assert rebuilt.manifest["created"] == "2099-01-01T00:00:00+0000"
+    assert rebuilt.manifest.created == "2099-01-01T00:00:00+0000"

@@ -212,9 +212,12 @@ def test_queries_captions_and_names_are_shown_literally(served):
     assert "images for *\\*\\*red\\*\\* \\<b\\>*" in message
 
 
-def test_about_panel_lists_the_index(served):
-    text = ui_app.about_markdown(served["searcher"].info())
-    assert "| Images | 24 |" in text and served["searcher"].model.checkpoint_sha256[:12] in text
+def test_about_panel_lists_the_index_where_it_runs_and_no_server_paths(served):
+    text = ui_app.about_markdown(served["searcher"].info(private=True))
+    assert "| Images | 24 indexed, 0 files skipped |" in text
+    assert served["searcher"].model.checkpoint_sha256[:12] in text
+    assert "| Search | CPU, faiss\\-cpu " in text and "CPU build" in text and "| Model device | cpu |" in text
+    assert str(served["index"].parent).replace("-", "\\-") not in text  # folder names only, no paths
 
 
 def test_a_port_in_use_is_a_one_line_error(served):

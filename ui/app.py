@@ -69,7 +69,7 @@ def build_app(searcher: Searcher | None, *, index_error: str = "") -> gr.Blocks:
         similar_ids = gr.State([])
 
         with gr.Accordion("About this index", open=False, elem_id="about"):
-            gr.Markdown(about_markdown(searcher.info()))
+            gr.Markdown(about_markdown(searcher.info(private=True)))
 
         def on_search(text: str, top_k: float, use_rerank: bool) -> tuple[list, str, list[int]]:
             return search_text(searcher, text, top_k, use_rerank)
@@ -181,21 +181,8 @@ def summary(answer: SearchResults) -> str:
 
 
 def about_markdown(info: dict[str, Any]) -> str:
-    """The "about this index" panel."""
-    model = info.get("model") or {}
-    encoder = f"{model.get('image_encoder', '?')} at {model.get('image_size', '?')} px" if model else "?"
-    vectors = info.get("vector_index") or {}
-    rows = [
-        ("Images", f"{info['images']}"),
-        ("Skipped files", f"{info['skipped']} (see `mammut index info`)"),
-        ("Folders", ", ".join(f"`{_file_name(r)}`" for r in info["roots"]) or "?"),
-        ("Model", f"checkpoint `{(info['checkpoint_sha256'] or 'unsaved')[:12]}`, {encoder}, "
-                  f"{info.get('latent_dim', '?')}-d latents"),
-        ("Vector index", f"{vectors.get('type', '?')}"),
-        ("Built", f"{info.get('created') or '?'}"),
-        ("Updated", f"{info.get('updated') or '?'}"),
-        ("Device", info["device"]),
-    ]
+    """The "about this index" panel: the index summary (Searcher.info) as a two-column table."""
+    rows = [(name.capitalize(), markdown_text(value)) for name, value in info["summary"]]
     return "\n".join(["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
 
 

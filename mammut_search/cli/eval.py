@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if args.index:
         from mammut_search.index.store import IndexStore
 
-        store = IndexStore.open(args.index, checkpoint_sha256=model.checkpoint_sha256 or None)
+        store = IndexStore.open(args.index, model=model if model.checkpoint_sha256 else None)
         inputs["index"] = args.index
     result = evaluate_captioned(captioned, model, split=args.split, captions_per_image=args.captions_per_image,
                                 per_caption=args.per_caption, group_column=args.group_column, ks=args.k,

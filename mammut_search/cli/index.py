@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,13 +82,9 @@ def _update(args: argparse.Namespace) -> int:
     from index_builder.build import update_index
 
     from mammut_search.inference import load_model
-    from mammut_search.index.store import IndexStore
+    from mammut_search.index.manifest import read_manifest, resolve_checkpoint
 
-    checkpoint = args.checkpoint or IndexStore.open(args.index).manifest.get("checkpoint_dir")
-    if checkpoint is not None and not os.path.isdir(checkpoint):
-        from mammut_search.errors import UserError
-
-        raise UserError(f"{checkpoint}: the index's checkpoint directory is gone; pass --checkpoint DIR")
+    checkpoint = resolve_checkpoint(read_manifest(args.index), args.checkpoint)
     model = load_model(checkpoint, device=args.device)
     store = update_index(args.index, model, checkpoint_dir=checkpoint, options=_options(args))
     _print_summary(store)
@@ -98,39 +92,27 @@ def _update(args: argparse.Namespace) -> int:
 
 
 def _print_summary(store) -> None:
-    run = store.manifest["last_run"]
-    print(f"{store.directory}: {run['images']} images indexed, {run['skipped']} files skipped "
-          f"({run['encoded']} encoded, {run['resumed']} resumed, {run['reused']} reused, "
-          f"{run['removed']} removed) in {run['seconds']:.1f} s")
+    run = store.manifest.last_run
+    print(f"{store.directory}: {run.images} images indexed, {run.skipped} files skipped "
+          f"({run.encoded} encoded, {run.resumed} resumed, {run.reused} reused, "
+          f"{run.removed} removed) in {run.seconds:.1f} s")
 
 
 def _info(args: argparse.Namespace) -> int:
-    from mammut_search.index.store import IndexStore, readable
+    from mammut_search.index.manifest import readable, summary_rows
+    from mammut_search.index.store import IndexStore
+    from mammut_search.index.vectors import search_device
 
     store = IndexStore.open(args.index)
-    m = store.manifest
     skipped = store.items[store.items["status"] != "ok"]
     if args.json:
         listing = [{"path": readable(p), "reason": s} for p, s in zip(skipped["path"], skipped["status"])]
-        print(json.dumps({"manifest": m, "skipped_files": listing}, indent=2, sort_keys=True))
+        print(json.dumps({"manifest": store.manifest.to_dict(), "search": search_device(),
+                          "skipped_files": listing}, indent=2, sort_keys=True))
         return 0
-    size = sum(p.stat().st_size for p in Path(args.index).iterdir() if p.is_file())
-    model = m.get("model", {})
-    index = m.get("index") or {}
-    lines = [
-        f"index:       {Path(args.index).resolve()}",
-        f"images:      {m['count']} indexed, {m['skipped']} files skipped",
-        f"roots:       {', '.join(readable(r) for r in m['roots'])}",
-        f"model:       checkpoint {m['checkpoint_sha256'][:12] or '(unsaved)'} "
-        f"({model.get('image_encoder', '?')} at {model.get('image_size', '?')} px, "
-        f"{m['latent_dim']}-d latents, captions {'on' if m.get('captions') else 'off'})"
-        + (f", {m['checkpoint_dir']}" if m.get("checkpoint_dir") else ""),
-        f"vectors:     {_describe_index(index)}, metric {m['metric']}, faiss {m['faiss_version']}",
-        f"size:        {_human(size)}",
-        f"built:       {m['created']}",
-        f"updated:     {m['updated']}",
-    ]
-    print("\n".join(lines))
+    rows = summary_rows(store.directory, store.manifest, search=search_device(), size_bytes=store.size_bytes())
+    width = max(len(label) for label, _ in rows) + 2
+    print("\n".join(f"{label + ':':<{width}}{value}" for label, value in rows))
     if len(skipped):
         shown = skipped if args.all else skipped.head(20)
         print("skipped files:")
@@ -139,25 +121,6 @@ def _info(args: argparse.Namespace) -> int:
         if len(shown) < len(skipped):
             print(f"  ... {len(skipped) - len(shown)} more (mammut index info --all)")
     return 0
-
-
-def _describe_index(description: dict) -> str:
-    """"ivf_flat (nprobe 16), recall@10 0.961, on GPU" from a VectorIndex description."""
-    if not description:
-        return "?"
-    params = ", ".join(f"{k} {v}" for k, v in (description.get("params") or {}).items())
-    text = description.get("type", "?") + (f" ({params})" if params else " (exact)" if description.get("exact") else "")
-    if description.get("recall_at_10") is not None:
-        text += f", recall@10 {description['recall_at_10']}"
-    return text + (", on GPU" if description.get("on_gpu") else "")
-
-
-def _human(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"
 
 
 def _positive(text: str) -> int:

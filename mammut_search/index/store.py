@@ -8,9 +8,11 @@ last committed index stays loadable whatever moment a writer is killed at.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mammut_search.atomic import atomic_write, fsync_directory
+from mammut_search.atomic import atomic_write, fsync_directory, remove_leftovers
 from mammut_search.errors import IndexStoreError
+from mammut_search.index.manifest import (SCHEMA_VERSION, Manifest, check_model, previous_manifest, read_manifest,
+                                          readable, rebuild_command, write_manifest)
 
-SCHEMA_VERSION = 1
-INDEX_FILE, ITEMS_FILE, MANIFEST_FILE = "index.faiss", "items.parquet", "manifest.json"
+INDEX_FILE, ITEMS_FILE = "index.faiss", "items.parquet"
 DATA_FILES = (INDEX_FILE, ITEMS_FILE)
 OK = "ok"
 
@@ -36,11 +39,6 @@ ITEMS_SCHEMA = pa.schema([
     ("mtime", pa.float64()), ("sha256", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
     ("caption", pa.string()), ("status", pa.string()),
 ])
-
-
-def readable(text: str) -> str:
-    """A str that encodes as UTF-8: undecodable bytes of a file name (surrogate escapes) shown as \\xNN."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def empty_items() -> pd.DataFrame:
@@ -58,42 +56,46 @@ def items_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 class IndexStore:
-    """An opened index directory: `manifest`, `items` (DataFrame), `vectors` (VectorIndex, loaded on first use)."""
+    """An opened index directory: `manifest`, `items` (DataFrame), `vectors` (VectorIndex, loaded on first use).
 
-    def __init__(self, directory: str | Path, manifest: dict[str, Any], items: pd.DataFrame, *,
+    The data files are checked against the manifest when they are read: their sizes, and their sha256 when
+    the manifest records one (each file is hashed once per open), so a damaged file is refused, not served.
+    """
+
+    def __init__(self, directory: str | Path, manifest: Manifest, items: pd.DataFrame, *,
                  vectors=None, use_gpu: bool | None = None):
         self.directory = Path(directory)
         self.manifest = manifest
         self.items = items
         self._vectors = vectors
-        self._use_gpu = use_gpu
+        self.use_gpu = use_gpu  # where vectors are searched: None, GPU when FAISS has one
         self._row_of_id: dict[int, int] | None = None
+        self._vectors_lock = threading.Lock()
 
     @classmethod
-    def open(cls, index_dir: str | Path, *, checkpoint_sha256: str | None = None,
-             use_gpu: bool | None = None) -> "IndexStore":
-        """Open an index directory, refusing one of another schema version or (if given) another checkpoint."""
+    def open(cls, index_dir: str | Path, *, model=None, use_gpu: bool | None = None) -> "IndexStore":
+        """Open an index directory, refusing one of another schema version, a damaged one, or (when `model` is
+        given) one built by another model."""
         directory = Path(index_dir)
         manifest = read_manifest(directory)
-        if checkpoint_sha256 is not None and manifest["checkpoint_sha256"] != checkpoint_sha256:
-            raise IndexStoreError(checkpoint_mismatch_message(directory, manifest, checkpoint_sha256))
+        if model is not None:
+            check_model(directory, manifest, model)
         return cls(directory, manifest, read_items(directory, manifest), use_gpu=use_gpu)
 
     @property
     def vectors(self):
-        """The VectorIndex (FAISS) of the ok items, keyed by item id; loaded on first use."""
-        if self._vectors is None:
-            from mammut_search.index.vectors import VectorIndex
+        """The VectorIndex (FAISS) of the ok items, keyed by item id; loaded (and verified) on first use."""
+        with self._vectors_lock:
+            if self._vectors is None:
+                from mammut_search.index.vectors import VectorIndex
 
-            path = committed_path(self.directory, INDEX_FILE, self.manifest)
-            try:
-                self._vectors = VectorIndex.load(path, use_gpu=self._use_gpu)
-            except IndexStoreError:
-                raise
-            except Exception as e:  # FAISS raises RuntimeError for a damaged file
-                raise IndexStoreError(f"{path}: cannot read the vector index ({e}); rebuild with "
-                                      f"{rebuild_command(self.directory, self.manifest)}") from None
-        return self._vectors
+                path = verified_path(self.directory, INDEX_FILE, self.manifest)
+                try:
+                    self._vectors = VectorIndex.load(path, use_gpu=self.use_gpu)
+                except Exception as e:  # FAISS raises RuntimeError for a damaged file
+                    raise IndexStoreError(f"{path}: cannot read the vector index ({e}); rebuild with "
+                                          f"{rebuild_command(self.directory, self.manifest)}") from None
+            return self._vectors
 
     @property
     def ok_items(self) -> pd.DataFrame:
@@ -115,39 +117,26 @@ class IndexStore:
         """Whether `path` is a file listed in this index (the only files that may be served)."""
         return bool((self.items["path"] == path).any())
 
+    def size_bytes(self) -> int:
+        """Bytes the index directory's files take."""
+        return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+
+    def is_current(self) -> bool:
+        """Whether this is still the committed generation (False once an update committed a newer one)."""
+        latest = previous_manifest(self.directory)
+        return latest is None or latest.generation == self.manifest.generation
+
     @staticmethod
-    def commit(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: dict[str, Any]) -> "IndexStore":
+    def commit(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: Manifest) -> "IndexStore":
         """Write a new generation of the index (items, vectors, then the manifest as the commit point)."""
         return commit_index(index_dir, items, vectors, manifest)
 
 
 # ----- reading -----
 
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """manifest.json -> dict, refusing a missing directory, a missing or damaged manifest, or another schema."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise IndexStoreError(f"{directory}: no such index directory; build one with "
-                              f"mammut index build FOLDER... --out {directory}")
-    path = directory / MANIFEST_FILE
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        work = " (an interrupted build: run the same build command again to finish it)" \
-            if (directory / ".work").is_dir() else ""
-        raise IndexStoreError(f"{path}: missing, {directory} is not a complete index{work}") from None
-    except (OSError, ValueError) as e:
-        raise IndexStoreError(f"{path}: unreadable manifest ({e}); rebuild the index with mammut index build") from None
-    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
-    if version != SCHEMA_VERSION:
-        raise IndexStoreError(f"{path}: index schema version {version}, this program reads version "
-                              f"{SCHEMA_VERSION}; rebuild with {rebuild_command(directory, manifest)}")
-    return manifest
-
-
-def read_items(directory: Path, manifest: dict[str, Any]) -> pd.DataFrame:
+def read_items(directory: Path, manifest: Manifest) -> pd.DataFrame:
     """items.parquet -> the items DataFrame, with exact (surrogate-escaped) paths restored."""
-    path = committed_path(directory, ITEMS_FILE, manifest)
+    path = verified_path(directory, ITEMS_FILE, manifest)
     try:
         table = pq.read_table(path)
         columns = {name: table.column(name).to_pylist() for name in ITEM_COLUMNS if name != "path"}
@@ -158,32 +147,29 @@ def read_items(directory: Path, manifest: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series(columns[name], dtype=COLUMN_DTYPES[name]) for name in ITEM_COLUMNS})
 
 
-def committed_path(directory: Path, name: str, manifest: dict[str, Any]) -> Path:
+def committed_path(directory: Path, name: str, manifest: Manifest) -> Path:
     """Where the committed generation of data file `name` is now (pending name if not yet renamed)."""
-    pending = directory / pending_name(name, manifest.get("generation", 0))
-    path = pending if pending.exists() else directory / name
-    expected = manifest.get("files", {}).get(name)
+    pending = directory / pending_name(name, manifest.generation)
+    return pending if pending.exists() else directory / name
+
+
+def verified_path(directory: Path, name: str, manifest: Manifest) -> Path:
+    """committed_path, after checking the file's size and (when recorded) sha256 against the manifest."""
+    path = committed_path(directory, name, manifest)
+    rebuild = rebuild_command(directory, manifest)
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise IndexStoreError(f"{path}: missing; rebuild with {rebuild_command(directory, manifest)}") from None
+        raise IndexStoreError(f"{path}: missing; rebuild with {rebuild}") from None
+    expected = manifest.files.get(name)
     if expected is not None and size != expected:
         raise IndexStoreError(f"{path}: {size} bytes, the manifest says {expected} (changed or damaged); "
-                              f"rebuild with {rebuild_command(directory, manifest)}")
+                              f"rebuild with {rebuild}")
+    checksum = manifest.checksums.get(name)
+    if checksum and file_sha256(path) != checksum:
+        raise IndexStoreError(f"{path}: damaged (its sha256 differs from the one in the manifest); "
+                              f"rebuild with {rebuild}")
     return path
-
-
-def checkpoint_mismatch_message(directory: Path, manifest: dict[str, Any], model_sha: str) -> str:
-    """The one-line refusal for an index made by another checkpoint."""
-    built = manifest.get("checkpoint_sha256") or "(unsaved model)"
-    return (f"{directory}: index was built with checkpoint {built[:12]}…, this model is "
-            f"{(model_sha or '(unsaved model)')[:12]}…; rebuild with {rebuild_command(directory, manifest)}")
-
-
-def rebuild_command(directory: Path, manifest: dict[str, Any] | None) -> str:
-    """The command that rebuilds `directory` from its roots with the current model."""
-    roots = (manifest or {}).get("roots") or ["FOLDER..."]
-    return "mammut index build " + " ".join(readable(str(r)) for r in roots) + f" --out {directory} [--checkpoint DIR]"
 
 
 # ----- writing -----
@@ -193,19 +179,20 @@ def pending_name(name: str, generation: int) -> str:
     return f"{name}.gen{generation}"
 
 
-def commit_index(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: dict[str, Any]) -> IndexStore:
+def commit_index(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: Manifest) -> IndexStore:
     """Write items and vectors as a new generation of `index_dir`, then commit it by replacing manifest.json.
 
-    `manifest` holds the caller's fields (checkpoint_sha256, latent_dim, roots, created if not new...); this
-    function adds schema_version, generation, count, items, skipped, files, faiss_version, index and updated.
+    `manifest` holds the builder's fields (model, roots, last run, created when kept...); this function sets
+    schema_version, generation, count, items, skipped, faiss_version, index, files, checksums and the dates.
     """
-    import faiss
+    from mammut_search.index.vectors import faiss_version
 
     directory = Path(index_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    previous = _previous_manifest(directory)
+    remove_leftovers(directory)
+    previous = previous_manifest(directory)
     finish_pending_renames(directory, previous)
-    generation = (previous or {}).get("generation", 0) + 1
+    generation = (previous.generation if previous is not None else 0) + 1
     items = items[ITEM_COLUMNS].reset_index(drop=True)
     if items["id"].duplicated().any():
         raise ValueError("items have duplicate ids")
@@ -213,28 +200,29 @@ def commit_index(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: 
     vectors.save(directory / pending_name(INDEX_FILE, generation))
     atomic_write(directory / pending_name(ITEMS_FILE, generation), lambda tmp: _write_items_parquet(items, tmp))
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    manifest = dict(manifest)
-    manifest.update(
+    written = {name: directory / pending_name(name, generation) for name in DATA_FILES}
+    manifest = replace(
+        manifest,
         schema_version=SCHEMA_VERSION,
         generation=generation,
         count=int(vectors.ntotal),
         items=len(items),
         skipped=int((items["status"] != OK).sum()),
-        faiss_version=faiss.__version__,
+        faiss_version=faiss_version(),
         index=vectors.description,
-        files={name: (directory / pending_name(name, generation)).stat().st_size for name in DATA_FILES},
-        created=manifest.get("created") or now,  # an update passes the original date; a rebuild does not
+        files={name: path.stat().st_size for name, path in written.items()},
+        checksums={name: file_sha256(path) for name, path in written.items()},
+        created=manifest.created or now,  # an update passes the original date; a rebuild does not
         updated=now,
     )
-    text = json.dumps(manifest, indent=2, sort_keys=True, default=_plain)
-    atomic_write(directory / MANIFEST_FILE, lambda tmp: Path(tmp).write_text(text))  # the commit point
+    write_manifest(directory, manifest)  # the commit point
     finish_pending_renames(directory, manifest)
     return IndexStore(directory, manifest, items, vectors=vectors)
 
 
-def finish_pending_renames(directory: Path, manifest: dict[str, Any] | None) -> None:
+def finish_pending_renames(directory: Path, manifest: Manifest | None) -> None:
     """Rename the committed generation's pending files into place and delete pending files never committed."""
-    committed = (manifest or {}).get("generation")
+    committed = manifest.generation if manifest is not None else None
     for path in directory.glob("*.gen*"):
         name, _, generation = path.name.rpartition(".gen")
         if name not in DATA_FILES or not generation.isdigit():
@@ -246,13 +234,6 @@ def finish_pending_renames(directory: Path, manifest: dict[str, Any] | None) -> 
     fsync_directory(directory)
 
 
-def _previous_manifest(directory: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((directory / MANIFEST_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def _write_items_parquet(items: pd.DataFrame, path: str) -> None:
     paths = items["path"].tolist()
     columns = {name: items[name].tolist() for name in ITEMS_SCHEMA.names if name in items.columns}
@@ -261,6 +242,15 @@ def _write_items_parquet(items: pd.DataFrame, path: str) -> None:
     columns["caption"] = [readable(c) for c in columns["caption"]]
     columns["status"] = [readable(s) for s in columns["status"]]
     pq.write_table(pa.table(columns, schema=ITEMS_SCHEMA), path)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _plain(value: Any) -> Any:

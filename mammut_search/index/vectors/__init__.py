@@ -15,16 +15,20 @@ description as JSON, so that the tuned search parameters and the measured recall
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
 import struct
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from mammut_search.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -183,27 +187,21 @@ class VectorIndex:
     # ----- files -----
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index to `path` atomically: a temp file beside it, fsynced, then renamed over it."""
+        """Write the index to `path` atomically (mammut_search.atomic): a plain FAISS index file followed by
+        the description trailer."""
         import faiss
 
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        try:
+        def write(tmp: str) -> None:
             with self._lock.reading():
                 description = json.dumps({k: v for k, v in self._description.items() if k != "on_gpu"}).encode()
                 if _encodable(tmp):
-                    faiss.write_index(self._index, str(tmp))  # streams: no second copy of the index in memory
+                    faiss.write_index(self._index, tmp)  # streams: no second copy of the index in memory
                 else:
                     np.asarray(faiss.serialize_index(self._index)).tofile(tmp)
             with open(tmp, "ab") as f:
                 f.write(description + struct.pack("<Q", len(description)) + TRAILER_MAGIC)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        _fsync_directory(path.parent)
+
+        atomic_write(Path(path), write)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, use_gpu: bool | None = None) -> "VectorIndex":
@@ -409,10 +407,53 @@ def _remove_refined(index, removed: np.ndarray) -> None:
     index.construct_rev_map()  # from the first ntotal entries of the id map
 
 
-def _gpu_wanted(use_gpu: bool | None) -> bool:
+FAISS_DISTRIBUTIONS = ("faiss-gpu-cu12", "faiss-gpu", "faiss-cpu")  # pip packages that ship the faiss module
+
+
+def faiss_version() -> str:
+    """The installed FAISS version."""
     import faiss
 
-    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    return faiss.__version__
+
+
+def faiss_build() -> tuple[str, str]:
+    """(pip distribution, version) of the installed FAISS, e.g. ("faiss-cpu", "1.12.0"), read from the package
+    metadata without importing faiss; ("faiss", "?") when installed some other way."""
+    from importlib import metadata
+
+    for name in FAISS_DISTRIBUTIONS:
+        try:
+            return name, metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "faiss", "?"
+
+
+def gpu_count() -> int:
+    """GPUs this FAISS build can use (0 for the CPU build, faiss-cpu)."""
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def search_device(use_gpu: bool | None = None) -> str:
+    """Where vectors are searched and with which FAISS build, in words, for `index info` and the UI; does not
+    import faiss when nothing has (`index info` stays light): the GPUs are then the driver's."""
+    name, version = faiss_build()
+    gpu_build = "gpu" in name
+    if "faiss" in sys.modules:
+        gpus = gpu_count()
+    else:
+        gpus = len(glob.glob("/proc/driver/nvidia/gpus/*")) if gpu_build else 0
+    build = f"{name} {version} ({'GPU' if gpu_build else 'CPU'} build)"
+    if gpus and use_gpu is not False:
+        return f"GPU ({gpus} GPU{'s' if gpus > 1 else ''}), {build}"
+    return f"CPU, {build}"
+
+
+def _gpu_wanted(use_gpu: bool | None) -> bool:
+    gpus = gpu_count()
     if use_gpu and gpus == 0:
         log.warning("use_gpu requested but this FAISS build sees no GPU; searching on the CPU")
     return bool(gpus > 0 and use_gpu is not False)
@@ -452,14 +493,6 @@ def _encodable(path: str | os.PathLike) -> bool:
 def _json_ready(value: dict[str, Any]) -> dict[str, Any]:
     """A deep copy holding only JSON types (numpy scalars become Python numbers)."""
     return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _some(values: np.ndarray, shown: int = 5) -> str:
