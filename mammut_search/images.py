@@ -23,7 +23,7 @@ import warnings
 from typing import IO, Iterator
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, UnidentifiedImageError
 
 from mammut_search.errors import ImageLoadError
 from mammut_search.files import NotRegularFileError, open_regular
@@ -141,6 +141,8 @@ def _decode(f: IO[bytes], name: str, max_pixels: int,
     except Exception as e:  # Pillow signals damaged data with OSError, SyntaxError, ValueError, struct.error...
         raise _error(name, f"truncated or corrupt image data ({_reason(e)})") from None
     orientation = _orientation(image)
+    if min_side is not None:  # before turning and converting, which copy every pixel
+        image = _reduced(image, min_side)
     upright = _transposed(image, orientation)
     turned = upright is not image and orientation in _SWAPPED_ORIENTATIONS
     full_size = (height, width) if turned else (width, height)
@@ -167,14 +169,30 @@ def _open(f: IO[bytes], name: str, max_pixels: int) -> Image.Image:
         raise _error(name, f"corrupt image header ({_reason(e)})") from None
 
 
-def _transposed(image: Image.Image, orientation: int) -> Image.Image:
-    """The image turned upright by its EXIF orientation; a damaged EXIF block leaves it as stored."""
-    if orientation in (1, 0):
-        return image  # exif_transpose would copy the pixels for nothing
-    try:
-        return ImageOps.exif_transpose(image) or image
-    except Exception:  # a broken EXIF block should not cost the user the picture
+def _reduced(image: Image.Image, min_side: int) -> Image.Image:
+    """A large image box-reduced by the largest power of two that keeps both sides ≥ `min_side` (as the
+    encoders' preprocessing would do next), so that no full-size copy of its pixels is ever made. Modes that
+    Pillow cannot reduce (16-bit grey, palettes, bilevel) are first turned into 8-bit ones."""
+    fits = min(image.size) // min_side
+    factor = 1 << (fits.bit_length() - 1) if fits > 1 else 1
+    if factor == 1:
         return image
+    if image.mode.startswith("I;16"):
+        image = Image.fromarray(_to_uint8(np.asarray(image)), mode="L")
+    elif image.mode in ("P", "1"):
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    return image.reduce(factor)
+
+
+_TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}
+
+
+def _transposed(image: Image.Image, orientation: int) -> Image.Image:
+    """The image turned upright by its EXIF orientation (read before any reduction; unknown values: as stored)."""
+    method = _TRANSPOSES.get(orientation)
+    return image.transpose(method) if method is not None else image
 
 
 def _orientation(image: Image.Image) -> int:
@@ -204,21 +222,35 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     """16-bit, 32-bit integer or float grey levels -> uint8, scaled rather than clipped.
 
     Integer data is taken as 16-bit (what 16-bit PNG, TIFF and PGM hold), unless values exceed 65535, when it
-    is scaled by its maximum. Float data in [0, 1] is scaled by 255, other float data by its range.
+    is scaled by its maximum. Float data in [0, 1] is scaled by 255, other float data by its range. Works on
+    blocks of rows, so a 100-megapixel image needs no wide temporary copies.
     """
+    out = np.empty(pixels.shape, np.uint8)
+    if not pixels.size:
+        return out
+    step = max(1, (1 << 22) // max(1, int(np.prod(pixels.shape[1:]))))
+    blocks = [slice(i, i + step) for i in range(0, pixels.shape[0], step)]
     if pixels.dtype.kind == "f":
-        values = np.nan_to_num(pixels.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        low, high = float(values.min()), float(values.max())
-        if low >= 0.0 and high <= 1.0:
-            scaled = values * 255.0
+        def finite(s: slice) -> np.ndarray:
+            return np.nan_to_num(pixels[s].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+
+        low, high = min(float(finite(s).min()) for s in blocks), max(float(finite(s).max()) for s in blocks)
+        for s in blocks:
+            values = finite(s)
+            if low >= 0.0 and high <= 1.0:
+                scaled = values * 255.0
+            else:
+                scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+            out[s] = np.clip(np.rint(scaled), 0, 255)
+        return out
+    top = max(int(pixels[s].max()) for s in blocks)
+    for s in blocks:
+        values = np.clip(pixels[s].astype(np.int64), 0, None)
+        if top <= 65535:
+            out[s] = (values + 128) // 257  # round(v * 255 / 65535)
         else:
-            scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-    values = np.clip(pixels.astype(np.int64), 0, None)
-    top = int(values.max()) if values.size else 0
-    if top <= 65535:
-        return ((values + 128) // 257).astype(np.uint8)  # round(v * 255 / 65535)
-    return np.rint(values * (255.0 / top)).astype(np.uint8)
+            out[s] = np.rint(values * (255.0 / top))
+    return out
 
 
 def _cmyk_to_rgb(image: Image.Image) -> Image.Image:

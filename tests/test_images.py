@@ -3,6 +3,7 @@
 import os
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,10 +221,52 @@ def test_reduced_cmyk_jpeg_converts_to_the_right_colours(tmp_path):
     assert close(pixel(loaded, 20, 25), WHITE) and close(pixel(loaded, 180, 25), (0, 255, 255))
 
 
-def test_images_other_than_jpeg_are_not_reduced_by_the_loader(tmp_path):
+def test_images_other_than_jpeg_are_box_reduced_as_the_encoders_would(tmp_path):
     path = tmp_path / "big.png"
     smooth_photo(800, 600).save(path)
-    assert load_image_with_size(path, min_side=96) == (load_image(path), (800, 600))
+    image, full = load_image_with_size(path, min_side=96)
+    assert full == (800, 600) and image == load_image(path).reduce(4)  # 1/8 would give 75 rows
+    assert load_image(path, min_side=400) == load_image(path)
+
+
+def test_a_reduced_16_bit_image_is_scaled_like_a_full_one(tmp_path):
+    path = tmp_path / "deep.png"
+    Image.fromarray((np.arange(400 * 300).reshape(300, 400) % 65536).astype(np.uint16)).save(path)
+    reduced = np.asarray(load_image(path, min_side=64), np.float32)
+    full = np.asarray(load_image(path).reduce(4), np.float32)
+    assert reduced.shape == full.shape == (75, 100, 3) and np.abs(reduced - full).max() <= 1
+
+
+MEASURE_PEAK = """
+import resource, sys
+from mammut_search.images import load_image
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+image = load_image(sys.argv[1], min_side=320)
+print(image.size, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_a_small_file_of_a_huge_16_bit_image_decodes_in_under_a_gigabyte(tmp_path):
+    """11000 x 11000 16-bit grey (121 Mpx, under the pixel cap) in a 1.8 MB PNG: once 2.4 GB to decode."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "huge16.png"
+    side = 11000
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(1)
+    row = b"\x00" + bytes(range(256)) * (2 * side // 256) + bytes(2 * side % 256)  # filter byte, then pixels
+    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    done = subprocess.run([sys.executable, "-c", MEASURE_PEAK, str(path)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert done.returncode == 0, done.stderr
+    size, peak = done.stdout.split(")")
+    assert size == "(344, 344" and int(peak) < 1 << 30, f"{int(peak) / 2**20:.0f} MiB"
 
 
 @pytest.mark.parametrize("suffix", ["jpg", "png"])
