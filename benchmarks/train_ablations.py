@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from mammut_search.train.loop import add_to_training_card, load_config, train
+from mammut_search.train.loop import add_to_training_card, train
+from mammut_search.train.recipe import load_config
 
 VARIANTS = {
     "joint (default)": [],

@@ -7,6 +7,7 @@ behind, which `remove_leftovers` deletes on the next run (under the writer's loc
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Callable
@@ -47,3 +48,15 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def swap_in(tmp: Path, final: Path) -> None:
+    """Replace directory `final` by `tmp`, keeping the old copy until the new one is in place."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)

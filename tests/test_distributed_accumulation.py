@@ -11,10 +11,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from safetensors.torch import load_file
-
-from mammut_search.model.contrastive import CachedLatents, contrastive_loss, word_image_loss
-from mammut_search.train.loop import TrainConfig, train
 from test_train import corpus, tiny_recipe  # noqa: F401 (corpus is a fixture)
+
+from mammut_search.model.contrastive import (
+    CachedLatents,
+    contrastive_loss,
+    word_image_loss,
+)
+from mammut_search.train.loop import train
+from mammut_search.train.recipe import TrainConfig
 
 GROUPS = torch.tensor([0, 1, 2, 0, 3, 4])  # the first and fourth pairs share a concept
 MICRO = [slice(0, 2), slice(2, 4), slice(4, 6)]
@@ -110,7 +115,7 @@ def test_two_processes_with_two_micro_batches_train_like_one_batch(corpus, tmp_p
 @pytest.mark.parametrize("moves_images", [True, False])
 def test_word_loss_moves_the_image_side_only_when_asked(moves_images):
     from mammut_search.testing import tiny_model
-    from mammut_search.train.loop import TrainingObjective
+    from mammut_search.train.objective import TrainingObjective
 
     model = tiny_model()
     net, tokenizer = model.net, model.tokenizer

@@ -15,7 +15,9 @@ from safetensors.torch import load_file
 
 from mammut_search import load_model
 from mammut_search.errors import UserError
-from mammut_search.train.loop import TRAIN_STATE, load_config, word_vocabulary, train
+from mammut_search.train.loop import TRAIN_STATE, train
+from mammut_search.train.prepare import word_vocabulary
+from mammut_search.train.recipe import TrainConfig, load_config
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "orange": (250, 150, 20),
            "purple": (140, 40, 170), "black": (20, 20, 20)}
@@ -134,7 +136,9 @@ def test_recipe_file_and_overrides(tmp_path):
     config = load_config(recipe, ["steps=7", "model.depth=2", "model.image_encoder.image_size=96",
                                   "caption_target=caption", "train_splits=['train', 'extra']"])
     assert config.steps == 7 and config.lr == 1e-3 and config.caption_target == "caption"
-    assert config.model == {"dim": 384, "depth": 2, "image_encoder": {"image_size": 96}}
+    default = TrainConfig().model
+    assert config.model == {**default, "dim": 384, "depth": 2,
+                            "image_encoder": {**default["image_encoder"], "image_size": 96}}
     assert config.train_splits == ["train", "extra"]
     with pytest.raises(UserError, match="stepz"):
         load_config(recipe, ["stepz=3"])
@@ -192,7 +196,7 @@ def test_accumulation_trains_like_one_batch(corpus, tmp_path):
 
 
 def test_bf16_autocast_with_accumulation_on_cpu(corpus, tmp_path):
-    from mammut_search.train.loop import Runtime, training_autocast
+    from mammut_search.train.distributed import Runtime, training_autocast
 
     config = tiny_recipe(tmp_path, steps=4, log_every=1, eval_every=100, final_eval="false", accum_steps=2,
                          precision="'bf16'")

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Resolve the recipe and train."""
     from mammut_search.errors import UserError
-    from mammut_search.train.loop import load_config, run_recipe, train
+    from mammut_search.train.loop import run_recipe, train
+    from mammut_search.train.recipe import load_config
 
     if args.config is None and args.resume is None:
         raise UserError("give a recipe with --config (e.g. data/recipes/default.toml) or a run to --resume")

@@ -208,16 +208,26 @@ class MaMMUT(nn.Module):
         losses = {}
         c = self.config
         if c.caption_loss_weight > 0:
-            logits, _ = self.decode(text[:, :-1], self.cross_attention_kv(image_tokens))
-            losses["caption"] = F.cross_entropy(
-                rearrange(logits.float(), "b n v -> b v n"), text[:, 1:], ignore_index=c.pad_id
-            )
+            losses["caption"] = self.caption_loss(text, image_tokens)
         if c.contrastive_loss_weight > 0:
             image_latents = self.contrastive_image_latents(image_cls, features)
             text_latents = self.text_latents(text)  # the whole caption, <eos> included
-            scale = self.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
-            losses["contrastive"] = contrastive_loss(text_latents.float(), image_latents.float(), scale, group_ids)
+            losses["contrastive"] = contrastive_loss(text_latents.float(), image_latents.float(),
+                                                     self.temperature_scale(), group_ids)
         losses["loss"] = c.caption_loss_weight * losses.get("caption", 0.0) + c.contrastive_loss_weight * losses.get(
             "contrastive", 0.0
         )
         return losses
+
+    def caption_loss(self, caption: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced cross-entropy of caption ids (b n) given the pooled image tokens (b q d), averaged over
+        the target tokens; pads cost nothing (only positions with a target are projected onto the vocabulary)."""
+        hidden, _ = self.decode(caption[:, :-1], self.cross_attention_kv(image_tokens), hidden=True)
+        targets = caption[:, 1:]
+        real = targets != self.config.pad_id
+        logits = hidden[real] @ self.token_emb.weight.t()
+        return F.cross_entropy(logits.float(), targets[real])
+
+    def temperature_scale(self) -> torch.Tensor:
+        """The contrastive logits' scale: exp(learned log scale), clamped at MAX_LOGIT_SCALE."""
+        return self.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()

@@ -1,0 +1,266 @@
+"""From a manifest to what the loop trains on: tokenizer, cached encoder inputs, caption tables, MiniLM targets,
+the sampler, validation splits; and each step's batch."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from mammut_search.errors import UserError
+from mammut_search.eval.metrics import tokenize
+from mammut_search.model.checkpoint import file_sha256
+from mammut_search.model.config import ImageEncoderConfig
+from mammut_search.model.image_encoders import preprocess_images
+from mammut_search.model.mammut import MaMMUT
+from mammut_search.model.tokenizer import Tokenizer, train_bpe
+from mammut_search.train import card as te
+from mammut_search.train import data as td
+from mammut_search.train.distributed import Runtime
+from mammut_search.train.recipe import TrainConfig
+
+
+@dataclass
+class PreparedData:
+    frame: pd.DataFrame  # the whole manifest
+    train: pd.DataFrame  # training rows with readable images, index 0..n-1
+    train_cache: td.InputCache
+    captions: list[str]  # caption table: every distinct training caption
+    caption_ids: list[list[int]]  # its token ids (framed)
+    name_ids: list[list[int]]  # token ids of each training row's name
+    teacher: torch.Tensor | None  # (captions 384) MiniLM sentence embeddings
+    extra_ids: list[list[int]]  # text-only distillation texts (token ids)
+    extra_teacher: torch.Tensor | None  # their MiniLM embeddings
+    sampler: td.ConceptBalancedSampler
+    image_words: list[list[int]]  # each training row's caption words as indices into `word_ids`
+    word_ids: list[list[int]]  # the captions' distinct content words (token ids)
+    eval_splits: list[te.EvalSplit]
+    data_card: dict[str, Any]
+
+
+def build_tokenizer(config: TrainConfig, texts: list[str]) -> tuple[Tokenizer, list[int] | None]:
+    """The recipe's tokenizer (and, for MiniLM, the MiniLM id of each token)."""
+    if config.tokenizer == "minilm":
+        from mammut_search.train.text_init import compact_wordpiece
+
+        return compact_wordpiece(texts, common_words=config.common_words)
+    if config.tokenizer == "bpe":
+        return train_bpe(texts, vocab_size=config.bpe_vocab_size), None
+    raise UserError(f"tokenizer must be 'minilm' or 'bpe', not {config.tokenizer!r}")
+
+
+def encoder_input_fn(net: MaMMUT, runtime: Runtime, cached_features: bool):
+    """PIL images -> what the cache holds: frozen features (b j c) or pixels (b 3 H W)."""
+    image_config = net.config.image_encoder
+    if not cached_features:
+        return td.pixel_encoder(image_config)
+
+    def features(images):
+        pixels = preprocess_images(images, image_config).to(runtime.device)
+        with runtime.autocast():
+            return net.image_features(pixels).float().cpu()
+
+    return features
+
+
+def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime: Runtime, frame: pd.DataFrame,
+                 cached_features: bool) -> PreparedData:
+    """Encoder-input caches, caption tables, MiniLM targets, the sampler and the validation splits."""
+    cache_root = Path(config.cache_dir)
+    encode = encoder_input_fn(net, runtime, cached_features)
+    store = input_store(cache_root, net.image_encoder, net.config.image_encoder, cached_features)
+    train = training_rows(config, frame)
+    captions = caption_table(train)  # from every training row, so its cache key never depends on image reads
+    caption_index = {c: i for i, c in enumerate(captions)}
+    teacher = minilm_targets(captions, cache_root, progress=runtime.main) if config.distill_weight > 0 else None
+    paths = list(train["path"])
+    train_cache = td.build_input_cache(
+        paths, encode, views=config.views, seed=config.seed, progress=runtime.main, store=store)
+    keep = train_cache.ok
+    if not keep.all():
+        train = train[keep].reset_index(drop=True)
+        train_cache = td.InputCache(train_cache.inputs[:, torch.from_numpy(keep)], np.ones(int(keep.sum()), bool))
+    max_len = net.config.max_text_len
+    caption_ids = _encode_rows(tokenizer, captions, max_len)
+    name_ids = _encode_rows(tokenizer, [str(n) for n in train["name"]], max_len)
+
+    concepts = {c: k for k, c in enumerate(dict.fromkeys(train["concept_id"]))}
+    image_concept = np.array([concepts[c] for c in train["concept_id"]], dtype=np.int64)
+    concept_images = [np.flatnonzero(image_concept == k) for k in range(len(concepts))]
+    image_captions = [np.array([caption_index[c] for c in caps]) for caps in train["captions"]]
+    sampler = td.ConceptBalancedSampler(concept_images, image_captions, image_concept,
+                                        batch_size=config.batch_size, views=config.views,
+                                        images_per_concept=config.images_per_concept, seed=config.seed)
+
+    eval_splits = []
+    for split in (config.val_split, config.val_unseen_split):
+        rows = frame[frame["split"] == split].reset_index(drop=True) if split else frame.iloc[:0]
+        if rows.empty:
+            continue
+        split_paths = list(rows["path"])
+        cache = td.build_input_cache(
+            split_paths, encode, views=1, seed=config.seed, progress=runtime.main, store=store)
+        ok = torch.from_numpy(cache.ok)
+        eval_splits.append(te.EvalSplit(split, rows[cache.ok].reset_index(drop=True), cache.inputs[0][ok]))
+
+    data_card = {
+        "manifest": str(config.manifest),
+        "manifest_sha256": file_sha256(config.manifest) if Path(config.manifest).is_file() else "",
+        "splits": {str(k): int(v) for k, v in frame["split"].value_counts().items()},
+        "concepts_per_split": {str(k): int(v) for k, v in frame.groupby("split")["concept_id"].nunique().items()},
+        "train_images": len(train), "train_concepts": len(concepts), "train_captions": len(captions),
+        "styles_per_split": ({str(k): sorted(map(str, v.unique())) for k, v in frame.groupby("split")["style"]}
+                             if "style" in frame.columns else {}),
+        "views_per_image": config.views,
+    }
+    extra_ids, extra_teacher = [], None
+    if config.distill_weight > 0 and config.distill_words > 0:
+        from mammut_search.train.text_init import common_english_words
+
+        words = common_english_words(config.distill_words)
+        extra = [t for w in words for t in (w, td.sentence_query(w))]
+        extra_ids = _encode_rows(tokenizer, extra, max_len)
+        extra_teacher = minilm_targets(extra, cache_root, progress=runtime.main)
+        data_card["distill_words"] = len(words)
+    image_words, word_ids = [], []
+    if config.word_weight > 0:
+        words, image_words = word_vocabulary([list(c) for c in train["captions"]], max_share=config.word_max_share)
+        word_ids = _encode_rows(tokenizer, words, max_len)
+    return PreparedData(frame, train, train_cache, captions, caption_ids, name_ids, teacher, extra_ids, extra_teacher,
+                        sampler, image_words, word_ids, eval_splits, data_card)
+
+
+# words that name nothing on their own
+FUNCTION_WORDS = frozenset("a an the of with and or in on at to for by from s".split())
+
+
+def word_vocabulary(captions: list[list[str]], *, max_share: float = 1.0) -> tuple[list[str], list[list[int]]]:
+    """Each image's captions -> (their distinct content words, each image's words as indices into that list).
+
+    Words on more than `max_share` of the images (the captions' templates: "picture", "emoji") name nothing."""
+    row_words = [list(dict.fromkeys(w for text in texts for w in tokenize(text) if w not in FUNCTION_WORDS))
+                 for texts in captions]
+    counts: dict[str, int] = {}
+    for words in row_words:
+        for w in words:
+            counts[w] = counts.get(w, 0) + 1
+    index: dict[str, int] = {}
+    rows = [[index.setdefault(w, len(index)) for w in words if counts[w] <= max_share * len(captions)]
+            for words in row_words]
+    return list(index), rows
+
+
+def training_rows(config: TrainConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    """The manifest rows trained on: the training splits, less any excluded style."""
+    rows = frame[frame["split"].isin(config.train_splits)]
+    if config.exclude_styles and "style" in rows.columns:
+        rows = rows[~rows["style"].isin(config.exclude_styles)]
+    if rows.empty:
+        raise UserError(f"{config.manifest}: no rows in splits {config.train_splits}")
+    return rows.reset_index(drop=True)
+
+
+def caption_table(train: pd.DataFrame) -> list[str]:
+    """Every distinct training caption, in first-seen order."""
+    return list(dict.fromkeys(c for caps in train["captions"] for c in caps))
+
+
+def input_store(cache_root: Path, encoder: nn.Module, image_config: ImageEncoderConfig, cached_features: bool) -> Path:
+    """The folder of cached encoder inputs: one per encoder (weights and preprocessing) and kind of input."""
+    weights = [t.float() for t in encoder.state_dict().values() if t.is_floating_point()][:4]
+    fingerprint = [round(float(t.sum()), 4) for t in weights]
+    kind = "features" if cached_features else "pixels"
+    return cache_root / f"{kind}-{td.cache_key(dataclasses.asdict(image_config), fingerprint if cached_features else 0)}"
+
+
+def _encode_rows(tokenizer: Tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
+    out = []
+    for s in range(0, len(texts), 4096):
+        ids = tokenizer.encode(texts[s:s + 4096], max_len)
+        out.extend(r[r != tokenizer.pad_id].tolist() for r in ids)  # pads only trail the words
+    return out
+
+
+def minilm_targets(texts: list[str], cache_root: Path, *, progress: bool) -> torch.Tensor:
+    """MiniLM sentence embeddings (t 384) of texts, cached on disk by content."""
+    from mammut_search.train.text_init import MiniLMSentenceEncoder
+
+    path = cache_root / f"minilm-{td.cache_key(texts)}.npy"
+    if path.is_file():
+        return torch.from_numpy(np.load(path)).float()
+    embeddings = MiniLMSentenceEncoder().encode(texts, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}.npy")
+    np.save(tmp, embeddings.half().numpy())
+    os.replace(tmp, path)
+    return embeddings.half().float()
+
+
+def pad_rows(rows: list[list[int]], pad_id: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.tensor(r)
+    return out
+
+
+def step_batch(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, runtime: Runtime, step: int,
+               cached_features: bool) -> dict[str, torch.Tensor | None]:
+    """This process's share of step `step`'s batch, on the device, as the objective's keyword arguments.
+
+    Random choices (kept image tokens, distillation words) are drawn for the global batch and then split like
+    the sampler's rows (r::w), so that N processes train on exactly what one process would."""
+    device, rows = runtime.device, slice(runtime.rank, None, runtime.world_size)
+    batch = data.sampler.batch(step, runtime.rank, runtime.world_size)
+    inputs = data.train_cache.batch(batch.views, batch.images).to(device)
+    text = pad_rows([data.caption_ids[i] for i in batch.captions], tokenizer.pad_id).to(device)
+    if config.caption_target == "name":
+        caption = pad_rows([data.name_ids[int(i)] for i in batch.images], tokenizer.pad_id).to(device)
+    else:
+        caption = text
+    teacher = data.teacher[batch.captions].to(device) if data.teacher is not None else None
+    keep_index = None
+    if cached_features and config.token_keep < 1.0:
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        tokens = inputs.shape[1]
+        keep = max(1, round(tokens * config.token_keep))
+        chosen = torch.rand(config.batch_size, tokens, generator=generator)[rows]
+        keep_index = chosen.argsort(dim=1)[:, :keep].to(device)
+    extra_text = extra_teacher = None
+    if data.extra_teacher is not None:
+        picks = np.random.default_rng([config.seed, step, 1]).choice(len(data.extra_ids), config.distill_words_batch)
+        picks = picks[rows]
+        if len(picks):
+            extra_text = pad_rows([data.extra_ids[i] for i in picks], tokenizer.pad_id).to(device)
+            extra_teacher = data.extra_teacher[torch.from_numpy(picks)].to(device)
+    word_text, word_positives = step_words(config, data, tokenizer, runtime, step)
+    return {"inputs": inputs, "text": text, "caption": caption, "groups": batch.groups.to(device),
+            "teacher": teacher, "keep_index": keep_index, "extra_text": extra_text, "extra_teacher": extra_teacher,
+            "word_text": word_text, "word_positives": word_positives}
+
+
+def step_words(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, runtime: Runtime,
+               step: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """This process's share of the step's words (w n) and which images of the global batch each names (w B),
+    columns in the order the processes' batches are gathered (rank 0's rows, then rank 1's...)."""
+    if config.word_weight <= 0 or not data.word_ids:
+        return None, None
+    images = data.sampler.global_batch(step).images.numpy()
+    world = runtime.world_size
+    gathered = np.concatenate([images[r::world] for r in range(world)])
+    column_words = [set(data.image_words[i]) for i in gathered]
+    present = np.array(sorted(set().union(*column_words)))
+    picks = np.random.default_rng([config.seed, step, 2]).permutation(present)[:config.word_batch]
+    picks = picks[runtime.rank::world]
+    if not len(picks):
+        return None, None
+    text = pad_rows([data.word_ids[w] for w in picks], tokenizer.pad_id).to(runtime.device)
+    positives = torch.tensor([[w in words for words in column_words] for w in picks], dtype=torch.float32)
+    return text, positives.to(runtime.device)

@@ -1,0 +1,142 @@
+"""The training recipe: every setting of a run, read from a TOML file plus `key=value` overrides.
+
+`TrainConfig()` with no arguments is the recipe of the bundled checkpoint (data/recipes/default.toml says the same),
+so `mammut train` without `--config` reproduces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from mammut_search.errors import UserError
+
+
+# the model of the default recipe (MammutConfig fields; vocab size and special ids come from the tokenizer)
+DEFAULT_MODEL: dict[str, Any] = {
+    "dim": 256, "depth": 2, "heads": 4, "dim_head": 64, "ff_mult": 2, "num_img_queries": 16, "dim_latents": 256,
+    "max_text_len": 32, "image_grid_latent": True,
+    "image_encoder": {"kind": "efficientnet_lite0", "image_size": 96},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a run; the defaults are the bundled checkpoint's recipe. A TOML file sets any
+    field; `[model]` holds MammutConfig fields (with `[model.image_encoder]`) and replaces the default model
+    table as a whole."""
+
+    # data
+    manifest: str = "data/cache/corpus/manifest.parquet"
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    val_split: str = "val"  # held-out style, seen concepts: the checkpoint is chosen on it
+    val_unseen_split: str = "val_unseen"  # held-out style, unseen concepts ("" to skip)
+    cache_dir: str = "data/cache/train"
+    # OpenClipart is left out: its ~7,750 one-image "concepts" would dominate concept-balanced batches
+    exclude_styles: list[str] = field(default_factory=lambda: ["openclipart"])  # styles of the training splits left out
+    views: int = 1  # view 0 is the image, the others are augmentations, each encoded once
+    # text side
+    tokenizer: str = "minilm"  # "minilm": MiniLM's WordPiece, compacted; "bpe": trained on the captions
+    common_words: int = 4000  # minilm: most frequent words kept beside the corpus's own
+    bpe_vocab_size: int = 4096
+    text_init: bool = True  # minilm: start the token embeddings from MiniLM's (PCA-projected when model.dim < 384)
+    distill_weight: float = 1.0  # weight of aligning text latents with MiniLM sentence embeddings
+    # text-only distillation on common English words (bare and in a sentence), beyond the corpus's captions:
+    # it teaches the text side MiniLM's geometry for words the images never show
+    distill_words: int = 2000
+    distill_words_batch: int = 64
+    caption_target: str = "name"  # what the captioning pass learns to write: "name" or "caption" (the sampled one)
+    # single words of the batch's captions (names, keywords, groups), each contrasted with the batch's images
+    # whose captions use it: what a word means, so that names never trained on can be composed from their words
+    word_weight: float = 0.3
+    word_batch: int = 64  # words per step (drawn from the global batch's captions)
+    word_max_share: float = 0.2  # words on more than this share of the training images (templates) are left out
+    word_moves_images: bool = True  # false: the word loss trains the text side only (image latents detached)
+    # model
+    model: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MODEL))
+    # optimisation
+    steps: int = 1500
+    batch_size: int = 128  # global, over all processes
+    # micro-batches per step and process: the same gradient as the whole batch (contrastive negatives
+    # included), with the activation memory of one micro-batch
+    accum_steps: int = 1
+    precision: str = "auto"  # "auto": bf16 autocast on CUDA, float32 on CPU; "bf16" or "fp32" on any device
+    images_per_concept: int = 2
+    lr: float = 1e-3
+    embedding_lr_scale: float = 0.3  # pretrained token embeddings move more slowly
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 50
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    token_keep: float = 0.78  # share of image tokens kept in each training example (feature dropout)
+    seed: int = 0
+    # bookkeeping
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads (0: leave as is)
+    log_every: int = 25
+    eval_every: int = 200
+    save_every: int = 200
+    patience: int = 0  # stop after this many evaluations without a better score (0: never)
+    max_minutes: float = 36.0  # stop (keeping the best checkpoint) when training has taken this long (0: never)
+    export: str = ""  # also write the best checkpoint here at the end
+    export_dtype: str = "float16"
+    final_eval: bool = True  # captions and baselines on the validation splits, into the training card
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UserError(f"unknown training setting(s) {unknown}; known: {sorted(names)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_value(text: str) -> Any:
+    """An override's value: TOML syntax (numbers, booleans, lists, quoted strings), else a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> TrainConfig:
+    """The default recipe (or a `base` dict), a TOML recipe merged over it, then `key=value` overrides (dotted
+    keys reach into tables: model.dim=384). Tables merge key by key, so a recipe names only what it changes."""
+    data: dict[str, Any] = json.loads(json.dumps(base if base is not None else TrainConfig().to_dict()))
+    if path is not None:
+        try:
+            merge(data, tomllib.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such recipe file") from None
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{path}: not valid TOML ({e})") from None
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"override {item!r} is not key=value")
+        *tables, last = key.strip().split(".")
+        target = data
+        for table in tables:
+            target = target.setdefault(table, {})
+            if not isinstance(target, dict):
+                raise UserError(f"override {item!r}: {table} is not a table")
+        target[last] = parse_value(value.strip())
+    return TrainConfig.from_dict(data)
+
+
+def merge(into: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Deep-merge `changes` into `into`: tables key by key, everything else replaced."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value
