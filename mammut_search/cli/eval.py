@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Karpathy or COCO captions JSON, CSV/TSV/JSONL of image-caption pairs, or a folder "
                              "of images with NAME.txt captions (see below)")
     source.add_argument("--folder", metavar="DIR", help="images with a same-name .txt caption file beside them")
+    source.add_argument("--domains", nargs="?", const="data/cache/corpus/manifest.parquet", metavar="MANIFEST",
+                        help="generalisation: retrieval and caption hit rate on the corpus's validation sets "
+                             "(styles, objects, photos; see mammut_search/eval/domains.py; default MANIFEST: "
+                             "data/cache/corpus/manifest.parquet)")
     parser.add_argument("--images-root", metavar="DIR",
                         help="folder that relative image paths start from (default: the captions file's folder)")
     parser.add_argument("--split", help="evaluate this split only ('all': every split; default: test for a "
@@ -83,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from mammut_search.eval.evaluation import evaluate_captioned, format_table, write_report
     from mammut_search.inference import load_model
 
+    if args.domains:
+        return _run_domains(args)
     if args.group_column and args.folder:
         raise UserError("--group-column needs --captions (a folder has no group column)")
     source = args.folder or args.captions
@@ -106,4 +112,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     else:
         print("\n(pass --out DIR to write report.json, per-caption ranks and the recall curve)", file=sys.stderr)
+    return 0
+
+
+def _run_domains(args: argparse.Namespace) -> int:
+    from mammut_search.eval.domains import evaluate_domains, format_domains_table
+    from mammut_search.inference import load_model
+    from mammut_search.train.data import read_manifest
+
+    manifest = read_manifest(args.domains)
+    model = load_model(args.checkpoint, device=args.device)
+    results = evaluate_domains(model, manifest, ks=args.k, captions=not args.no_captions,
+                               batch_size=args.batch_size or 32)
+    if not results:
+        print(f"{args.domains}: no validation splits (val, val_unseen, val_objects, val_photos); "
+              "run `mammut corpus build --only validation`", file=sys.stderr)
+        return 1
+    print(format_domains_table(results))
     return 0
