@@ -1,7 +1,10 @@
-"""Training data: the corpus manifest, augmented views, the cache of encoder inputs and the batch sampler.
+"""Training data: the manifest, augmented views, the cache of encoder inputs and the batch sampler.
 
+The manifest is any captioned set that `mammut_search.captioned` reads (the corpus this repo builds, a Karpathy
+or COCO captions file, a table of image-caption pairs, a folder with .txt sidecars).
 The image encoder's input to the trainable part is computed once per image and view, and cached (fp16):
-frozen-encoder features (b j c) when the encoder is frozen, preprocessed pixels otherwise. Batches are drawn
+frozen-encoder features (b j c) when the encoder is frozen, preprocessed pixels otherwise; in memory, or left on
+disk and read per batch when it would not fit (`stream`). Batches are drawn
 from a generator seeded by (seed, step), so the data order is a function of the step alone: resuming at a
 step replays exactly the batches an uninterrupted run would have seen, on any number of processes.
 """
@@ -12,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,41 +26,39 @@ import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from tqdm import tqdm
 
+from mammut_search.captioned import read_captioned
 from mammut_search.errors import UserError
+from mammut_search.model.config import ImageEncoderConfig
 from mammut_search.model.image_encoders import preprocess_images, to_rgb
 
 MANIFEST_COLUMNS = ("path", "concept_id", "name", "captions", "split")
 TRAIN_SPLIT = "train"
+STREAM_MODES = ("auto", "memory", "disk")
+MEMORY_SHARE = 0.5  # "auto" streams a cache larger than this share of the free memory (all local processes' copies)
 
 
 # ----- manifest -----
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """The corpus manifest (parquet, CSV or JSONL) -> DataFrame with absolute image paths and caption lists."""
+def read_manifest(path: str | Path, *, images_root: str | Path | None = None) -> pd.DataFrame:
+    """Any captioned set (see mammut_search.captioned) -> one row per image: path (absolute), captions (list),
+    concept_id, name, split, and the source's other columns. Images without a split are training images.
+    What reading left out is in `frame.attrs["data"]` (counts and examples), for the training card."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no corpus manifest there; build the corpus with `mammut corpus` or fix data.manifest")
-    if path.suffix == ".parquet":
-        frame = pd.read_parquet(path)
-    elif path.suffix in (".jsonl", ".json"):
-        frame = pd.read_json(path, lines=path.suffix == ".jsonl")
-    else:
-        frame = pd.read_csv(path)
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-    if missing:
-        raise UserError(f"{path}: manifest lacks columns {missing} (has {list(frame.columns)})")
-    frame = frame.reset_index(drop=True).copy()
-    frame["path"] = [str(p if Path(p).is_absolute() else (path.parent / p)) for p in frame["path"]]
-    frame["captions"] = [_caption_list(c, name) for c, name in zip(frame["captions"], frame["name"])]
+    if not path.exists():
+        raise UserError(f"{path}: no manifest there; build the corpus with `mammut corpus build`, or set manifest "
+                        "to a Karpathy or COCO captions JSON, a CSV/JSONL of image-caption pairs or a captioned folder")
+    captioned = read_captioned(path, images_root=images_root)
+    frame = captioned.frame.copy()
+    frame["split"] = [s or TRAIN_SPLIT for s in frame["split"]]
     frame["concept_id"] = frame["concept_id"].astype(str)
+    summary = captioned.summary()
+    if captioned.problems:
+        examples = "; ".join(f"{p['where']}: {p['reason']}" for p in captioned.problems[:3])
+        tqdm.write(f"{path}: left out {len(captioned.problems)} images or rows ({examples}"
+                   f"{' ...' if len(captioned.problems) > 3 else ''})")
+    frame.attrs["data"] = {k: summary[k] for k in ("format", "dataset", "images", "captions", "left_out",
+                                                   "left_out_examples")}
     return frame
-
-
-def _caption_list(value, name: str) -> list[str]:
-    if isinstance(value, str):
-        value = json.loads(value) if value.startswith("[") else [value]
-    captions = [str(c).strip() for c in (list(value) if value is not None else []) if str(c).strip()]
-    return captions or [str(name)]
 
 
 def sentence_query(name: str) -> str:
@@ -138,9 +140,66 @@ class InputCache:
     inputs: torch.Tensor  # (v i j c) features, or (v i 3 H W) pixels
     ok: np.ndarray  # (i) bool
 
+    in_memory = True
+
     def batch(self, views: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """(b) view and image indices -> float32 inputs (b ...)."""
         return self.inputs[views, images].float()
+
+    def subset(self, keep: np.ndarray) -> "InputCache":
+        """Only the images where `keep` (i) is true, renumbered 0..k-1."""
+        return InputCache(self.inputs[:, torch.from_numpy(keep)], np.ones(int(keep.sum()), bool))
+
+
+@dataclass
+class DiskInputCache:
+    """The same, left on disk: one fp16 .npy per (view, image) in the store, read when a batch asks for it."""
+
+    entries: list[list[Path]]  # [view][image]
+    ok: np.ndarray  # (i) bool
+    in_memory = False
+
+    def batch(self, views: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """(b) view and image indices -> float32 inputs (b ...), read by a few threads (file reads release the GIL)."""
+        files = [self.entries[v][i] for v, i in zip(views.tolist(), images.tolist())]
+        return torch.from_numpy(np.stack(list(_readers().map(np.load, files)))).float()
+
+    def subset(self, keep: np.ndarray) -> "DiskInputCache":
+        """Only the images where `keep` (i) is true, renumbered 0..k-1."""
+        rows = np.flatnonzero(keep)
+        return DiskInputCache([[view[i] for i in rows] for view in self.entries], np.ones(len(rows), bool))
+
+
+_READERS: ThreadPoolExecutor | None = None
+
+
+def _readers() -> ThreadPoolExecutor:
+    global _READERS
+    if _READERS is None:
+        _READERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cache-reader")
+    return _READERS
+
+
+def cache_bytes_per_image(image_config: ImageEncoderConfig, cached_features: bool) -> int:
+    """Bytes one cached (image, view) takes: fp16 features (tokens x width) of a frozen encoder, else fp16 pixels."""
+    if cached_features:
+        return 2 * image_config.num_tokens * image_config.feature_dim
+    return 2 * 3 * image_config.image_size ** 2
+
+
+def stream_from_disk(mode: str, cache_bytes: int) -> bool:
+    """Whether the training cache stays on disk: "disk", "memory", or "auto" = when every process of this machine
+    holding its copy would take more than MEMORY_SHARE of the free memory."""
+    if mode not in STREAM_MODES:
+        raise UserError(f"stream must be one of {', '.join(STREAM_MODES)}, not {mode!r}")
+    if mode != "auto":
+        return mode == "disk"
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not on Linux: keep the cache in memory as before
+        return False
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return cache_bytes * local_processes > MEMORY_SHARE * free
 
 
 def _entry(store: Path, path: str, view: int, seed: int) -> Path:
@@ -158,10 +217,14 @@ def build_input_cache(
     store: Path | None = None,
     batch_size: int = 64,
     progress: bool = True,
-) -> InputCache:
+    in_memory: bool = True,
+) -> InputCache | DiskInputCache:
     """Run `encode` (PIL images -> tensor (b ...)) over every view of every image that `store` does not hold
     yet, keeping one fp16 .npy per (image, view) there (so extraction resumes, and runs and recipes sharing an
-    encoder share the work); then stack them. Unreadable images are reported once and marked not ok."""
+    encoder share the work); then stack them in memory, or (`in_memory` false) leave them there to be read per
+    batch. Unreadable images are reported once and marked not ok."""
+    if not in_memory and store is None:
+        raise ValueError("a cache streamed from disk needs a store folder")
     n = len(paths)
     ok = np.ones(n, dtype=bool)
     jobs = [(v, i) for v in range(views) for i in range(n)]
@@ -170,7 +233,8 @@ def build_input_cache(
     for v, i in jobs:
         entry = _entry(store, paths[i], v, seed) if store is not None else None
         if entry is not None and entry.is_file():
-            done[v, i] = np.load(entry)
+            if in_memory:
+                done[v, i] = np.load(entry)
         elif entry is not None and entry.with_suffix(".bad").is_file():
             ok[i] = False
         else:
@@ -196,7 +260,8 @@ def build_input_cache(
             with torch.no_grad():
                 encoded = encode(images).to(torch.float16).cpu().numpy()
             for (v, i), row in zip(readable, encoded):
-                done[v, i] = row
+                if in_memory:
+                    done[v, i] = row
                 if store is not None:
                     entry = _entry(store, paths[i], v, seed)
                     entry.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +270,8 @@ def build_input_cache(
                     tmp.replace(entry)
         bar.update(len(chunk))
     bar.close()
+    if not in_memory:
+        return DiskInputCache([[_entry(store, p, v, seed) for p in paths] for v in range(views)], ok)
     shape = next(iter(done.values())).shape if done else (1,)
     inputs = np.zeros((views, n, *shape), dtype=np.float16)
     for (v, i), row in done.items():

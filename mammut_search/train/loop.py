@@ -176,7 +176,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: str | Path | None
                         f"({config.batch_size} / {runtime.world_size}); lower accum_steps or raise batch_size")
     started = time.time()
     if frame is None:
-        frame = td.read_manifest(config.manifest)
+        frame = td.read_manifest(config.manifest, images_root=config.images_root or None)
     state = None
     if resume is not None:
         resume_dir = find_resume_dir(Path(resume))
@@ -326,7 +326,7 @@ def finish(config: TrainConfig, out_dir: Path, net: MaMMUT, tokenizer: Tokenizer
             names = set(map(str, data.train["name"]))
             card["captions"] = {s.name: te.evaluate_captions(best_net, tokenizer, s, names, features=cached_features,
                                                               device=runtime.device) for s in data.eval_splits}
-            if cached_features:
+            if cached_features and data.train_cache.in_memory:
                 card["baselines"] = te.baselines(data.train, data.train_cache.inputs[0], data.eval_splits)
     card["targets"] = te.target_check(card, config.val_split, config.val_unseen_split)
     card["conventions"] = ("queries: each concept's name (and 'A picture of a NAME.' for sentence figures); gallery: "

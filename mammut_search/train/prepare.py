@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from mammut_search.errors import UserError
@@ -31,7 +32,7 @@ from mammut_search.train.recipe import TrainConfig
 class PreparedData:
     frame: pd.DataFrame  # the whole manifest
     train: pd.DataFrame  # training rows with readable images, index 0..n-1
-    train_cache: td.InputCache
+    train_cache: td.InputCache | td.DiskInputCache
     captions: list[str]  # caption table: every distinct training caption
     caption_ids: list[list[int]]  # its token ids (framed)
     name_ids: list[list[int]]  # token ids of each training row's name
@@ -81,19 +82,24 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
     caption_index = {c: i for i, c in enumerate(captions)}
     teacher = minilm_targets(captions, cache_root, progress=runtime.main) if config.distill_weight > 0 else None
     paths = list(train["path"])
+    entry_bytes = td.cache_bytes_per_image(net.config.image_encoder, cached_features)
+    streamed = td.stream_from_disk(config.stream, config.views * len(paths) * entry_bytes)
+    share_encoding(paths, encode, config.views, config.seed, store, runtime)
     train_cache = td.build_input_cache(
-        paths, encode, views=config.views, seed=config.seed, progress=runtime.main, store=store)
+        paths, encode, views=config.views, seed=config.seed, progress=runtime.main, store=store,
+        in_memory=not streamed)
     keep = train_cache.ok
     if not keep.all():
         train = train[keep].reset_index(drop=True)
-        train_cache = td.InputCache(train_cache.inputs[:, torch.from_numpy(keep)], np.ones(int(keep.sum()), bool))
+        train_cache = train_cache.subset(keep)
     max_len = net.config.max_text_len
     caption_ids = _encode_rows(tokenizer, captions, max_len)
     name_ids = _encode_rows(tokenizer, [str(n) for n in train["name"]], max_len)
 
     concepts = {c: k for k, c in enumerate(dict.fromkeys(train["concept_id"]))}
     image_concept = np.array([concepts[c] for c in train["concept_id"]], dtype=np.int64)
-    concept_images = [np.flatnonzero(image_concept == k) for k in range(len(concepts))]
+    order = np.argsort(image_concept, kind="stable")  # each concept's images, ascending: one pass, not one per concept
+    concept_images = np.split(order, np.flatnonzero(np.diff(image_concept[order])) + 1)
     image_captions = [np.array([caption_index[c] for c in caps]) for caps in train["captions"]]
     sampler = td.ConceptBalancedSampler(concept_images, image_captions, image_concept,
                                         batch_size=config.batch_size, views=config.views,
@@ -105,6 +111,7 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
         if rows.empty:
             continue
         split_paths = list(rows["path"])
+        share_encoding(split_paths, encode, 1, config.seed, store, runtime)
         cache = td.build_input_cache(
             split_paths, encode, views=1, seed=config.seed, progress=runtime.main, store=store)
         ok = torch.from_numpy(cache.ok)
@@ -119,6 +126,9 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
         "styles_per_split": ({str(k): sorted(map(str, v.unique())) for k, v in frame.groupby("split")["style"]}
                              if "style" in frame.columns else {}),
         "views_per_image": config.views,
+        "cache": {"bytes_per_image": entry_bytes, "bytes": config.views * len(train) * entry_bytes,
+                  "streamed": streamed},
+        "source": frame.attrs.get("data", {}),  # format, and what reading left out
     }
     extra_ids, extra_teacher = [], None
     if config.distill_weight > 0 and config.distill_words > 0:
@@ -135,6 +145,16 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
         word_ids = _encode_rows(tokenizer, words, max_len)
     return PreparedData(frame, train, train_cache, captions, caption_ids, name_ids, teacher, extra_ids, extra_teacher,
                         sampler, image_words, word_ids, eval_splits, data_card)
+
+
+def share_encoding(paths: list[str], encode, views: int, seed: int, store: Path, runtime: Runtime) -> None:
+    """Under torchrun, each process first encodes its share (every world_size-th image) into the store, so that
+    the cache is built once, not once per process; then every process reads it from there."""
+    if runtime.world_size == 1:
+        return
+    td.build_input_cache(paths[runtime.rank::runtime.world_size], encode, views=views, seed=seed, store=store,
+                         progress=runtime.main, in_memory=False)
+    dist.barrier()
 
 
 # words that name nothing on their own

@@ -32,11 +32,17 @@ class TrainConfig:
     table as a whole."""
 
     # data
+    # any captioned set mammut_search.captioned reads: the corpus manifest, a Karpathy or COCO captions JSON, a
+    # CSV/JSONL of image-caption pairs, a folder of images with .txt captions
     manifest: str = "data/cache/corpus/manifest.parquet"
+    images_root: str = ""  # where the manifest's relative image paths start ("": the manifest's folder)
     train_splits: list[str] = field(default_factory=lambda: ["train"])
     val_split: str = "val"  # held-out style, seen concepts: the checkpoint is chosen on it
     val_unseen_split: str = "val_unseen"  # held-out style, unseen concepts ("" to skip)
     cache_dir: str = "data/cache/train"
+    # the training cache of encoder inputs: "memory", "disk" (one file per image, read per batch), or "auto" = on
+    # disk when it would not fit in half of the free memory
+    stream: str = "auto"
     # OpenClipart is left out: its ~7,750 one-image "concepts" would dominate concept-balanced batches
     exclude_styles: list[str] = field(default_factory=lambda: ["openclipart"])  # styles of the training splits left out
     views: int = 1  # view 0 is the image, the others are augmentations, each encoded once
