@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mammut_search.errors import UserError
+from mammut_search.errors import IndexStoreError, UserError
 from mammut_search.index.manifest import MANIFEST_FILE, Manifest, RunStats, model_identity
 from mammut_search.index.store import OK, IndexStore, items_frame
 
@@ -60,7 +60,8 @@ def default_workers(device) -> int:
 def build_index(roots: Iterable[str | os.PathLike], out: str | os.PathLike, model, *,
                 checkpoint_dir: str | os.PathLike | None = None, options: BuildOptions | None = None) -> IndexStore:
     """Index every image under `roots` into the directory `out` (created; an earlier index there is replaced
-    only when the new one is committed). A build killed earlier into `out` resumes where it stopped."""
+    only when the new one is committed). A build killed earlier into `out` resumes where it stopped, and an
+    index of the same model already in `out` lends its results: an unchanged folder encodes nothing."""
     out, options = Path(out), options or BuildOptions()
     roots = [os.path.abspath(os.fsdecode(r)) for r in roots]
     if not roots:
@@ -70,8 +71,23 @@ def build_index(roots: Iterable[str | os.PathLike], out: str | os.PathLike, mode
     with locked(out):
         files = scan_roots(roots, progress=options.progress)
         log.info("found %d image files under %s", len(files), ", ".join(roots))
-        return index_files(out, model, files, roots, previous=None, checkpoint_dir=checkpoint_dir,
-                           options=options)
+        return index_files(out, model, files, roots, previous=reusable_index(out, model, options),
+                           checkpoint_dir=checkpoint_dir, options=options)
+
+
+def reusable_index(out: Path, model, options: BuildOptions) -> IndexStore | None:
+    """The index already in `out` when this model made it with the same captions setting (a build then keeps
+    its unchanged items and vectors, as an update would), else None. An unsaved model has no identity to
+    compare, so it reuses nothing."""
+    if not model.checkpoint_sha256 or not (out / MANIFEST_FILE).exists():
+        return None
+    try:
+        store = IndexStore.open(out, model=model)
+        store.vectors  # verified now: a damaged index is rebuilt from the images, not reused
+    except IndexStoreError as e:
+        log.info("the index in %s is rebuilt from the images: %s", out, e)
+        return None
+    return store if store.manifest.captions == options.captions else None
 
 
 def update_index(index_dir: str | os.PathLike, model, *, checkpoint_dir: str | os.PathLike | None = None,
@@ -100,11 +116,11 @@ def index_files(index_dir: Path, model, files: list[FoundFile], roots: list[str]
     started = time.monotonic()
     stats = RunStats(files=len(files))
     kept_rows, new_rows = plan_rows(files, previous, options.progress)
-    results = results_for(new_rows, index_dir, model, previous, options, stats)
+    results, failed = results_for(new_rows, index_dir, model, previous, options, stats)
     next_id = previous.manifest.next_id if previous is not None else 0
     for row in new_rows:  # new ids, never reused, so a removed item's id can never point at another file
         if "status" not in row:  # unreadable files have theirs already
-            r = results[row["sha256"]]
+            r = failed.get(row["path"]) or results[row["sha256"]]  # a file that failed is skipped itself
             if r.status == CHANGED:  # the hash is of bytes that are gone: nothing may be matched to it
                 row["sha256"] = ""
             row.update(status=r.status, width=r.width, height=r.height, caption=r.caption)
@@ -137,31 +153,41 @@ def index_files(index_dir: Path, model, files: list[FoundFile], roots: list[str]
 
 
 def results_for(new_rows: list[dict], index_dir: Path, model, previous: IndexStore | None,
-                options: BuildOptions, stats: RunStats) -> dict[str, Encoded]:
-    """sha256 -> Encoded for every content among `new_rows`: from the previous index, from the shards of an
-    interrupted run, or else encoded now (once per distinct content), checkpointed into new shards."""
-    results = reuse_from_previous(previous, {r["sha256"] for r in new_rows if "status" not in r})
-    stats.reused = sum(r.status == OK for r in results.values())
+                options: BuildOptions, stats: RunStats) -> tuple[dict[str, Encoded], dict[str, Encoded]]:
+    """(sha256 -> Encoded of every content among `new_rows` that was indexed, path -> Encoded of every file
+    that could not be). Indexed contents come from the previous index, from the shards of an interrupted run,
+    or are encoded now, once per content, checkpointed into new shards. A failure belongs to its file alone:
+    a file whose bytes failed under another path is tried itself (a FIFO and an empty file share the empty
+    content, not the reason), so failures are neither resumed nor reused."""
+    wanted = [r for r in new_rows if "status" not in r]
+    done = reuse_from_previous(previous, {r["sha256"] for r in wanted})
+    stats.reused = len(done)
     shards = ShardWriter(index_dir, work_identity(model, options), shard_size=options.shard_size)
-    resumed = shards.load()
-    jobs = []
-    for row in new_rows:
-        sha = row["sha256"]
-        if "status" in row or sha in results:
-            continue
-        if sha in resumed:
-            results[sha] = resumed[sha]
-            stats.resumed += resumed[sha].status == OK
-        else:
-            results[sha] = None  # placeholder until encoded: later paths with the same bytes add no job
-            jobs.append(EncodeJob(sha, row["path"]))
+    for sha, encoded in shards.load().items():
+        if encoded.status == OK and sha not in done:
+            done[sha] = encoded
+            stats.resumed += 1
+    failed: dict[str, Encoded] = {}
+    first, queued = [], set()
+    for row in wanted:
+        if row["sha256"] not in done and row["sha256"] not in queued:
+            queued.add(row["sha256"])
+            first.append(EncodeJob(row["sha256"], row["path"]))
     log.info("encoding %d files (%d images resumed from an interrupted run, %d reused from the index)",
-             len(jobs), stats.resumed, stats.reused)
-    for encoded in run_encoder(model, jobs, shards, options):
-        results[encoded.sha256] = encoded
-        stats.encoded += encoded.status == OK
+             len(first), stats.resumed, stats.reused)
+    tried = {job.path for job in first}
+    for jobs in (first, None):
+        if jobs is None:  # the other paths of contents that failed: each file gets its own try and reason
+            jobs = [EncodeJob(r["sha256"], r["path"]) for r in wanted
+                    if r["sha256"] not in done and r["path"] not in tried]
+        for job, encoded in zip(jobs, run_encoder(model, jobs, shards, options)):  # in job order
+            if encoded.status == OK:
+                done[job.sha256] = encoded
+                stats.encoded += 1
+            else:
+                failed[job.path] = encoded
     shards.flush()
-    return results
+    return done, failed
 
 
 def plan_rows(files: list[FoundFile], previous: IndexStore | None, progress: bool) -> tuple[list[dict], list[dict]]:
@@ -201,16 +227,11 @@ def reuse_from_previous(previous: IndexStore | None, wanted: set[str]) -> dict[s
     not encoded again; their vectors are copied bit for bit."""
     if previous is None:
         return {}
-    items = previous.items
-    matches = items[items["sha256"].isin(wanted)].drop_duplicates("sha256")
-    ok = matches[matches["status"] == OK]
+    items = previous.ok_items
+    ok = items[items["sha256"].isin(wanted)].drop_duplicates("sha256")
     latents = previous.vectors.reconstruct(ok["id"].to_numpy(np.int64)) if len(ok) else np.zeros((0, 0), np.float32)
-    results = {}
-    for k, r in enumerate(ok.to_dict("records")):
-        results[r["sha256"]] = Encoded(r["sha256"], OK, r["width"], r["height"], r["caption"], latents[k])
-    for r in matches[matches["status"] != OK].to_dict("records"):
-        results[r["sha256"]] = Encoded(r["sha256"], r["status"])
-    return results
+    return {r["sha256"]: Encoded(r["sha256"], OK, r["width"], r["height"], r["caption"], latents[k])
+            for k, r in enumerate(ok.to_dict("records"))}
 
 
 def run_encoder(model, jobs: list[EncodeJob], shards: ShardWriter, options: BuildOptions) -> Iterator[Encoded]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from mammut_search.errors import ImageLoadError, UserError
+from mammut_search.index.manifest import MANIFEST_FILE
 
 if TYPE_CHECKING:  # torch and PIL are imported where used: `mammut search`'s argument errors need neither
     import torch
@@ -133,15 +134,15 @@ class Searcher:
                  rerank_candidates: int = RERANK_CANDIDATES, rerank_weight: float = RERANK_WEIGHT,
                  no_match_margin: float = NO_MATCH_MARGIN, reference_images: int = REFERENCE_IMAGES,
                  cache_size: int = FEATURE_CACHE_SIZE):
-        self.store = store
+        self._generation = _Generation.of(store, reference_images)
+        self._reference_images = reference_images
+        self._manifest_stamp = _stamp(store.directory)
+        self._reopen_lock = threading.Lock()
         self.model = model
         self.rerank_default = rerank_default
         self.rerank_candidates = rerank_candidates
         self.rerank_weight = rerank_weight
         self.no_match_margin = no_match_margin
-        self._ok_ids = store.ok_items["id"].to_numpy(np.int64)
-        self._ok_id_set = set(self._ok_ids.tolist())
-        self.reference_ids = _spread(np.sort(self._ok_ids), reference_images)
         self._features = FeatureCache(cache_size)
         # one model call at a time: bounded memory, no oversubscribed CPU threads, and a GPU used in turn
         self._model_lock = threading.RLock()
@@ -163,6 +164,55 @@ class Searcher:
         store = IndexStore.open(index_dir, model=model, use_gpu=use_gpu)
         return cls(store, model, **options)
 
+    # ----- the index generation served -----
+
+    @property
+    def store(self):
+        """The IndexStore of the generation now served."""
+        return self._generation.store
+
+    @property
+    def _ok_ids(self) -> np.ndarray:
+        return self._generation.ok_ids
+
+    @property
+    def _ok_id_set(self) -> set[int]:
+        return self._generation.ok_id_set
+
+    @property
+    def reference_ids(self) -> np.ndarray:
+        """The indexed images whose likelihoods make the re-ranking baseline."""
+        return self._generation.reference_ids
+
+    def follow_updates(self) -> bool:
+        """Switch to a newer generation of the index if `mammut index update` committed one since (checked by
+        the manifest's stat: cheap enough for every query). Ids of unchanged images stay, so cached image
+        tokens stay valid. A new generation that cannot be opened is logged and the current one kept serving.
+        Returns whether it switched."""
+        stamp = _stamp(self.store.directory)
+        if stamp == self._manifest_stamp:
+            return False
+        from mammut_search.index.store import IndexStore
+
+        with self._reopen_lock:
+            if stamp == self._manifest_stamp:
+                return False
+            current = self.store
+            try:
+                store = IndexStore.open(current.directory, model=self.model, use_gpu=current.use_gpu)
+            except (UserError, OSError) as e:  # mid-commit, or damaged: the next query tries again
+                log.warning("%s: still serving generation %d (%s)", current.directory, current.manifest.generation, e)
+                return False
+            if store.manifest.generation == current.manifest.generation:
+                self._manifest_stamp = stamp
+                return False
+            store.vectors  # loaded before the switch: the next queries must not wait for it or fail on it
+            self._generation = _Generation.of(store, self._reference_images)
+            self._manifest_stamp = stamp
+            log.info("%s: now serving generation %d (%d images)", store.directory, store.manifest.generation,
+                     len(self._ok_ids))
+            return True
+
     def clear_cache(self) -> None:
         """Forget the cached image tokens of re-ranked candidates (to measure, or to free memory)."""
         self._features = FeatureCache(self._features.capacity)
@@ -182,6 +232,7 @@ class Searcher:
     def search_text(self, query: str, k: int = DEFAULT_K, *, rerank: bool | None = None) -> SearchResults:
         """Rank the indexed images by a text query; `rerank` re-scores the top candidates by the likelihood of
         the query given each image (default: the Searcher's `rerank_default`)."""
+        self.follow_updates()
         text, shown, truncated = self._prepare_query(query)
         k = _check_k(k)
         rerank = self.rerank_default if rerank is None else bool(rerank)
@@ -215,6 +266,7 @@ class Searcher:
                      with_caption: bool = False) -> SearchResults:
         """Rank the indexed images by similarity to an image (a PIL image, a file path or the file's bytes);
         with_caption also writes the query image's caption (from the same image tokens)."""
+        self.follow_updates()
         k = _check_k(k)
         picture = self._load_query_image(image)
         with self._model_lock:
@@ -232,6 +284,7 @@ class Searcher:
 
     def similar(self, item_id: int, k: int = DEFAULT_K) -> SearchResults:
         """The images nearest to an indexed image (itself excluded), from its stored latent: no encoding."""
+        self.follow_updates()
         k = _check_k(k)
         item_id = self._check_item(item_id)
         latent = self.store.vectors.reconstruct(np.array([item_id], np.int64)).astype(np.float32)
@@ -257,6 +310,7 @@ class Searcher:
         from mammut_search.index.manifest import summary_rows
         from mammut_search.index.vectors import search_device
 
+        self.follow_updates()
         store, m = self.store, self.store.manifest
         return {
             "index": str(store.directory.resolve()),
@@ -276,10 +330,12 @@ class Searcher:
 
     def item(self, item_id: int) -> dict[str, Any]:
         """The items row of an indexed image (id, path, size, caption, ...); UserError if not indexed."""
+        self.follow_updates()
         return self.store.item(self._check_item(item_id))
 
     def image_path(self, item_id: int) -> str:
         """The file of an indexed image, the only kind of file a server may hand out; UserError otherwise."""
+        self.follow_updates()
         return self.store.path_of(self._check_item(item_id))
 
     def load_item_image(self, item_id: int, *, max_side: int | None = None) -> Image.Image:
@@ -402,6 +458,30 @@ class Searcher:
         if value not in self._ok_id_set:
             raise UserError(f"{item_id}: no indexed image has this id")
         return value
+
+
+@dataclass(frozen=True)
+class _Generation:
+    """One committed generation of the index and what the Searcher derives from it, swapped as a whole."""
+
+    store: Any  # IndexStore
+    ok_ids: np.ndarray
+    ok_id_set: set[int]
+    reference_ids: np.ndarray
+
+    @classmethod
+    def of(cls, store, reference_images: int) -> "_Generation":
+        ok_ids = store.ok_items["id"].to_numpy(np.int64)
+        return cls(store, ok_ids, set(ok_ids.tolist()), _spread(np.sort(ok_ids), reference_images))
+
+
+def _stamp(directory: Path) -> tuple[int, int, int] | None:
+    """What changes when manifest.json is replaced: (inode, size, mtime in ns); None when it is missing."""
+    try:
+        info = os.stat(Path(directory) / MANIFEST_FILE)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def _check_k(k: Any) -> int:

@@ -250,7 +250,8 @@ def test_build_killed_with_sigkill_resumes_without_reencoding(tmp_path, model, h
     resumed = build_index([root], out, model, checkpoint_dir=checkpoint, options=options())
     run = resumed.manifest.last_run
     assert run.resumed >= 1  # the finished shard was not encoded again
-    assert run.encoded + run.resumed == 16  # 16 distinct images, each encoded once in all
+    # 16 distinct images, each encoded once in all; the older index's one is kept from it
+    assert run.encoded + run.resumed == (15 if had_index else 16)
     assert not (out / ".work").exists()
 
     uninterrupted = build_index([root], tmp_path / "reference.index", model, options=options())
@@ -300,6 +301,56 @@ def test_update_matches_a_fresh_build_and_keeps_untouched_vectors_bit_identical(
     again = update_index(out, model, options=options())
     assert again.manifest.last_run.encoded == 0
     assert content(again) == content(updated)
+
+
+def test_building_an_existing_index_of_an_unchanged_folder_encodes_nothing(tmp_path, model):
+    from mammut_search import load_model
+    from mammut_search.testing import tiny_model
+
+    model.save(tmp_path / "ckpt")
+    model = load_model(tmp_path / "ckpt", device="cpu")
+    tiny_model(seed=5).save(tmp_path / "other")
+    other = load_model(tmp_path / "other", device="cpu")  # another model's index lends nothing
+    root = tmp_path / "photos"
+    write_good_images(root, 5)
+    out = tmp_path / "photos.index"
+    first = build_index([root], out, model, options=options())
+    again = build_index([root], out, model, options=options())
+    assert (again.manifest.last_run.encoded, again.manifest.last_run.reused) == (0, 0)  # unchanged rows kept
+    assert content(again) == content(first) and again.manifest.generation == 2
+    for path, vector in vectors_by_path(first).items():
+        assert np.array_equal(vectors_by_path(again)[path], vector)
+
+    write_good_images(root, 1, first_seed=9)
+    grown = build_index([root], out, model, options=options())
+    assert grown.manifest.last_run.encoded == 1 and grown.manifest.count == 6
+
+    assert build_index([root], out, other, options=options()).manifest.last_run.encoded == 6
+    without = build_index([root], out, other, options=options(captions=False))  # nor do other captions
+    assert without.manifest.last_run.encoded == 6
+
+
+def test_files_with_the_same_bytes_get_their_own_skip_reason(tmp_path, model, monkeypatch):
+    import index_builder.build as build_module
+
+    root = tmp_path / "photos"
+    first, copy = root / "a.png", root / "b.png"
+    root.mkdir()
+    noise_image(0).save(first)
+    shutil.copy(first, copy)
+    real_hash_files = build_module.hash_files
+
+    def rewrite_one_after_hashing(paths, **kwargs):
+        hashes = real_hash_files(paths, **kwargs)
+        noise_image(1).save(paths[0], format="PNG")  # its bytes change before it is decoded
+        return hashes
+
+    monkeypatch.setattr(build_module, "hash_files", rewrite_one_after_hashing)
+    store = build_index([root], tmp_path / "i", model, options=options())
+    status = dict(zip(store.items["path"], store.items["status"]))
+    changed = next(p for p, s in status.items() if s != "ok")  # the rewritten one, whichever was first
+    assert "changed while it was being indexed" in status[changed]
+    assert [s for p, s in status.items() if p != changed] == ["ok"]  # its former copy is indexed
 
 
 def test_update_refuses_an_index_made_by_another_checkpoint(tmp_path, model):

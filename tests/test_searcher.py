@@ -258,3 +258,23 @@ def test_searcher_falls_back_to_the_bundled_checkpoint_when_the_index_one_is_gon
     shutil.move(checkpoint, bundled)
     monkeypatch.setattr("mammut_search.inference.default_checkpoint_dir", lambda: bundled)
     assert len(Searcher.open(index, device="cpu").search_text("a red circle", 2)) == 2
+
+
+def test_a_searcher_opened_before_an_update_switches_to_the_new_generation(tmp_path):
+    from index_builder.build import BuildOptions, update_index
+    from mammut_search.inference import load_model
+    from search_testkit import write_collection
+
+    index, checkpoint = build_test_index(tmp_path, count=6)
+    searcher = Searcher.open(index, device="cpu", rerank_default=False)  # vectors not loaded yet
+    write_collection(tmp_path / "images" / "more", count=3)
+    (tmp_path / "images" / "000-red-circle.png").unlink()
+    update_index(index, load_model(checkpoint, device="cpu"), options=BuildOptions(workers=0, progress=False))
+
+    results = searcher.search_text("a red circle", 8)
+    paths = {h.path for h in results}
+    assert len(results) == 8 and searcher.info()["generation"] == 2
+    assert str(tmp_path / "images" / "more" / "000-red-circle.png") in paths
+    assert str(tmp_path / "images" / "000-red-circle.png") not in paths
+    for hit in results:
+        assert searcher.item(hit.id)["path"] == hit.path

@@ -8,7 +8,6 @@ last committed index stays loadable whatever moment a writer is killed at.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 
 from mammut_search.atomic import atomic_write, fsync_directory, remove_leftovers
 from mammut_search.errors import IndexStoreError
+from mammut_search.files import sha256_regular as file_sha256
 from mammut_search.index.manifest import (SCHEMA_VERSION, Manifest, check_model, previous_manifest, read_manifest,
                                           readable, rebuild_command, write_manifest)
 
@@ -242,15 +242,6 @@ def _write_items_parquet(items: pd.DataFrame, path: str) -> None:
     columns["caption"] = [readable(c) for c in columns["caption"]]
     columns["status"] = [readable(s) for s in columns["status"]]
     pq.write_table(pa.table(columns, schema=ITEMS_SCHEMA), path)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _plain(value: Any) -> Any:
