@@ -48,6 +48,8 @@ REFERENCE_IMAGES = 16
 FEATURE_CACHE_SIZE = 1024  # image tokens of 1024 images: ~130 MB for EfficientNet-Lite0 at 160 px
 FEATURE_BATCH = 16
 CAPTION_BEAM_WIDTH = 3
+# query images decoded at once: a large upload may briefly take ~700 MB while it decodes (see images.py)
+QUERY_DECODES = 2
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,7 @@ class Searcher:
         # one model call at a time: bounded memory, no oversubscribed CPU threads, and a GPU used in turn
         self._model_lock = threading.RLock()
         self._loader = ThreadPoolExecutor(max_workers=4, thread_name_prefix="searcher-load")
+        self._decode_slots = threading.BoundedSemaphore(QUERY_DECODES)
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None,
@@ -438,16 +441,22 @@ class Searcher:
         return None
 
     def _load_query_image(self, image: Image.Image | str | os.PathLike | bytes) -> Image.Image:
+        """An image query through the safe loader, decoded no larger than the model needs, QUERY_DECODES at
+        a time (so that simultaneous large uploads cannot add up)."""
         from PIL import Image
 
         from mammut_search.images import load_image, open_image_bytes
+        from mammut_search.model.image_encoders import decode_side
 
         if isinstance(image, Image.Image):
             return image
+        side = decode_side(self.model.config.image_encoder)
         if isinstance(image, (bytes, bytearray)):
-            return open_image_bytes(bytes(image))
+            with self._decode_slots:
+                return open_image_bytes(bytes(image), min_side=side)
         if isinstance(image, (str, os.PathLike)):
-            return load_image(image)
+            with self._decode_slots:
+                return load_image(image, min_side=side)
         raise UserError(f"an image query must be a PIL image, a file path or bytes, not {type(image).__name__}")
 
     def _check_item(self, item_id: Any) -> int:

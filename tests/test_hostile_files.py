@@ -13,7 +13,7 @@ import pytest
 
 from index_builder.build import BuildOptions, build_index, update_index
 from mammut_search.index.store import IndexStore
-from tests.test_index_build import noise_image, vectors_by_path, write_good_images
+from test_index_build import noise_image, vectors_by_path, write_good_images
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -246,13 +246,9 @@ print(image.size, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) 
 """
 
 
-def test_a_small_file_of_a_huge_16_bit_image_decodes_in_under_a_gigabyte(tmp_path):
-    """11000 x 11000 16-bit grey (121 Mpx, under the pixel cap) in a 1.8 MB PNG: once 2.4 GB to decode."""
-    import subprocess
-    import sys
-
-    path = tmp_path / "huge16.png"
-    side = 11000
+def huge_16_bit_png(path: Path, side: int = 11000) -> Path:
+    """A 1.8 MB PNG of a side x side 16-bit grey image (121 Mpx for 11000: under the pixel cap), written row by
+    row without ever holding its pixels."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -262,6 +258,15 @@ def test_a_small_file_of_a_huge_16_bit_image_decodes_in_under_a_gigabyte(tmp_pat
     data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0))
                      + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_small_file_of_a_huge_16_bit_image_decodes_in_under_a_gigabyte(tmp_path):
+    """It once took 2.4 GB to decode."""
+    import subprocess
+    import sys
+
+    path = huge_16_bit_png(tmp_path / "huge16.png")
     done = subprocess.run([sys.executable, "-c", MEASURE_PEAK, str(path)], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     assert done.returncode == 0, done.stderr

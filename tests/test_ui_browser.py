@@ -49,8 +49,8 @@ def test_search_click_and_upload_in_a_browser(browser, served, tmp_path):
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url)
 
-    page.locator("#query textarea").fill("a red circle")
-    page.locator("#query textarea").press("Enter")
+    page.locator("#query").get_by_role("textbox").fill("a red circle")
+    page.locator("#query").get_by_role("textbox").press("Enter")
     thumbnails = page.locator("#results img")
     thumbnails.first.wait_for(state="visible")
     expected = searcher.search_text("a red circle", 12)
@@ -77,16 +77,40 @@ def test_search_click_and_upload_in_a_browser(browser, served, tmp_path):
     similar_text = page.locator("#similar").inner_text()
     assert f"{expected[1].caption} · 1.000" in similar_text  # the image itself comes first
 
-    page.locator("#query textarea").fill("   ")
-    page.locator("#query textarea").press("Enter")
+    page.locator("#query").get_by_role("textbox").fill("   ")
+    page.locator("#query").get_by_role("textbox").press("Enter")
     page.locator("#message").get_by_text("Type a few words").wait_for(state="attached")
     assert "Traceback" not in page.content()
 
-    page.locator("#query textarea").fill("a red circle")
-    page.locator("#query textarea").press("Enter")
+    page.locator("#query").get_by_role("textbox").fill("a red circle")
+    page.locator("#query").get_by_role("textbox").press("Enter")
     thumbnails.first.wait_for(state="visible")
     screenshot = tmp_path / "mammut-search-ui.png"
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000
     print(f"screenshot: {screenshot}")
+    page.close()
+
+
+def test_a_click_replaces_the_upload_and_a_long_query_keeps_the_layout(browser, served, tmp_path):
+    url, searcher = served
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    box = page.locator("#query").get_by_role("textbox")
+    button = page.locator("#search-button")
+    heights = box.bounding_box()["height"], button.bounding_box()["height"]
+    box.fill("a red circle and " * 300)  # 5,100 characters
+    box.press("Enter")
+    page.locator("#results img").first.wait_for(state="visible")
+    assert box.bounding_box()["height"] <= heights[0] + 2 and button.bounding_box()["height"] <= heights[1] + 2
+
+    query_image = tmp_path / "upload.png"
+    shutil.copy(searcher.image_path(int(searcher.store.ok_items["id"].iloc[3])), query_image)
+    page.locator("#upload input[type=file]").set_input_files(str(query_image))
+    page.locator("#upload img").first.wait_for(state="visible")
+    page.locator("#detail").get_by_text("Caption:").first.wait_for(state="attached")
+    page.locator("#results img").first.click()
+    page.locator("#detail").get_by_text("File:").first.wait_for(state="attached")
+    page.locator("#upload img").first.wait_for(state="detached")  # the clicked image's detail, not the upload's
     page.close()

@@ -235,3 +235,91 @@ def test_auth_argument_is_user_colon_password():
     for bad in ["alice", ":secret", "alice:", ""]:
         with pytest.raises(UserError, match="USER:PASSWORD"):
             parse_auth(bad)
+
+
+def data_url(image: Image.Image, fmt: str) -> dict:
+    import base64
+
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return {"url": f"data:image/{fmt.lower()};base64,{base64.b64encode(buffer.getvalue()).decode()}",
+            "meta": {"_type": "gradio.FileData"}}
+
+
+def test_pasted_data_urls_obey_the_upload_limit_and_the_safe_loader(served):
+    small = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 30, 3), np.uint8))
+    event, (text, gallery, _) = call(served["base"], "search_by_image", [data_url(small, "PNG"), 3])
+    assert event == "complete" and "**Caption:**" in text and len(gallery) == 3
+
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), np.uint8))  # > 200 kB
+    event, (text, gallery, _) = call(served["base"], "search_by_image", [data_url(big, "PNG"), 3])
+    assert event == "complete" and "larger than this server's upload limit" in text and gallery == []
+
+    event, (text, gallery, _) = call(served["base"], "search_by_image", [data_url(small, "TGA"), 3])
+    assert event == "complete" and "The uploaded image cannot be used: not an image" in text and gallery == []
+
+
+def test_a_bad_upload_is_described_without_the_servers_paths(served):
+    with httpx.Client(base_url=served["base"], timeout=60) as client:
+        uploaded = client.post("/gradio_api/upload", files={"files": ("x.png", b"not an image", "image/png")})
+    event, (text, gallery, _) = call(served["base"], "search_by_image", [file_data(uploaded.json()[0]), 4])
+    assert event == "complete" and text.startswith("⚠️ The uploaded image cannot be used: not an image")
+    assert "/tmp" not in text and "gradio" not in text
+
+
+def test_query_images_are_decoded_a_few_at_a_time(served, monkeypatch):
+    import threading
+    import time
+
+    import mammut_search.images as images
+    from mammut_search.search import QUERY_DECODES
+
+    searcher, load_image = served["searcher"], images.load_image
+    path = searcher.image_path(int(searcher.store.ok_items["id"].iloc[0]))
+    running, most, lock = [0], [0], threading.Lock()
+
+    def slow_load(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return load_image(*args, **kwargs)
+
+    monkeypatch.setattr(images, "load_image", slow_load)
+    threads = [threading.Thread(target=searcher.search_image, args=(path, 2)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == QUERY_DECODES
+
+
+UPLOAD_PEAK = """
+import resource, sys
+from mammut_search.search import Searcher
+searcher = Searcher.open(sys.argv[1], device="cpu")
+data = open(sys.argv[2], "rb").read()
+searcher.search_image(data, 3)  # warm: the model's own first-call allocations are not the upload's
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+answer = searcher.search_image(data, 3, with_caption=True)
+print(len(answer), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_one_upload_of_a_huge_16_bit_png_costs_under_a_gigabyte(served, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_images import huge_16_bit_png
+
+    path = huge_16_bit_png(tmp_path / "huge16.png")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", UPLOAD_PEAK, str(served["index"]), str(path)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    hits, peak = map(int, done.stdout.split())
+    assert hits == 3 and peak < 1 << 30, f"{peak / 2**20:.0f} MiB"

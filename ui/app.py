@@ -17,7 +17,7 @@ from typing import Any, Callable
 import gradio as gr
 from PIL import Image
 
-from mammut_search.errors import UserError
+from mammut_search.errors import ImageLoadError, UserError
 from mammut_search.search import SearchResults, Searcher
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,48 @@ CSS = """
 """
 
 
-def build_app(searcher: Searcher | None, *, index_error: str = "") -> gr.Blocks:
+def upload_box(max_bytes: int | None, **kwargs) -> gr.Image:
+    """An image box whose upload reaches the handler undecoded: the path of the file in Gradio's upload folder
+    (whose size Gradio's upload route limits), or the bytes of a pasted `data:` URL, held to the same limit.
+    Gradio would decode either itself, with every format Pillow knows and no pixel cap; here the only decoding is
+    the safe loader's, in the Searcher. A refusal is handed on as a UserError for the handler to show.
+    (The instance's preprocess is replaced rather than subclassing gr.Image: Gradio writes a .pyi file beside
+    the source of every component subclass.)"""
+    box = gr.Image(type="filepath", image_mode=None, **kwargs)
+
+    def preprocess(payload) -> str | bytes | UserError | None:
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):
+            try:
+                return data_url_bytes(payload.url, max_bytes)
+            except UserError as e:
+                return e
+        return payload.path
+
+    box.preprocess = preprocess
+    return box
+
+
+def data_url_bytes(url: str, max_bytes: int | None) -> bytes:
+    """The bytes of a base64 `data:` URL; UserError for another kind, or more than `max_bytes` (checked on the
+    encoded length before decoding anything)."""
+    import base64
+    import binascii
+
+    header, comma, body = url.partition(",")
+    if not comma or not header.endswith(";base64"):
+        raise UserError("the pasted image is not a base64 data: URL; upload the image file instead")
+    if max_bytes is not None and len(body) > (max_bytes + 2) // 3 * 4:
+        raise UserError(f"the image is larger than this server's upload limit of {max_bytes:,} bytes")
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise UserError("the pasted image is damaged (not valid base64); upload the image file instead") from None
+
+
+def build_app(searcher: Searcher | None, *, index_error: str = "",
+              max_upload: str | int | None = DEFAULT_MAX_UPLOAD) -> gr.Blocks:
     """The Blocks app for `searcher`; with no searcher, a page that says why (`index_error`)."""
     with gr.Blocks(title="mammut-search", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown("# mammut-search\nFind images by describing them, or by showing a similar one.")
@@ -45,7 +86,7 @@ def build_app(searcher: Searcher | None, *, index_error: str = "") -> gr.Blocks:
             return app
         with gr.Row(equal_height=True):
             query = gr.Textbox(label="Describe the images you want", placeholder="a red apple", scale=5,
-                               elem_id="query", autofocus=True, submit_btn=False)
+                               elem_id="query", autofocus=True, submit_btn=False, lines=1, max_lines=1)
             search = gr.Button("Search", variant="primary", scale=1, elem_id="search-button")
         with gr.Row():
             k = gr.Slider(1, SLIDER_MAX_K, value=min(12, SLIDER_MAX_K), step=1, label="How many results",
@@ -60,8 +101,8 @@ def build_app(searcher: Searcher | None, *, index_error: str = "") -> gr.Blocks:
         gr.Markdown("### Search by image\nUpload an image, or click any result: its caption and the "
                     "nearest images of the collection appear here.")
         with gr.Row():
-            upload = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                              height=260, elem_id="upload", scale=1)
+            upload = upload_box(upload_bytes(max_upload), label="Image", sources=["upload", "clipboard"],
+                                height=260, elem_id="upload", scale=1)
             with gr.Column(scale=3):
                 detail = gr.Markdown(elem_id="detail")
                 similar = gr.Gallery(label="Nearest images", columns=6, height="auto", object_fit="contain",
@@ -74,8 +115,8 @@ def build_app(searcher: Searcher | None, *, index_error: str = "") -> gr.Blocks:
         def on_search(text: str, top_k: float, use_rerank: bool) -> tuple[list, str, list[int]]:
             return search_text(searcher, text, top_k, use_rerank)
 
-        def on_select(ids: list[int], top_k: float, evt: gr.SelectData) -> tuple[str, list, list[int]]:
-            return show_item(searcher, ids, top_k, evt.index)
+        def on_select(ids: list[int], top_k: float, evt: gr.SelectData) -> tuple[str, list, list[int], None]:
+            return *show_item(searcher, ids, top_k, evt.index), None  # the detail is now the clicked image's
 
         def on_upload(path: str | None, top_k: float) -> tuple[str, list, list[int]]:
             return search_image(searcher, path, top_k)
@@ -85,8 +126,8 @@ def build_app(searcher: Searcher | None, *, index_error: str = "") -> gr.Blocks:
         search.click(on_search, [query, k, rerank], search_outputs, api_name="search_button",
                      api_visibility="undocumented")
         detail_outputs = [detail, similar, similar_ids]
-        results.select(on_select, [result_ids, k], detail_outputs, api_visibility="private")
-        similar.select(on_select, [similar_ids, k], detail_outputs, api_visibility="private")
+        results.select(on_select, [result_ids, k], [*detail_outputs, upload], api_visibility="private")
+        similar.select(on_select, [similar_ids, k], [*detail_outputs, upload], api_visibility="private")
         upload.upload(on_upload, [upload, k], detail_outputs, api_name="search_by_image")
         upload.clear(lambda: ("", [], []), None, detail_outputs, api_visibility="private")
     return app
@@ -103,7 +144,8 @@ def _never_raises(empty: Callable[[str], tuple]) -> Callable:
             try:
                 return handler(*args, **kwargs)
             except UserError as e:
-                return empty(f"⚠️ {e}")
+                text = str(e)
+                return empty(f"⚠️ {text[:1].upper()}{text[1:]}")
             except Exception:
                 log.exception("error in %s", handler.__name__)
                 return empty(f"⚠️ {SERVER_ERROR}")
@@ -136,11 +178,18 @@ def show_item(searcher: Searcher, ids: list[int], k: float, index: Any) -> tuple
 
 
 @_never_raises(lambda text: (text, [], []))
-def search_image(searcher: Searcher, path: str | None, k: float) -> tuple[str, list, list[int]]:
-    """An uploaded image (a file in Gradio's upload folder) -> (its caption, nearest images, their ids)."""
-    if not path:
+def search_image(searcher: Searcher, upload: str | bytes | UserError | None, k: float) -> tuple[str, list, list[int]]:
+    """An uploaded image (a file in Gradio's upload folder, or the bytes of a pasted image) -> (its caption,
+    nearest images, their ids). Errors speak of "the uploaded image", never of the server's copy of it."""
+    if isinstance(upload, UserError):
+        raise upload
+    if not upload:
         return "", [], []
-    answer = searcher.search_image(path, int(k), with_caption=True)
+    try:
+        answer = searcher.search_image(upload, int(k), with_caption=True)
+    except ImageLoadError as e:
+        reason = getattr(e, "reason", None) or "it cannot be read as an image"
+        raise UserError(f"the uploaded image cannot be used: {reason}") from None
     text = f"**Caption:** {markdown_text(answer.query_caption)}  \n{len(answer)} nearest images:"
     return text, gallery(searcher, answer), answer.ids
 
@@ -199,11 +248,18 @@ def _file_name(path: str) -> str:
 
 # ----- serving -----
 
+def upload_bytes(size: str | int | None) -> int | None:
+    """"10mb", "200kb" or a number of bytes -> bytes (Gradio's reading of max_file_size)."""
+    from gradio.utils import _parse_file_size
+
+    return _parse_file_size(size)
+
+
 def launch(searcher: Searcher | None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
            auth: tuple[str, str] | None = None, max_file_size: str | int = DEFAULT_MAX_UPLOAD,
            index_error: str = "", block: bool = True, quiet: bool = False) -> gr.Blocks:
     """Serve the app; `block=False` returns at once (for tests; call `.close()` on the result)."""
-    app = build_app(searcher, index_error=index_error)
+    app = build_app(searcher, index_error=index_error, max_upload=max_file_size)
     app.queue(default_concurrency_limit=4)
     blocked = blocked_paths(searcher) if searcher is not None else []
     try:
