@@ -69,10 +69,11 @@ def build_index(roots: Iterable[str | os.PathLike], out: str | os.PathLike, mode
     check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     with locked(out):
-        files = scan_roots(roots, progress=options.progress)
+        links: list[str] = []
+        files = scan_roots(roots, progress=options.progress, links=links)
         log.info("found %d image files under %s", len(files), ", ".join(roots))
         return index_files(out, model, files, roots, previous=reusable_index(out, model, options),
-                           checkpoint_dir=checkpoint_dir, options=options)
+                           checkpoint_dir=checkpoint_dir, options=options, links=links)
 
 
 def reusable_index(out: Path, model, options: BuildOptions) -> IndexStore | None:
@@ -104,15 +105,18 @@ def update_index(index_dir: str | os.PathLike, model, *, checkpoint_dir: str | o
         if missing:  # an unmounted disk must not empty the index
             raise UserError(f"{missing[0]}: a folder of this index is missing (unmounted?); mount it, or "
                             f"rebuild without it with mammut index build FOLDER... --out {index_dir}")
-        files = scan_roots(roots, progress=options.progress)
+        links: list[str] = []
+        files = scan_roots(roots, progress=options.progress, links=links)
         checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else previous.manifest.checkpoint_dir
         return index_files(index_dir, model, files, roots, previous=previous, checkpoint_dir=checkpoint_dir,
-                           options=options)
+                           options=options, links=links)
 
 
 def index_files(index_dir: Path, model, files: list[FoundFile], roots: list[str], *, previous: IndexStore | None,
-                checkpoint_dir: str | os.PathLike | None, options: BuildOptions) -> IndexStore:
-    """Turn `files` into a committed index generation, reusing all it can from `previous` and from the shards."""
+                checkpoint_dir: str | os.PathLike | None, options: BuildOptions,
+                links: list[str] | None = None) -> IndexStore:
+    """Turn `files` into a committed index generation, reusing all it can from `previous` and from the shards;
+    `links` are the symlinked folders the scan followed ("link -> target"), recorded in the manifest."""
     started = time.monotonic()
     stats = RunStats(files=len(files))
     kept_rows, new_rows = plan_rows(files, previous, options.progress)
@@ -140,6 +144,7 @@ def index_files(index_dir: Path, model, files: list[FoundFile], roots: list[str]
         model=model_summary(model),
         latent_dim=int(model.latent_dim),
         roots=roots,
+        linked_folders=list(links or []),
         captions=options.captions,
         next_id=next_id,
         last_run=stats,

@@ -32,11 +32,17 @@ def image_extensions() -> frozenset[str]:
     return frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in IMAGE_EXTENSIONS)
 
 
+# The kernel's and devices' pseudo-filesystems: a symlinked folder leading there (or `/` given as a root)
+# would find "files" that are processes' working directories, devices and endless streams.
+SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")
+
+
 def scan_roots(roots: Iterable[str | os.PathLike], *, extensions: frozenset[str] | None = None,
-               progress: bool = False) -> list[FoundFile]:
+               progress: bool = False, links: list[str] | None = None) -> list[FoundFile]:
     """Every file with an image extension under `roots` (files may be roots too), sorted by path.
 
-    Directories are walked once each, however many symlinks lead to them, so symlink loops end.
+    Directories are walked once each, however many symlinks lead to them, so symlink loops end; /proc, /sys
+    and /dev are never entered. Each symlinked folder followed is appended to `links` ("link -> target").
     Unreadable directories are logged and skipped; a missing root is an error.
     """
     extensions = image_extensions() if extensions is None else extensions
@@ -50,7 +56,7 @@ def scan_roots(roots: Iterable[str | os.PathLike], *, extensions: frozenset[str]
         except OSError as e:
             raise UserError(f"{root}: cannot scan ({e.strerror or e}); give an existing folder") from None
         if os.path.isdir(root):
-            for file in _walk(root, extensions, visited):
+            for file in _walk(root, extensions, visited, links if links is not None else []):
                 found.setdefault(file.path, file)
                 bar.update()
         else:
@@ -59,16 +65,23 @@ def scan_roots(roots: Iterable[str | os.PathLike], *, extensions: frozenset[str]
     return [found[p] for p in sorted(found)]
 
 
-def _walk(directory: str, extensions: frozenset[str], visited: set[tuple[int, int]]) -> Iterator[FoundFile]:
-    stack = [directory]
+def _walk(directory: str, extensions: frozenset[str], visited: set[tuple[int, int]],
+          links: list[str]) -> Iterator[FoundFile]:
+    stack = [(directory, False)]
     while stack:
-        current = stack.pop()
+        current, linked = stack.pop()
+        target = os.path.realpath(current)
+        if any(target == system or target.startswith(system + os.sep) for system in SYSTEM_FOLDERS):
+            log.warning("%s: skipped (leads into %s, a system folder)", current, target)
+            continue
         try:
             st = os.stat(current)
             key = (st.st_dev, st.st_ino)
             if key in visited:
                 continue  # reached again through a symlink (or a loop)
             visited.add(key)
+            if linked:
+                links.append(f"{current} -> {target}")
             with os.scandir(current) as entries:
                 entries = sorted(entries, key=lambda e: e.name)
         except OSError as e:
@@ -78,7 +91,7 @@ def _walk(directory: str, extensions: frozenset[str], visited: set[tuple[int, in
         for entry in entries:
             try:
                 if entry.is_dir():  # follows symlinks
-                    subdirectories.append(entry.path)
+                    subdirectories.append((entry.path, entry.is_symlink()))
                 elif os.path.splitext(entry.name)[1].lower() in extensions:
                     st = entry.stat()  # follows symlinks; a dangling link raises
                     yield FoundFile(entry.path, st.st_size, st.st_mtime)

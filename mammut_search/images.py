@@ -65,11 +65,19 @@ def load_image_and_sha256(path: str | os.PathLike, *, max_pixels: int = DEFAULT_
                           min_side: int | None = None) -> tuple[Image.Image, tuple[int, int], str]:
     """`load_image_with_size`, and the sha256 of exactly the bytes that were decoded (read once into memory),
     so that a file rewritten while it is indexed can never pair one content's hash with another's pixels."""
+    data, _ = read_image_file(path)
+    image, size = _decode(io.BytesIO(data), _display(path), max_pixels, min_side)
+    return image, size, hashlib.sha256(data).hexdigest()
+
+
+def read_image_file(path: str | os.PathLike) -> tuple[bytes, os.stat_result]:
+    """The bytes of a non-empty regular file (no further than its size when opened: a file still being written
+    is cut there) and its stat, for callers that check what they read before decoding it with open_image_bytes;
+    ImageLoadError("path: reason") otherwise."""
     name = _display(path)
     with _read_errors(name), _open_regular(path, name) as f:
-        data = f.read(os.fstat(f.fileno()).st_size)  # a file still being written is cut at its size when opened
-    image, size = _decode(io.BytesIO(data), name, max_pixels, min_side)
-    return image, size, hashlib.sha256(data).hexdigest()
+        info = os.fstat(f.fileno())
+        return f.read(info.st_size), info
 
 
 def open_image_bytes(data: bytes, *, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from mammut_search.errors import ImageLoadError, UserError
+from mammut_search.errors import UserError
 from mammut_search.index.manifest import MANIFEST_FILE
 
 if TYPE_CHECKING:  # torch and PIL are imported where used: `mammut search`'s argument errors need neither
@@ -342,10 +342,9 @@ class Searcher:
         return self.store.path_of(self._check_item(item_id))
 
     def load_item_image(self, item_id: int, *, max_side: int | None = None) -> Image.Image:
-        """An indexed image through the safe loader, optionally shrunk to fit max_side (for thumbnails)."""
-        from mammut_search.images import load_image
-
-        picture = load_image(self.image_path(item_id))
+        """An indexed image through the safe loader, optionally shrunk to fit max_side (for thumbnails);
+        UserError if its file no longer holds the bytes that were indexed."""
+        picture = self._indexed_image(self._check_item(item_id), min_side=max_side)
         if max_side is not None:
             picture.thumbnail((max_side, max_side))
         return picture
@@ -428,13 +427,31 @@ class Searcher:
                 found[item_id] = row
         return [found[i] for i in ids]
 
+    def _indexed_image(self, item_id: int, *, min_side: int | None = None) -> Image.Image:
+        """An indexed image, decoded only while its file still holds the bytes that were indexed: the same size
+        and mtime, or else the same sha256. A file since replaced (say by a link to another, private image) is
+        refused with a UserError, never shown."""
+        import hashlib
+
+        from mammut_search.images import open_image_bytes, read_image_file
+        from mammut_search.index.store import readable
+
+        row = self.store.item(item_id)
+        data, info = read_image_file(row["path"])  # the bytes checked are the bytes decoded
+        if ((info.st_size, info.st_mtime) != (row["size"], row["mtime"])
+                and hashlib.sha256(data).hexdigest() != row["sha256"]):
+            raise UserError(f"{readable(row['path'])}: the file changed since it was indexed, so it is not "
+                            "shown; run mammut index update")
+        return open_image_bytes(data, name=readable(row["path"]), min_side=min_side)
+
     def _pixels_of(self, item_id: int) -> torch.Tensor | None:
-        from mammut_search.images import load_image
+        from mammut_search.model.image_encoders import decode_side
 
         path = self.store.path_of(item_id)
         try:
-            return self.model.preprocess([load_image(path)])[0]
-        except ImageLoadError as e:
+            side = decode_side(self.model.config.image_encoder)
+            return self.model.preprocess([self._indexed_image(item_id, min_side=side)])[0]
+        except UserError as e:  # unreadable, or changed since it was indexed
             log.warning("re-ranking skips %s", e)
         except OSError as e:
             log.warning("re-ranking skips %s: %s", path, e.strerror or e)

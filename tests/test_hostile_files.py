@@ -107,3 +107,44 @@ def test_a_rewritten_file_that_was_decoded_is_skipped_as_changed(tmp_path, model
     store = build_index([root], tmp_path / "i", model, options=options())
     row = store.items[store.items["path"] == str(paths[0])].iloc[0]
     assert row["status"] != "ok" and "changed" in row["status"] and row["sha256"] == ""
+
+
+def test_an_indexed_file_swapped_for_a_link_to_another_image_is_not_served(tmp_path, model):
+    from mammut_search.errors import UserError
+    from mammut_search.search import Searcher
+
+    root = tmp_path / "photos"
+    paths = write_good_images(root, 3)
+    private = tmp_path / "private.png"
+    noise_image(77).save(private)
+    store = build_index([root], tmp_path / "i", model, options=options())
+    searcher = Searcher(store, model)
+    ids = dict(zip(store.items["path"], store.items["id"]))
+
+    os.utime(paths[1], (1e9, 1e9))  # touched: same bytes, another mtime -> still served
+    assert searcher.load_item_image(ids[str(paths[1])]).size == (24, 20)
+    paths[0].unlink()
+    os.symlink(private, paths[0])
+    with pytest.raises(UserError, match="changed since it was indexed"):
+        searcher.load_item_image(ids[str(paths[0])])
+    from ui.app import gallery
+
+    shown = gallery(searcher, searcher.similar(ids[str(paths[2])], 2))
+    assert any("not shown" in caption for _, caption in shown)
+
+
+def test_system_folders_are_never_entered_and_followed_links_are_listed(tmp_path, model, capsys):
+    from mammut_search.cli import main
+
+    root = tmp_path / "photos"
+    write_good_images(root, 1)
+    elsewhere = write_good_images(tmp_path / "elsewhere", 1, first_seed=5)[0].parent
+    os.symlink(elsewhere, root / "more")
+    for system in ("/proc", "/sys", "/dev"):
+        if os.path.isdir(system):
+            os.symlink(system, root / system.strip("/"))
+    store = build_index([root], tmp_path / "i", model, options=options())
+    assert sorted(os.path.relpath(p, root) for p in store.items["path"]) == ["img000.png", "more/img005.png"]
+    assert store.manifest.linked_folders == [f"{root / 'more'} -> {elsewhere}"]
+    assert main(["index", "info", str(tmp_path / "i")]) == 0
+    assert f"{root / 'more'} -> {elsewhere}" in capsys.readouterr().out

@@ -199,11 +199,12 @@ def gallery(searcher: Searcher, answer: SearchResults) -> list[tuple[Image.Image
 
     def one(hit) -> tuple[Image.Image, str]:
         try:
-            picture = thumbnail(searcher, hit.id)
+            picture, note = thumbnail(searcher, hit.id), ""
         except UserError as e:  # the file changed or went away since it was indexed
             log.warning("cannot show %s", e)
             picture = Image.new("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE), (200, 200, 200))
-        return picture, f"{hit.caption or '(no caption)'} · {hit.score:.3f}"
+            note = " (not shown: the file changed or went away since it was indexed)"
+        return picture, f"{hit.caption or '(no caption)'} · {hit.score:.3f}{note}"
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(one, answer.hits))

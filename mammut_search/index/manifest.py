@@ -56,6 +56,7 @@ class Manifest:
     model: dict[str, Any] = field(default_factory=dict)  # facts shown by `index info` (encoder, image size)
     metric: str = METRIC
     captions: bool = True
+    linked_folders: list[str] = field(default_factory=list)  # symlinked folders the scan followed: "link -> target"
     next_id: int = 0  # ids are never reused: the next new item gets this one
     last_run: RunStats = field(default_factory=RunStats)
     schema_version: int = SCHEMA_VERSION
@@ -217,6 +218,8 @@ def summary_rows(directory: Path, manifest: Manifest, *, search: str, model_devi
     rows += [
         ("images", f"{manifest.count} indexed, {manifest.skipped} files skipped"),
         ("folders", ", ".join(readable(r) for r in folders) or "?"),
+        *([] if private or not manifest.linked_folders else
+          [("linked folders", ", ".join(readable(link) for link in manifest.linked_folders))]),
         ("model", f"checkpoint {checkpoint} ({where}), {encoder}, {manifest.latent_dim}-d latents, "
                   f"captions {'on' if manifest.captions else 'off'}"),
         ("vectors", f"{describe_vectors(manifest.index)}, metric {manifest.metric}, built with faiss "
