@@ -7,6 +7,7 @@ and re-encodes only files that are new or whose bytes changed (size/mtime first,
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -68,7 +69,7 @@ def build_index(roots: Iterable[str | os.PathLike], out: str | os.PathLike, mode
         raise UserError("give at least one folder to index")
     check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
-    with locked(out):
+    with locked(out), disk_space_errors(out):
         links: list[str] = []
         files = scan_roots(roots, progress=options.progress, links=links)
         log.info("found %d image files under %s", len(files), ", ".join(roots))
@@ -96,7 +97,7 @@ def update_index(index_dir: str | os.PathLike, model, *, checkpoint_dir: str | o
     """Bring `index_dir` up to date with its roots: encode new and changed files, drop deleted ones.
     Items whose files did not change keep their ids and bit-identical vectors."""
     index_dir = Path(index_dir)
-    with locked(index_dir):
+    with locked(index_dir), disk_space_errors(index_dir):
         previous = IndexStore.open(index_dir, model=model)
         # the captions choice is the index's, not the update's
         options = replace(options or BuildOptions(), captions=previous.manifest.captions)
@@ -295,6 +296,19 @@ def check_output_dir(out: Path) -> None:
     entries = {p.name for p in out.iterdir()}
     if entries and not entries & {MANIFEST_FILE, WORK_DIR, LOCK_FILE}:
         raise UserError(f"{out}: exists and is not an index directory; choose a new --out path")
+
+
+@contextlib.contextmanager
+def disk_space_errors(index_dir: Path) -> Iterator[None]:
+    """A disk (or quota) that fills up while the index is written is the user's to fix: a sentence, not a
+    traceback. The committed index is untouched (the manifest is written last), and finished work resumes."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"{index_dir}: the disk is full ({e.strerror}); free some space and run the same "
+                        "command again (the index as it was is kept, and work already done is reused)") from None
 
 
 @contextlib.contextmanager

@@ -355,6 +355,11 @@ class Searcher:
         """-> (text for the model, text as the model reads it, whether it was cut)."""
         if not isinstance(query, str):
             raise UserError(f"the query must be text, not {type(query).__name__}")
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes from a terminal (surrogate escapes) or lone surrogates
+            raise UserError("the query holds bytes that are not valid UTF-8 text (is the terminal set to "
+                            "another encoding?); type it again") from None
         text = " ".join(query.split())  # newlines and runs of spaces mean nothing to the model
         if not text:
             raise UserError("empty query: type a few words describing the images you want")

@@ -45,14 +45,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_table(results) -> None:
-    """Notices on stderr; on stdout one line per hit: rank, score, path, caption (tab-separated)."""
-    from mammut_search.index.store import readable
-
+    """Notices on stderr; on stdout one line per hit: rank, score, path, caption (tab-separated, each field
+    on one line: control characters in file names and captions are shown escaped)."""
     if results.query_caption is not None:
-        print(f"query image caption: {results.query_caption}", file=sys.stderr)
+        print(f"query image caption: {printable(results.query_caption)}", file=sys.stderr)
     for notice in results.notices:
-        print(f"note: {notice}", file=sys.stderr)
+        print(f"note: {printable(notice)}", file=sys.stderr)
     if not len(results):
         print("no results", file=sys.stderr)
     for hit in results:
-        print(f"{hit.rank}\t{hit.score:.4f}\t{readable(hit.path)}\t{hit.caption}")
+        print(f"{hit.rank}\t{hit.score:.4f}\t{printable(hit.path)}\t{printable(hit.caption)}")
+
+
+def printable(text: str) -> str:
+    """Text safe to print on a terminal line: undecodable bytes of a name as \\xNN, and newlines, tabs and
+    terminal escapes (any non-printable character) as Python writes them (\\n, \\t, \\x1b)."""
+    from mammut_search.index.store import readable
+
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in readable(text))

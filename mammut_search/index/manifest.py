@@ -112,6 +112,8 @@ def read_manifest(directory: str | Path) -> Manifest:
     """DIR/manifest.json -> Manifest, refusing a missing directory, a missing or damaged manifest, or another
     schema version with a message that says what to do."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise IndexStoreError(f"{directory}: a file, not an index; give the folder made by mammut index build")
     if not directory.is_dir():
         raise IndexStoreError(f"{directory}: no such index directory; build one with "
                               f"mammut index build FOLDER... --out {directory}")
