@@ -142,7 +142,7 @@ def _read_json_document(path: Path, document: dict, images_root) -> CaptionedIma
 
 def _read_karpathy(path: Path, document: dict, images_root) -> CaptionedImages:
     """Karpathy's split file: images[] {filepath, filename, split, sentences[].raw}."""
-    root = Path(images_root) if images_root is not None else path.parent
+    root = os.path.abspath(images_root if images_root is not None else path.parent)
     rows, problems = [], []
     for number, entry in enumerate(document["images"]):
         if not isinstance(entry, dict) or not _text(entry.get("filename")):
@@ -158,7 +158,7 @@ def _read_karpathy(path: Path, document: dict, images_root) -> CaptionedImages:
 
 def _read_coco(path: Path, document: dict, images_root) -> CaptionedImages:
     """COCO captions: images[] {id, file_name} + annotations[] {image_id, caption}; split from the file name."""
-    root = Path(images_root) if images_root is not None else _coco_images_folder(path)
+    root = os.path.abspath(images_root if images_root is not None else _coco_images_folder(path))
     split = _coco_split(path.stem)
     captions: dict[Any, list[str]] = {}
     problems = []
@@ -202,7 +202,7 @@ def _read_table_file(path: Path, images_root, image_column: str | None, caption_
     for column in (image_column, caption_column):
         if column is not None and column not in table.columns:
             raise UserError(f"{path}: no column '{column}' (columns: {', '.join(map(str, table.columns))})")
-    root = Path(images_root) if images_root is not None else path.parent
+    root = os.path.abspath(images_root if images_root is not None else path.parent)
     header = 2 if path.suffix.lower() in (".csv", ".tsv", ".tab") else 1  # file line of the first row
     names = table["name"].map(_text).tolist() if "name" in table.columns else None
     raw_captions = table[caption_column].tolist() if caption_column is not None else [None] * len(table)
@@ -298,13 +298,16 @@ def _read_folder(folder: Path) -> CaptionedImages:
 def _image_rows(rows: Iterable[tuple[str, list[str], str]]) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """(image path, captions, split) rows, several per image allowed -> the normalised table and what was left out.
 
-    An image's captions are merged in order (empty ones dropped); an image with none is left out."""
+    An image's captions are merged in order; empty ones are dropped (and listed); an image with none is left out."""
     captions: dict[str, list[str]] = {}
     splits: dict[str, str] = {}
+    empty: Counter = Counter()
     for image, texts, split in rows:
         captions.setdefault(image, []).extend(t for t in texts if t)
+        empty[image] += sum(1 for t in texts if not t)
         splits.setdefault(image, split)
-    problems = [{"where": image, "reason": "no caption"} for image, texts in captions.items() if not texts]
+    problems = [{"where": image, "reason": "no caption" if not texts else "empty caption"}
+                for image, texts in captions.items() for _ in range(empty[image] if texts else 1)]
     kept = [image for image, texts in captions.items() if texts]
     frame = pd.DataFrame({"path": pd.Series(kept, dtype=object),
                           "captions": pd.Series([captions[p] for p in kept], dtype=object),
@@ -322,9 +325,10 @@ def _drop_missing_files(result: CaptionedImages) -> CaptionedImages:
     return replace(result, frame=result.frame[exists].reset_index(drop=True), problems=result.problems + missing)
 
 
-def _absolute(root: Path, image: str) -> str:
-    # abspath, not realpath: the index builder keeps paths as found (through symlinks)
-    return os.path.abspath(os.path.join(root, image))
+def _absolute(root: str, image: str) -> str:
+    """`image` from the absolute folder `root`; normpath, not realpath: the index builder keeps paths as found
+    (through symlinks)."""
+    return os.path.normpath(os.path.join(root, image))
 
 
 def _text(value: Any) -> str:

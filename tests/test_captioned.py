@@ -132,8 +132,10 @@ def test_bad_rows_are_counted_and_listed_not_fatal(tmp_path):
     read = read_captioned(tmp_path / "pairs.csv")
     assert read.frame["captions"].tolist() == [["a cat"]]
     assert sorted((p["where"].rsplit("/", 1)[-1], p["reason"]) for p in read.problems) == [
-        ("b.png", "no caption"), ("gone.png", "missing image file"), ("pairs.csv:5", "no image path")]
-    assert read.summary()["left_out"] == {"no caption": 1, "missing image file": 1, "no image path": 1}
+        ("a.png", "empty caption"), ("b.png", "no caption"), ("gone.png", "missing image file"),
+        ("pairs.csv:5", "no image path")]
+    assert read.summary()["left_out"] == {"empty caption": 1, "no caption": 1, "missing image file": 1,
+                                          "no image path": 1}
 
     karpathy = {"images": [{"filename": "a.png", "split": "test", "sentences": [{"raw": "a cat"}]},
                            {"filename": "gone.png", "split": "test", "sentences": [{"raw": "a dog"}]},

@@ -14,9 +14,10 @@ inputs (--captions): a Karpathy split JSON (dataset_coco.json, dataset_flickr30k
 standard protocol (a Karpathy file; as in CLIP_benchmark and the papers' COCO 5k / Flickr30k 1k test):
   the test split, the first 5 captions of each image, every caption its own query: text->image ranks the
   caption's own image among all test images; image->text ranks the image's own captions among all test
-  captions (identical texts of other images are wrong answers that tie). COCO captions JSON: the same on
-  the whole file. Other inputs: every caption, identical caption texts merged (below). Override with
-  --split, --captions-per-image and --per-caption / --distinct-texts.
+  captions (an identical text of another image is a wrong answer; its tie does not count against the right
+  one). CLIP_benchmark keeps every caption (25,010 for COCO 5k); 5 per image (25,000) is what papers use.
+  COCO captions JSON: the same on the whole file. Other inputs: every caption, identical caption texts
+  merged (below). Override with --split, --captions-per-image and --per-caption / --distinct-texts.
 scoring (as in CLIP_benchmark):
   rank of the right item = 1 + number of items scored strictly higher than it (ties are optimistic);
   a hit at k means rank <= k.
@@ -25,7 +26,7 @@ scoring (as in CLIP_benchmark):
   image->text recall@k: share of images with at least one of their captions among the top k captions
     (distinct caption texts, or every caption under the standard protocol).
   BLEU-4 (corpus, closest reference length) and CIDEr-D (coco-caption, document frequencies over the
-    references of the evaluated set) compare each image's generated caption with all its captions.
+    references of the evaluated set) compare each image's generated caption with its evaluated captions.
   --index: text->image recall through the index (approximate) beside exact search over the index's
     vectors; the gallery is the whole index, eval images are matched to index items by path.
 outputs (--out DIR): report.json, captions.csv (rank of the right image per caption),
