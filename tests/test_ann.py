@@ -257,3 +257,40 @@ def test_refined_pq_removes_and_adds_by_id(refined, collection, tmp_path):
 def test_refined_pq_stays_on_the_cpu_with_a_warning(refined, caplog):
     assert refined._gpu_copy() is None
     assert "stays on the CPU" in caplog.text
+
+
+def test_with_a_gpu_the_selection_uses_it(monkeypatch, collection):
+    """FAISS with a GPU (mocked: the 'GPU' copies are CPU indexes): exact search is chosen for more vectors,
+    IVF k-means runs on the GPU and searches go to the GPU copy; refusing the GPU restores the CPU choices."""
+    import faiss
+
+    from mammut_search.index.vectors import search_device
+    from mammut_search.index.vectors.ann import (DEFAULT_EXACT_THRESHOLD, GPU_EXACT_THRESHOLD,
+                                                 default_exact_threshold)
+
+    copied = []
+
+    class Options:
+        shard = False
+
+    def to_all_gpus(index, co=None):
+        copied.append(type(faiss.downcast_index(index)).__name__)
+        return index
+
+    assert default_exact_threshold() == DEFAULT_EXACT_THRESHOLD  # this machine: faiss-cpu, no GPU
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
+    monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", Options, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_all_gpus, raising=False)
+    assert default_exact_threshold() == GPU_EXACT_THRESHOLD > DEFAULT_EXACT_THRESHOLD
+    assert default_exact_threshold(use_gpu=False) == DEFAULT_EXACT_THRESHOLD
+    assert search_device().startswith("GPU (1 GPU)") and search_device(use_gpu=False).startswith("CPU")
+
+    vectors, ids = collection
+    index = build_vector_index(vectors, ids, kind="ivf_flat", exact_threshold=1000)
+    assert index.description["trained_on_gpu"] is True and index.description["on_gpu"] is True
+    assert copied == ["IndexFlatIP"]  # the k-means of the coarse quantizer
+    index.search(vectors[:3], 5)
+    assert copied == ["IndexFlatIP", "IndexIVFFlat"]  # the index itself, searched there
+
+    cpu_only = build_vector_index(vectors, ids, kind="ivf_flat", exact_threshold=1000, use_gpu=False)
+    assert cpu_only.description["trained_on_gpu"] is False and cpu_only.description["on_gpu"] is False

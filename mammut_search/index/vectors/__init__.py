@@ -3,7 +3,9 @@
 Vectors are unit-norm latents compared by inner product (cosine similarity). Ids are the items table's int64
 ids, stored inside FAISS (IndexIDMap2 around flat, HNSW and refined IVF-PQ indexes, native ids in the other
 IVF indexes with a hash table direct map) so they stay stable across additions and removals. Which index to
-build, and with which search parameters, is decided in `mammut_search.index.vectors.ann`; this module only serves what was built.
+build, and with which search parameters, is decided in `ann`; what is specific to each kind of FAISS index
+lives in its class in `kinds`; exact search is `exact`. This module only serves what was built. Nothing
+outside mammut_search/index imports faiss.
 
 Concurrency: any number of threads may search and reconstruct at once; `add` and `remove` wait for them and
 run alone. Search parameters (nprobe, efSearch, k_factor) are passed per call as FAISS SearchParameters, so nothing a
@@ -29,10 +31,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from mammut_search.atomic import atomic_write
+from mammut_search.index.vectors.exact import exact_knn
+from mammut_search.index.vectors.kinds import KINDS, Flat, kind_of
 
 log = logging.getLogger(__name__)
 
-KINDS = ("flat", "ivf_flat", "ivf_sq8", "ivf_pq", "ivf_pq_refine", "hnsw")
 TRAILER_MAGIC = b"MAMMUTVI"  # ends every file written by save(); the JSON length precedes it
 GPU_MAX_K = 2048  # FAISS GPU search returns at most this many neighbours; larger k is searched on the CPU
 CHECK_BLOCK = 1 << 18  # rows checked at a time (a block of 256-d float32 vectors is 256 MB)
@@ -55,18 +58,19 @@ class VectorIndex:
         if faiss_index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError("vector index must use the inner-product metric (unit vectors, cosine similarity)")
         self._index = faiss_index
-        kind = _kind_of(faiss_index)
-        self._description = {"type": kind, "params": _default_params(faiss_index, kind)}
-        if kind.startswith("ivf"):
-            self._description["nlist"] = int(_ivf_part(faiss_index).nlist)
+        self._kind = kind_of(faiss_index)
+        self._description = {"type": self._kind.name, "params": self._kind.default_params(faiss_index)}
+        if self._kind.nlist(faiss_index) is not None:
+            self._description["nlist"] = self._kind.nlist(faiss_index)
         self._description.update(_json_ready(description or {}))
-        self._description["type"] = kind
+        self._description["type"] = self._kind.name
         self._description.pop("on_gpu", None)
-        self._ids = np.sort(_stored_ids(faiss_index))
+        self._ids = np.sort(self._kind.stored_ids(faiss_index))
         self._lock = _ReadWriteLock()
         self._gpu_lock = threading.Lock()  # guards the GPU copy: its creation and its one-at-a-time searches
         self._gpu = None
-        self._use_gpu = _gpu_wanted(use_gpu) and kind != "hnsw"  # FAISS has no GPU HNSW
+        self._use_gpu = _gpu_wanted(use_gpu) and self._kind.gpu
+        self._row_ids: np.ndarray | None = None  # flat: the id of each stored row, until the next change
 
     # ----- what it holds -----
 
@@ -128,8 +132,11 @@ class VectorIndex:
                 return (np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64))
             if self._use_gpu and not search_params and k <= GPU_MAX_K:
                 scores, ids = self._search_gpu(queries, k)
+            elif self._kind.exact:  # a matrix product: faster than FAISS's flat search on a CPU
+                scores, rows = exact_knn(Flat.vectors(self._index), queries, k)
+                ids = np.where(rows >= 0, self._flat_row_ids()[rows], -1)
             else:
-                scores, ids = self._index.search(queries, k, params=_faiss_params(self.kind, params))
+                scores, ids = self._index.search(queries, k, params=self._kind.search_params(params))
         ids = ids.astype(np.int64, copy=False)
         scores[ids < 0] = -np.inf
         return scores, ids
@@ -161,7 +168,7 @@ class VectorIndex:
                 raise ValueError(f"ids already in the vector index: {_some(taken)}; remove them first")
             self._index.add_with_ids(vectors, ids)
             self._ids = np.union1d(self._ids, ids)
-            self._gpu = None
+            self._gpu = self._row_ids = None
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
         """Remove the vectors of `ids` (KeyError if one is absent); the others stay bit-identical. Returns the count."""
@@ -172,16 +179,9 @@ class VectorIndex:
             missing = ids[~np.isin(ids, self._ids)]
             if len(missing):
                 raise KeyError(f"ids not in the vector index: {_some(missing)}")
-            if self.kind == "hnsw":
-                self._index = _hnsw_without(self._index, ids, np.setdiff1d(self._ids, ids))
-            elif self.kind == "ivf_pq_refine":
-                _remove_refined(self._index, ids)
-            else:
-                removed = self._index.remove_ids(ids)
-                if removed != len(ids):
-                    raise RuntimeError(f"FAISS removed {removed} of {len(ids)} vectors")
+            self._index = self._kind.remove(self._index, ids, np.setdiff1d(self._ids, ids))
             self._ids = np.setdiff1d(self._ids, ids)
-            self._gpu = None
+            self._gpu = self._row_ids = None
         return len(ids)
 
     # ----- files -----
@@ -229,32 +229,26 @@ class VectorIndex:
             raise ValueError(f"queries must have shape (q, {self.dim}), not {tuple(queries.shape)}")
         return np.ascontiguousarray(queries)
 
+    def _flat_row_ids(self) -> np.ndarray:
+        """The id of each row of a flat index (cached until the next change; callers hold the read lock)."""
+        row_ids = self._row_ids
+        if row_ids is None:
+            row_ids = self._row_ids = self._kind.stored_ids(self._index)
+        return row_ids
+
     def _search_gpu(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         with self._gpu_lock:
             if self._gpu is None:
                 self._gpu = self._gpu_copy()
             if self._gpu is None:  # the copy failed; serve from the CPU from now on
                 self._use_gpu = False
-                return self._index.search(queries, k, params=_faiss_params(self.kind, self._description["params"]))
+                return self._index.search(queries, k, params=self._kind.search_params(self._description["params"]))
             return self._gpu.search(queries, k)
 
     def _gpu_copy(self):
         """A copy of the index on all GPUs, with the tuned search parameters set on it (it is ours alone)."""
-        import faiss
-
-        if self.kind == "ivf_pq_refine":  # FAISS has no GPU version of the re-ranking step
-            log.warning("vector index stays on the CPU: FAISS cannot copy a refined IVF-PQ index to the GPU")
-            return None
         try:
-            options = faiss.GpuMultipleClonerOptions()
-            # several GPUs: each holds a share of the vectors (an IndexShards) and their results are merged,
-            # so the index can be as large as their memory together; a single GPU holds it whole
-            options.shard = faiss.get_num_gpus() > 1
-            gpu = faiss.index_cpu_to_all_gpus(self._index, co=options)
-            nprobe = self._description.get("params", {}).get("nprobe")
-            if nprobe is not None:
-                faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", int(nprobe))
-            return gpu
+            return self._kind.to_gpu(self._index, self._description.get("params", {}))
         except Exception as e:  # e.g. a GPU build without this index type, or out of GPU memory
             log.warning("vector index stays on the CPU: cannot copy it to the GPU (%s)", e)
             return None
@@ -277,135 +271,6 @@ def check_vectors(vectors: np.ndarray, ids: np.ndarray, dim: int | None = None) 
 
 
 # ----- FAISS details -----
-
-def _kind_of(index) -> str:
-    import faiss
-
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    if isinstance(index, faiss.IndexIDMap2) and isinstance(inner, faiss.IndexFlat):
-        return "flat"
-    if isinstance(index, faiss.IndexIDMap2) and isinstance(inner, faiss.IndexHNSW):
-        return "hnsw"
-    if (isinstance(index, faiss.IndexIDMap2) and isinstance(inner, faiss.IndexRefine)
-            and isinstance(faiss.downcast_index(inner.base_index), faiss.IndexIVFPQ)
-            and isinstance(faiss.downcast_index(inner.refine_index), faiss.IndexScalarQuantizer)):
-        return "ivf_pq_refine"
-    if isinstance(index, faiss.IndexIVFFlat):
-        _check_direct_map(index)
-        return "ivf_flat"
-    if isinstance(index, faiss.IndexIVFPQ):
-        _check_direct_map(index)
-        return "ivf_pq"
-    if isinstance(index, faiss.IndexIVFScalarQuantizer) and index.sq.qtype == faiss.ScalarQuantizer.QT_8bit:
-        _check_direct_map(index)
-        return "ivf_sq8"
-    raise ValueError(f"unsupported FAISS index {type(index).__name__}: expected IndexIDMap2 around a flat or "
-                     "HNSW index or an IndexRefine of IndexIVFPQ and IndexScalarQuantizer, or "
-                     "IndexIVFFlat / IndexIVFScalarQuantizer (8 bit) / IndexIVFPQ with a "
-                     "hash-table direct map")
-
-
-def _check_direct_map(index) -> None:
-    import faiss
-
-    if index.direct_map.type != faiss.DirectMap.Hashtable:
-        raise ValueError("IVF index needs a hash-table direct map (set_direct_map_type(faiss.DirectMap.Hashtable)) "
-                         "to reconstruct and remove vectors by id")
-
-
-def _ivf_part(index):
-    """The IVF index inside `index` (the index itself, or the base of a refined IVF-PQ index)."""
-    import faiss
-
-    if isinstance(index, faiss.IndexIDMap2):
-        return faiss.downcast_index(faiss.downcast_index(index.index).base_index)
-    return index
-
-
-def _default_params(index, kind: str) -> dict[str, int]:
-    import faiss
-
-    if kind == "ivf_pq_refine":
-        return {"nprobe": int(_ivf_part(index).nprobe), "k_factor": int(faiss.downcast_index(index.index).k_factor)}
-    if kind.startswith("ivf"):
-        return {"nprobe": int(index.nprobe)}
-    if kind == "hnsw":
-        return {"efSearch": int(faiss.downcast_index(index.index).hnsw.efSearch)}
-    return {}
-
-
-def _faiss_params(kind: str, params: dict[str, int]):
-    import faiss
-
-    if kind == "ivf_pq_refine":
-        base = faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
-        refine = faiss.IndexRefineSearchParameters(k_factor=float(params["k_factor"]))
-        refine.base_index_params = base
-        refine.referenced_objects = [base]  # keeps the IVF parameters alive as long as these
-        return refine
-    if kind.startswith("ivf"):
-        return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
-    if kind == "hnsw":
-        return faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
-    return None
-
-
-def _stored_ids(index) -> np.ndarray:
-    """Every id the FAISS index holds (int64, unordered)."""
-    import faiss
-
-    if isinstance(index, faiss.IndexIDMap2):
-        return faiss.vector_to_array(index.id_map).astype(np.int64)
-    lists = index.invlists
-    parts = [np.zeros(0, np.int64)]
-    for number in range(index.nlist):
-        size = lists.list_size(number)
-        if size:
-            parts.append(faiss.rev_swig_ptr(lists.get_ids(number), size).copy())
-    return np.concatenate(parts).astype(np.int64)
-
-
-def _hnsw_without(index, removed: np.ndarray, kept: np.ndarray):
-    """A new HNSW index holding `kept` ids (FAISS cannot delete from an HNSW graph, so it is rebuilt)."""
-    import faiss
-
-    graph = faiss.downcast_index(index.index)
-    vectors = index.reconstruct_batch(kept) if len(kept) else np.zeros((0, index.d), np.float32)
-    rebuilt = faiss.IndexHNSWFlat(index.d, graph.hnsw.nb_neighbors(1), faiss.METRIC_INNER_PRODUCT)
-    rebuilt.hnsw.efConstruction = graph.hnsw.efConstruction
-    rebuilt.hnsw.efSearch = graph.hnsw.efSearch
-    result = faiss.IndexIDMap2(rebuilt)
-    if len(kept):
-        result.add_with_ids(vectors, kept)
-    log.info("HNSW index rebuilt without %d removed vectors (%d kept)", len(removed), len(kept))
-    return result
-
-
-def _remove_refined(index, removed: np.ndarray) -> None:
-    """Remove `removed` ids from an IndexIDMap2 around an IndexRefine, in place. FAISS cannot remove from an
-    IndexRefine: the labels of its IVF-PQ base are positions in its refine codes. So both are removed by
-    position, the refine codes close up (in order) and the positions left in the inverted lists are renumbered."""
-    import faiss
-
-    refine = faiss.downcast_index(index.index)
-    base, fine = faiss.downcast_index(refine.base_index), faiss.downcast_index(refine.refine_index)
-    id_map = faiss.vector_to_array(index.id_map)
-    gone = np.flatnonzero(np.isin(id_map, removed)).astype(np.int64)  # sorted positions
-    for part in (base, fine):
-        if part.remove_ids(faiss.IDSelectorBatch(len(gone), faiss.swig_ptr(gone))) != len(gone):
-            raise RuntimeError(f"FAISS removed the wrong number of vectors from {type(part).__name__}")
-    lists = base.invlists
-    for number in range(base.nlist):
-        size = lists.list_size(number)
-        if size:
-            old = faiss.rev_swig_ptr(lists.get_ids(number), size)
-            renumbered = (old - np.searchsorted(gone, old)).astype(np.int64)
-            codes = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size).copy()
-            lists.update_entries(number, 0, size, faiss.swig_ptr(renumbered), faiss.swig_ptr(codes))
-    faiss.copy_array_to_vector(np.delete(id_map, gone), index.id_map)
-    refine.ntotal = index.ntotal = fine.ntotal
-    index.construct_rev_map()  # from the first ntotal entries of the id map
-
 
 FAISS_DISTRIBUTIONS = ("faiss-gpu-cu12", "faiss-gpu", "faiss-cpu")  # pip packages that ship the faiss module
 

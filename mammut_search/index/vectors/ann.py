@@ -35,13 +35,19 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from mammut_search.index.vectors import VectorIndex, check_vectors
+from mammut_search.index.vectors import VectorIndex, check_vectors, gpu_count
+from mammut_search.index.vectors.exact import exact_knn
+from mammut_search.index.vectors.kinds import KINDS, kind_named, refine_layout
 
 log = logging.getLogger(__name__)
 
 # Exact search of 100k 256-d vectors takes ~8 ms per query on one core of the 2-core reference machine, 1M
 # takes ~73 ms, while IVF answers either in ~1 ms at recall ≥ 0.95 (benchmarks/RESULTS.md, "Vector search").
 DEFAULT_EXACT_THRESHOLD = 100_000
+# On a GPU, exact search reads the vectors at HBM speed (a few TB/s): 10M 256-d float32 vectors (10 GB) take a
+# few ms a query, so exact search stays the choice up to there (an estimate from bandwidth: no GPU was
+# available to measure it; see benchmarks/RESULTS.md).
+GPU_EXACT_THRESHOLD = 10_000_000
 DEFAULT_TARGET_RECALL = 0.95
 DEFAULT_MEMORY_BUDGET = 16 * 2**30  # bytes of float32 vectors held in memory before they are stored compressed
 RECALL_K = 10
@@ -49,26 +55,25 @@ TUNING_QUERIES = 1000
 CONFIDENCE_ERRORS = 2.0  # a setting meets the target when its recall minus 2 standard errors reaches it
 PLATEAU_SLACK = 0.005  # below an unreachable target, settle for this much less than the best recall
 REBUILD_GROWTH = 2.0  # rebuild an approximate index once the collection has grown or shrunk this much
-HNSW_M, HNSW_EF_CONSTRUCTION = 32, 64
-KMEANS_ITERATIONS = 10  # enough for a coarse quantizer; FAISS's default 25 mostly polishes
 TRAIN_POINTS_PER_LIST = 64
 ADD_CHUNK = 65536
-GROUND_TRUTH_BLOCK = 16384  # rows per block of the exact search (a 1000-query block of scores is 64 MB)
-COMPRESSED_KINDS = ("ivf_sq8", "ivf_pq", "ivf_pq_refine")
-REFINE_BITS = (8, 6, 4)  # scalar quantizer bits per dimension of the refine codes, finest first
 REFINE_K_FACTORS = (2, 4, 8, 16, 32, 64)  # candidates re-ranked, as multiples of k
 REFINE_COST = 8  # a re-ranked candidate costs about as much as scanning this many coarse codes
-ID_OVERHEAD = 8 + 16  # bytes per vector besides its codes: its id in an inverted list, and a hash-map entry
-SQ_RANGE_MARGIN = 0.05  # widen the trained 8-bit ranges so vectors outside the training sample clip less
+
+
+def default_exact_threshold(use_gpu: bool | None = None) -> int:
+    """Vectors up to which exact search is chosen: more on a GPU (when FAISS has one and it is not refused)."""
+    return GPU_EXACT_THRESHOLD if gpu_count() and use_gpu is not False else DEFAULT_EXACT_THRESHOLD
 
 
 def build_vector_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto",
-                       exact_threshold: int = DEFAULT_EXACT_THRESHOLD, target_recall: float = DEFAULT_TARGET_RECALL,
+                       exact_threshold: int | None = None, target_recall: float = DEFAULT_TARGET_RECALL,
                        memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET, queries: np.ndarray | None = None,
                        use_gpu: bool | None = None, seed: int = 0, progress: bool = False,
                        nlist: int | None = None) -> VectorIndex:
-    """A VectorIndex of `vectors` (n d, unit norm) under `ids` (n int64): exact below `exact_threshold`, else
-    approximate with search parameters tuned to `target_recall` (recall@10 against exact search).
+    """A VectorIndex of `vectors` (n d, unit norm) under `ids` (n int64): exact below `exact_threshold`
+    (default: default_exact_threshold, which depends on the device), else approximate with search parameters
+    tuned to `target_recall` (recall@10 against exact search). IVF k-means runs on the GPU when FAISS has one.
 
     kind: "auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "ivf_pq_refine" or "hnsw". queries: optional real
     queries (q d) to tune on (e.g. text latents; default: up to 1000 data vectors held out of training and
@@ -84,12 +89,15 @@ def build_vector_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "aut
         raise ValueError("vectors need at least one dimension")
     _warn_if_not_unit(vectors)
     count, dim = vectors.shape
+    exact_threshold = default_exact_threshold(use_gpu) if exact_threshold is None else exact_threshold
     if kind == "auto":
         kind = choose_kind(count, dim, exact_threshold=exact_threshold, memory_budget_bytes=memory_budget_bytes)
-    if kind != "flat" and count < 2 * RECALL_K:
+    if not kind_named(kind).exact and count < 2 * RECALL_K:
         kind = "flat"  # too few vectors to train or to measure anything; exact is also fastest here
-    if kind == "flat":
-        index = VectorIndex(_flat(vectors, ids), {"exact": True, "recall_at_10": 1.0}, use_gpu=use_gpu)
+    if kind_named(kind).exact:
+        faiss_index, facts = KINDS[kind].make(dim, count)
+        index = VectorIndex(faiss_index, facts, use_gpu=use_gpu)
+        _add_in_chunks(index, vectors, ids, np.ones(len(ids), bool), progress)
     else:
         index = _build_approximate(kind, vectors, ids, queries=queries, target_recall=target_recall,
                                    memory_budget_bytes=memory_budget_bytes, use_gpu=use_gpu, seed=seed,
@@ -109,7 +117,8 @@ def _build_approximate(kind: str, vectors: np.ndarray, ids: np.ndarray, *, queri
     if queries is None:
         held_out[_query_rows(len(ids), rng)] = True
     faiss_index, facts = _train(kind, vectors, _training_rows(kind, ~held_out, rng, nlist), seed=seed,
-                                memory_budget_bytes=memory_budget_bytes, nlist=nlist)
+                                memory_budget_bytes=memory_budget_bytes, nlist=nlist,
+                                on_gpu=bool(gpu_count()) and use_gpu is not False)
     index = VectorIndex(faiss_index, {"exact": False, **facts}, use_gpu=use_gpu)
     _add_in_chunks(index, vectors, ids, ~held_out, progress)
     truth = ground_truth(vectors, ids, queries=vectors[held_out] if queries is None else queries,
@@ -136,7 +145,7 @@ def choose_kind(count: int, dim: int, *, exact_threshold: int = DEFAULT_EXACT_TH
 
 def update_vector_index(index: VectorIndex, *, add_vectors: np.ndarray | None = None,
                         add_ids: np.ndarray | None = None, remove_ids: np.ndarray | None = None,
-                        exact_threshold: int = DEFAULT_EXACT_THRESHOLD,
+                        exact_threshold: int | None = None,
                         target_recall: float = DEFAULT_TARGET_RECALL,
                         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET, seed: int = 0,
                         progress: bool = False) -> VectorIndex:
@@ -151,10 +160,12 @@ def update_vector_index(index: VectorIndex, *, add_vectors: np.ndarray | None = 
     if add_vectors is not None and len(add_vectors):
         index.add(add_vectors, add_ids)
     count, kind = index.ntotal, index.kind
+    use_gpu = index.description.get("on_gpu") or None
+    exact_threshold = default_exact_threshold(use_gpu) if exact_threshold is None else exact_threshold
     wanted = choose_kind(count, index.dim, exact_threshold=exact_threshold, memory_budget_bytes=memory_budget_bytes)
     built_with = max(int(index.description.get("built_with", count)), 1)
     drifted = not (built_with / REBUILD_GROWTH <= count <= built_with * REBUILD_GROWTH)
-    if kind in COMPRESSED_KINDS:  # its decoded vectors are not the originals: measuring on them would flatter it
+    if KINDS[kind].compressed:  # its decoded vectors are not the originals: measuring on them would flatter it
         if drifted or wanted != kind:
             log.warning("the %s index now holds %d vectors (trained on a collection of %d): its compressed "
                         "vectors cannot retrain it; rebuild the index from the images for the best recall",
@@ -168,9 +179,9 @@ def update_vector_index(index: VectorIndex, *, add_vectors: np.ndarray | None = 
         ids = index.ids()
         return build_vector_index(index.reconstruct(ids), ids, kind=new_kind, exact_threshold=exact_threshold,
                                   target_recall=target_recall, memory_budget_bytes=memory_budget_bytes,
-                                  use_gpu=index.description.get("on_gpu") or None, seed=seed, progress=progress)
+                                  use_gpu=use_gpu, seed=seed, progress=progress)
     # HNSW is not re-tuned in place: leave-one-out queries would start next to their own node and flatter it
-    if kind.startswith("ivf") and count >= 2 * RECALL_K:
+    if KINDS[kind].tuned and KINDS[kind].trains and count >= 2 * RECALL_K:
         ids = index.ids()
         truth = ground_truth(index.reconstruct(ids), ids, query_rows=_query_rows(count, np.random.default_rng(seed)),
                              progress=progress)
@@ -206,19 +217,12 @@ def ground_truth(vectors: np.ndarray, ids: np.ndarray, *, queries: np.ndarray | 
     else:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         own_ids = np.full(len(queries), -1, np.int64)
-    best = np.full((len(queries), k), -np.inf, np.float32)  # running top-k scores, unordered (q k)
-    blocks = range(0, len(vectors), GROUND_TRUTH_BLOCK)
-    for start in tqdm(blocks, desc="exact search", unit="block", disable=not progress or len(blocks) < 8):
-        scores = queries @ vectors[start:start + GROUND_TRUTH_BLOCK].T  # (q b)
-        if candidates is not None:
-            scores[:, ~candidates[start:start + GROUND_TRUTH_BLOCK]] = -np.inf
-        if query_rows is not None:
-            own = (query_rows >= start) & (query_rows < start + scores.shape[1])
-            scores[np.flatnonzero(own), query_rows[own] - start] = -np.inf
-        both = np.concatenate([best, scores], axis=1)
-        best = -np.partition(-both, k - 1, axis=1)[:, :k]
+    if progress and len(vectors) * len(queries) > 1 << 30:
+        log.info("exact search of %d queries over %d vectors", len(queries), len(vectors))
+    scores, _ = exact_knn(vectors, queries, k, allowed=candidates,
+                          exclude_rows=None if query_rows is None else np.asarray(query_rows, np.int64))
     order = np.argsort(ids, kind="stable")
-    return GroundTruth(queries, own_ids, best.min(axis=1), vectors, ids[order], order, k)
+    return GroundTruth(queries, own_ids, scores[:, k - 1], vectors, ids[order], order, k)
 
 
 def measure_recall(index: VectorIndex, truth: GroundTruth, *, search_params: dict[str, int] | None = None) -> float:
@@ -244,12 +248,13 @@ def tune_search_params(index: VectorIndex, truth: GroundTruth, *, target_recall:
                        progress: bool = False) -> dict[str, Any]:
     """Set the index's nprobe / efSearch to the smallest value whose recall@10 on `truth` reaches
     `target_recall` with confidence, and record the measurement in its description; returns what was recorded."""
-    if index.kind == "flat":
+    kind = KINDS[index.kind]
+    if not kind.tuned:
         return {}
-    if index.kind == "ivf_pq_refine":
+    if len(kind.tuned) > 1:  # nprobe and k_factor of a refined index
         return _tune_refined(index, truth, target_recall=target_recall, progress=progress)
-    name = "nprobe" if index.kind.startswith("ivf") else "efSearch"
-    low, high = (1, int(index.description["nlist"])) if name == "nprobe" else (RECALL_K, 4096)
+    (name,) = kind.tuned
+    low, high = kind.tuning_range(None, index.description)
     measured: dict[int, tuple[float, float]] = {}  # value -> (mean recall, its standard error)
     value = _tune_one(index, truth, name, low, high, measured, target_recall=target_recall, progress=progress)
     curve = {str(v): [round(m, 4), round(e, 4)] for v, (m, e) in sorted(measured.items())}
@@ -358,81 +363,21 @@ def _record_tuning(index: VectorIndex, truth: GroundTruth, params: dict[str, int
 
 # ----- building -----
 
-def _flat(vectors: np.ndarray, ids: np.ndarray):
-    import faiss
-
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
-    if len(ids):
-        index.add_with_ids(vectors, ids)
-    return index
-
-
 def _train(kind: str, vectors: np.ndarray, rows: np.ndarray, *, seed: int, memory_budget_bytes: int,
-           nlist: int | None = None) -> tuple[Any, dict[str, Any]]:
+           nlist: int | None = None, on_gpu: bool = False) -> tuple[Any, dict[str, Any]]:
     """An empty, trained FAISS index of `kind` and the facts about it worth recording."""
-    import faiss
-
+    chosen = kind_named(kind)
     count, dim = vectors.shape
-    if kind == "hnsw":
-        graph = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        return faiss.IndexIDMap2(graph), {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
-    if kind not in ("ivf_flat", "ivf_sq8", "ivf_pq", "ivf_pq_refine"):
-        raise ValueError(f"unknown vector index kind {kind!r}; use auto, flat, ivf_flat, ivf_sq8, ivf_pq, "
-                         "ivf_pq_refine or hnsw")
     nlist = min(nlist, len(rows)) if nlist else ivf_list_count(count, len(rows))
-    quantizer = faiss.IndexFlatIP(dim)
-    facts: dict[str, Any] = {"nlist": nlist}
-    if kind == "ivf_flat":
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    elif kind == "ivf_sq8":
-        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
-                                              faiss.METRIC_INNER_PRODUCT)
-        index.sq.rangestat_arg = SQ_RANGE_MARGIN
-    elif kind == "ivf_pq_refine":
-        layout = refine_layout(count, dim, memory_budget_bytes)
-        if layout is None:
-            layout = (_pq_divisors(dim)[-1], REFINE_BITS[-1])
-            log.warning("coarse and %d-bit refine codes exceed the memory budget of %d bytes for %d vectors",
-                        REFINE_BITS[-1], memory_budget_bytes, count)
-        m, bits = layout
-        index = _ivf_pq(quantizer, dim, nlist, m, seed)
-        facts.update(pq_bytes_per_vector=m, refine=f"SQ{bits}", refine_bytes_per_vector=_sq_bytes(dim, bits))
-    else:
-        m = pq_code_bytes(count, dim, memory_budget_bytes)
-        index = _ivf_pq(quantizer, dim, nlist, m, seed)
-        facts["pq_bytes_per_vector"] = m
-    index.cp.niter, index.cp.seed = KMEANS_ITERATIONS, seed
+    index, facts = chosen.make(dim, count, nlist=nlist, memory_budget_bytes=memory_budget_bytes, seed=seed)
+    if not chosen.trains:
+        return index, facts
     sample = np.ascontiguousarray(vectors[rows])
-    log.info("training %s (nlist=%d) on %d of %d vectors", kind, nlist, len(sample), count)
-    if kind == "ivf_pq_refine":
-        index = _refined(index, dim, int(facts["refine"][2:]), sample)
-    else:
-        index.train(sample)
-        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by id
-    facts["trained_on"] = len(sample)
+    log.info("training %s (nlist=%d) on %d of %d vectors%s", kind, nlist, len(sample), count,
+             " on the GPU" if on_gpu else "")
+    index = chosen.train(index, sample, on_gpu=on_gpu)
+    facts.update(trained_on=len(sample), trained_on_gpu=on_gpu)
     return index, facts
-
-
-def _ivf_pq(quantizer, dim: int, nlist: int, m: int, seed: int):
-    """An untrained IVF-PQ index with `m` bytes per code."""
-    import faiss
-
-    index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-    index.pq.cp.niter, index.pq.cp.seed = KMEANS_ITERATIONS, seed
-    return index
-
-
-def _refined(base, dim: int, bits: int, sample: np.ndarray):
-    """`base` (an untrained IVF-PQ index) trained on `sample`, its candidates re-ranked with `bits`-bit scalar
-    codes, under an id map (the base's labels are positions in the refine codes, so ids live in the map)."""
-    import faiss
-
-    qtype = {8: faiss.ScalarQuantizer.QT_8bit, 6: faiss.ScalarQuantizer.QT_6bit, 4: faiss.ScalarQuantizer.QT_4bit}
-    fine = faiss.IndexScalarQuantizer(dim, qtype[bits], faiss.METRIC_INNER_PRODUCT)
-    refined = faiss.IndexRefine(base, fine)
-    refined.train(sample)
-    return faiss.IndexIDMap2(refined)
 
 
 def ivf_list_count(count: int, train_points: int | None = None) -> int:
@@ -443,41 +388,6 @@ def ivf_list_count(count: int, train_points: int | None = None) -> int:
     while nlist > min(most, 65536):
         nlist //= 2
     return int(nlist)
-
-
-def pq_code_bytes(count: int, dim: int, memory_budget_bytes: int) -> int:
-    """Bytes per PQ code: the largest divisor m of dim with m ≤ 64 and ≥ 4 dimensions per sub-quantizer whose
-    codes (plus ids and map) fit the budget."""
-    divisors = _pq_divisors(dim)
-    for m in divisors:
-        if count * (m + ID_OVERHEAD) <= memory_budget_bytes:
-            return m
-    log.warning("even %d-byte PQ codes exceed the memory budget of %d bytes for %d vectors",
-                divisors[-1], memory_budget_bytes, count)
-    return divisors[-1]
-
-
-def refine_layout(count: int, dim: int, memory_budget_bytes: int) -> tuple[int, int] | None:
-    """(coarse PQ bytes, refine bits per dimension) of a refined IVF-PQ index that fits the budget, or None.
-    The finest refine codes (REFINE_BITS) that leave room for a coarse code of ≥ dim/32 bytes win; the coarse
-    code then takes what is left, up to dim/8 bytes (8 dimensions a byte: enough to find the candidates)."""
-    divisors = _pq_divisors(dim)
-    least = min((m for m in divisors if m >= dim // 32), default=divisors[-1])
-    for bits in REFINE_BITS:
-        room = memory_budget_bytes / max(count, 1) - ID_OVERHEAD - 8 - _sq_bytes(dim, bits)  # + the id map
-        fitting = [m for m in divisors if least <= m <= min(room, max(dim // 8, least))]
-        if fitting:
-            return fitting[0], bits
-    return None
-
-
-def _pq_divisors(dim: int) -> list[int]:
-    """PQ code sizes for `dim`: divisors m ≤ 64 with ≥ 4 dimensions per sub-quantizer, largest first."""
-    return [m for m in range(min(dim // 4, 64), 0, -1) if dim % m == 0] or [1]
-
-
-def _sq_bytes(dim: int, bits: int) -> int:
-    return (dim * bits + 7) // 8
 
 
 def _add_in_chunks(index: VectorIndex, vectors: np.ndarray, ids: np.ndarray, rows: np.ndarray,
@@ -499,12 +409,11 @@ def _query_rows(count: int, rng: np.random.Generator) -> np.ndarray:
 def _training_rows(kind: str, allowed: np.ndarray, rng: np.random.Generator,
                    nlist: int | None = None) -> np.ndarray:
     """Rows the quantizer is trained on: a sample of the `allowed` rows (the held-out queries are not)."""
-    if kind == "hnsw":
+    if not KINDS[kind].trains:
         return np.zeros(0, np.int64)
     pool = np.flatnonzero(allowed)
     wanted = TRAIN_POINTS_PER_LIST * (nlist or ivf_list_count(len(allowed)))
-    if kind in ("ivf_pq", "ivf_pq_refine"):
-        wanted = max(wanted, 256 * 64)  # the 256-entry PQ codebooks need their own share of points
+    wanted = max(wanted, KINDS[kind].min_training_points)
     return np.sort(rng.choice(pool, size=min(wanted, len(pool)), replace=False))
 
 
