@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INDEX ?= data/cache/demo.index
+# one FAISS build, chosen by whether an NVIDIA driver answers: faiss-gpu-cu12 with a GPU, faiss-cpu without
+FAISS ?= $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu-cu12)
 
 .PHONY: setup test test-all demo clean
 
@@ -11,7 +14,8 @@ $(BIN)/mammut: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# the CPU build of torch; an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,train]'
+	$(BIN)/pip uninstall --quiet --yes $(OTHER_FAISS) 2>/dev/null || true  # never both builds at once
+	$(BIN)/pip install --quiet -e '.[dev,train,$(FAISS)]'
 	touch $(BIN)/mammut
 
 setup: $(BIN)/mammut

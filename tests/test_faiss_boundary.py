@@ -22,3 +22,16 @@ def test_faiss_is_imported_only_under_the_index_package():
                  if "faiss" in imported_modules(path)
                  and not path.is_relative_to(ROOT / "mammut_search" / "index")]
     assert offenders == []
+
+
+def test_without_faiss_installed_the_error_says_which_extra_to_install(monkeypatch):
+    import sys
+
+    import pytest
+
+    from mammut_search.errors import UserError
+    from mammut_search.index.vectors import require_faiss
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if neither faiss-cpu nor faiss-gpu-cu12 were installed
+    with pytest.raises(UserError, match=r"mammut-search\[cpu\].*mammut-search\[gpu\]"):
+        require_faiss()

@@ -207,6 +207,7 @@ class VectorIndex:
     def load(cls, path: str | os.PathLike, *, use_gpu: bool | None = None) -> "VectorIndex":
         """Read an index written by save() (or any inner-product FAISS index file); GPU when available unless
         use_gpu is False. ValueError for a file that is not one."""
+        require_faiss()
         import faiss
 
         description = _read_trailer(Path(path))  # also raises FileNotFoundError for a missing file
@@ -273,6 +274,17 @@ def check_vectors(vectors: np.ndarray, ids: np.ndarray, dim: int | None = None) 
 # ----- FAISS details -----
 
 FAISS_DISTRIBUTIONS = ("faiss-gpu-cu12", "faiss-gpu", "faiss-cpu")  # pip packages that ship the faiss module
+
+
+def require_faiss() -> None:
+    """UserError saying how to install FAISS when no build of it is installed."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        from mammut_search.errors import UserError
+
+        raise UserError("FAISS is not installed: pip install 'mammut-search[cpu]', or 'mammut-search[gpu]' on a "
+                        "machine with an NVIDIA GPU (one of the two, never both)") from None
 
 
 def faiss_version() -> str:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from mammut_search.index.vectors import VectorIndex, check_vectors, gpu_count
+from mammut_search.index.vectors import VectorIndex, check_vectors, gpu_count, require_faiss
 from mammut_search.index.vectors.exact import exact_knn
 from mammut_search.index.vectors.kinds import KINDS, kind_named, refine_layout
 
@@ -81,6 +81,7 @@ def build_vector_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "aut
     nlist: IVF lists (default: ivf_list_count); fewer lists train and add faster (k-means and assignment
     cost grow with nlist) but scan more vectors per query at a given recall.
     """
+    require_faiss()
     started = time.perf_counter()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
