@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mammut_search.model.config import ImageEncoderConfig
 from mammut_search.errors import ImageLoadError
-from mammut_search.model.image_encoders import decode_side, normalise_pixels, square_pixels
 from mammut_search.images import load_image_and_sha256
+from mammut_search.inference import decode_side, pixels_tensor, square_pixels
+from mammut_search.model.config import ImageEncoderConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,7 @@ def collate(samples: list[dict], config: ImageEncoderConfig) -> dict:
     """Decoded samples -> {"samples": the samples without pixels, "pixels": (b 3 H W) of the ok ones or None},
     normalised as a whole batch."""
     pixels = [s.pop("pixels") for s in samples if s["status"] == "ok"]
-    return {"samples": samples, "pixels": normalise_pixels(torch.from_numpy(np.stack(pixels)), config)
-            if pixels else None}
+    return {"samples": samples, "pixels": pixels_tensor(pixels, config) if pixels else None}
 
 
 def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: int = 1, captions: bool = True,

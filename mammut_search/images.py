@@ -155,7 +155,7 @@ def _decode(f: IO[bytes], name: str, max_pixels: int,
     turned = upright is not image and orientation in _SWAPPED_ORIENTATIONS
     full_size = (height, width) if turned else (width, height)
     try:
-        return _to_rgb(upright), full_size
+        return to_rgb(upright), full_size
     except ImageLoadError:
         raise
     except Exception as e:
@@ -210,8 +210,9 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB, with transparency composited onto white and deep pixels scaled to 8 bits."""
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = _WHITE) -> Image.Image:
+    """Any Pillow mode -> RGB, with transparency composited onto `background` and deep pixels scaled to 8 bits
+    (the one RGB conversion: the loader's, and the model pipeline's for images handed over in memory)."""
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image
@@ -221,8 +222,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         return _cmyk_to_rgb(image)
     if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        canvas = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
     return image.convert("RGB")
 
 

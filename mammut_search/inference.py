@@ -1,22 +1,103 @@
-"""The Python API that the CLI, the UI, the index builder and users call: `load_model` -> `MammutModel`."""
+"""The Python API that the CLI, the UI, the index builder and users call: `load_model` -> `MammutModel`, and the
+one image pipeline that turns an image into model input:
+
+    file ─safe loader (JPEG decoded at reduced scale)─▶ RGB ─square_pixels─▶ uint8 (H W 3) ─pixels_tensor─▶ (b 3 H W)
+
+Indexing, re-ranking, image queries, evaluation and training all go through these functions, so one file gives
+the same model input whichever path reads it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
+from mammut_search.images import load_image_with_size, to_rgb
 from mammut_search.model.checkpoint import load_checkpoint, save_checkpoint
-from mammut_search.model.config import MammutConfig
+from mammut_search.model.config import ImageEncoderConfig, MammutConfig
 from mammut_search.model.decoding import generate, score_texts
-from mammut_search.model.image_encoders import preprocess_images
 from mammut_search.model.mammut import MaMMUT
 from mammut_search.model.tokenizer import Tokenizer
 
 ImageBatch = Sequence[Image.Image] | torch.Tensor
+
+# Large images are box-reduced (cheap) only down to twice the input size: the bicubic resize from there keeps
+# the pixels within about one grey level of a bicubic resize from full size.
+REDUCING_GAP = 2
+
+
+# ----- the one image pipeline -----
+
+def load_square(path: str | os.PathLike, config: ImageEncoderConfig) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image file -> its encoder square, uint8 (H W 3), and the (width, height) of the full upright image.
+
+    The safe loader decodes a JPEG at the smallest scale that keeps `decode_side`; ImageLoadError if unsafe.
+    """
+    image, size = load_image_with_size(path, min_side=decode_side(config))
+    return square_pixels(image, config), size
+
+
+def preprocess_images(images: Sequence[Image.Image], config: ImageEncoderConfig) -> torch.Tensor:
+    """PIL images of any mode -> normalised pixels (b 3 H W)."""
+    return pixels_tensor([square_pixels(image, config) for image in images], config)
+
+
+def decode_side(config: ImageEncoderConfig) -> int:
+    """The smallest side an image needs for this encoder: preprocessing box-reduces larger images by powers
+    of two down to it, and the safe loader may decode JPEGs straight at that scale (`min_side`)."""
+    return REDUCING_GAP * config.image_size
+
+
+def square_pixels(image: Image.Image, config: ImageEncoderConfig) -> np.ndarray:
+    """One PIL image -> the encoder's input square as uint8 pixels (H W 3), before normalisation.
+
+    Any mode is converted to RGB (transparency onto the configured background). A large image is first reduced
+    by the largest power of two that keeps both sides ≥ `decode_side` (as the safe loader's JPEG draft decoding
+    does, so both give nearly the same pixels), then resized bicubic to fit the square with its aspect kept,
+    and centred on the background colour.
+    """
+    size = config.image_size
+    rgb = image if image.mode == "RGB" else to_rgb(image, tuple(config.background))
+    factor = power_of_two_reduction(rgb.size, decode_side(config))
+    if factor > 1:
+        rgb = rgb.reduce(factor)
+    scale = size / max(rgb.size)
+    w, h = max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))
+    if (w, h) != rgb.size:
+        rgb = rgb.resize((w, h), Image.Resampling.BICUBIC)
+    if (w, h) == (size, size):
+        return np.asarray(rgb)
+    canvas = np.empty((size, size, 3), np.uint8)
+    canvas[:] = config.background
+    left, top = (size - w) // 2, (size - h) // 2
+    canvas[top:top + h, left:left + w] = np.asarray(rgb)
+    return canvas
+
+
+def power_of_two_reduction(image_size: tuple[int, int], side: int) -> int:
+    """The largest power of two k with both sides of `image_size` ≥ k * side (1 for small images)."""
+    fits = min(image_size) // side
+    return 1 << (fits.bit_length() - 1) if fits > 1 else 1
+
+
+def pixels_tensor(squares: Sequence[np.ndarray], config: ImageEncoderConfig) -> torch.Tensor:
+    """uint8 squares, each (H W 3) -> the encoder's normalised float input (b 3 H W)."""
+    if not len(squares):
+        return torch.empty(0, 3, config.image_size, config.image_size)
+    return normalise_pixels(torch.from_numpy(np.stack(squares)), config)
+
+
+def normalise_pixels(pixels: torch.Tensor, config: ImageEncoderConfig) -> torch.Tensor:
+    """uint8 pixels (b H W 3) -> the encoder's normalised float input (b 3 H W), one batch at a time."""
+    mean = torch.tensor(config.mean).view(1, 3, 1, 1)
+    std = torch.tensor(config.std).view(1, 3, 1, 1)
+    return pixels.permute(0, 3, 1, 2).contiguous().float().div_(255.0).sub_(mean).div_(std)
 
 
 def default_device() -> torch.device:
@@ -55,6 +136,11 @@ class MammutModel:
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """PIL images -> normalised pixels (b 3 H W) on the CPU (safe to call in worker processes)."""
         return preprocess_images(list(images), self.config.image_encoder)
+
+    def preprocess_files(self, paths: Sequence[str | os.PathLike]) -> torch.Tensor:
+        """Image files through the one pipeline -> normalised pixels (b 3 H W); ImageLoadError names a bad file."""
+        config = self.config.image_encoder
+        return pixels_tensor([load_square(path, config)[0] for path in paths], config)
 
     def _pixels(self, images: ImageBatch) -> torch.Tensor:
         pixels = images if isinstance(images, torch.Tensor) else self.preprocess(images)

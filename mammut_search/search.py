@@ -271,9 +271,9 @@ class Searcher:
         with_caption also writes the query image's caption (from the same image tokens)."""
         self.follow_updates()
         k = _check_k(k)
-        picture = self._load_query_image(image)
+        pixels = self.model.preprocess([self._load_query_image(image)])
         with self._model_lock:
-            features = self.model.image_features(self.model.preprocess([picture]))
+            features = self.model.image_features(pixels)
             latent = self.model.latents_from_features(features).numpy()
             caption = (self.model.captions_from_features(features, beam_width=CAPTION_BEAM_WIDTH)[0]
                        if with_caption else None)
@@ -300,9 +300,9 @@ class Searcher:
 
     def caption(self, image: Image.Image | str | os.PathLike | bytes, *, beam_width: int = CAPTION_BEAM_WIDTH) -> str:
         """The generated caption of one image (a PIL image, a file path or the file's bytes)."""
-        picture = self._load_query_image(image)
+        pixels = self.model.preprocess([self._load_query_image(image)])
         with self._model_lock:
-            return self.model.caption([picture], beam_width=beam_width)[0]
+            return self.model.caption(pixels, beam_width=beam_width)[0]
 
     # ----- what the index holds -----
 
@@ -450,7 +450,7 @@ class Searcher:
         return open_image_bytes(data, name=readable(row["path"]), min_side=min_side)
 
     def _pixels_of(self, item_id: int) -> torch.Tensor | None:
-        from mammut_search.model.image_encoders import decode_side
+        from mammut_search.inference import decode_side
 
         path = self.store.path_of(item_id)
         try:
@@ -468,7 +468,7 @@ class Searcher:
         from PIL import Image
 
         from mammut_search.images import load_image, open_image_bytes
-        from mammut_search.model.image_encoders import decode_side
+        from mammut_search.inference import decode_side
 
         if isinstance(image, Image.Image):
             return image

@@ -11,7 +11,7 @@ from PIL import Image
 
 from mammut_search.errors import ImageLoadError
 from mammut_search.model.config import ImageEncoderConfig
-from mammut_search.model.image_encoders import decode_side, power_of_two_reduction, preprocess_images, square_pixels
+from mammut_search.inference import decode_side, power_of_two_reduction, preprocess_images, square_pixels
 from mammut_search.images import IMAGE_EXTENSIONS, image_size, load_image, load_image_with_size, open_image_bytes
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)

@@ -19,17 +19,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mammut_search.inference import load_model
     from mammut_search.errors import ImageLoadError
-    from mammut_search.images import load_image
 
     model = load_model(args.checkpoint, device=args.device)
     failures = 0
     for path in args.images:
         try:
-            image = load_image(path)
+            pixels = model.preprocess_files([path])
         except ImageLoadError as e:
             print(f"error: {e}", file=sys.stderr)
             failures += 1
             continue
-        caption = model.caption([image], beam_width=args.beam_width, max_len=args.max_len)[0]
+        caption = model.caption(pixels, beam_width=args.beam_width, max_len=args.max_len)[0]
         print(json.dumps({"path": path, "caption": caption}) if args.json else f"{path}\t{caption}")
     return 1 if failures else 0

@@ -89,7 +89,8 @@ def evaluate(pairs: pd.DataFrame, model, *, ks: Iterable[int] = (1, 5, 10), imag
     """Recall@k both ways (within each group when `group_column` is given), caption quality, index recall.
 
     `pairs` has one row per image-caption pair; several rows per image are several captions. `index` is an
-    opened IndexStore (or None). `load(path)` decodes one image (default: mammut_search.images.load_image).
+    opened IndexStore (or None). `load(path)` decodes one image (default: the one image pipeline of
+    mammut_search.inference, as indexing and re-ranking use it).
     `per_caption`: every caption is its own query and gallery text, right only for its own image (CLIP_benchmark,
     STANDARD_CONVENTIONS); otherwise identical caption texts are one text, right for all their images (CONVENTIONS).
     """
@@ -273,13 +274,11 @@ def auto_batch_size(model) -> int:
 def _encode_images(model, paths: list[str], *, captions: bool, beam_width: int, max_len: int,
                    batch_size: int | None, progress: bool, load) -> _Encoded:
     """Decode (threads), encode once, and caption every image; unreadable images are listed, not fatal."""
-    if load is None:
-        from mammut_search.images import load_image as load
     batch_size = batch_size or auto_batch_size(model)
 
     def pixels(path: str) -> torch.Tensor | str:
-        try:
-            return model.preprocess([load(path)])[0]
+        try:  # the one image pipeline, unless the caller brings its own loader
+            return model.preprocess_files([path])[0] if load is None else model.preprocess([load(path)])[0]
         except ImageLoadError as e:
             return str(e)
         except Exception as e:  # a loader outside the safe one may raise anything: name it, go on

@@ -1,82 +1,12 @@
-"""Image encoders: pixels (b 3 H W) -> image tokens (b n c), and the preprocessing each one expects."""
+"""Image encoders: pixels (b 3 H W) -> image tokens (b n c). Files become pixels in mammut_search.inference."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image
 from torch import nn
 
 from mammut_search.model.config import ImageEncoderConfig
-
-# Large images are box-reduced (cheap) only down to twice the input size: the bicubic resize from there keeps
-# the pixels within about one grey level of a bicubic resize from full size.
-REDUCING_GAP = 2
-
-
-def preprocess_images(images: list[Image.Image], config: ImageEncoderConfig) -> torch.Tensor:
-    """PIL images of any mode -> normalised pixels (b 3 H W): alpha composited onto the background colour,
-    the image fitted into a square with its aspect kept, padded with the background."""
-    size = config.image_size
-    if not images:
-        return torch.empty(0, 3, size, size)
-    return normalise_pixels(torch.from_numpy(np.stack([square_pixels(image, config) for image in images])), config)
-
-
-def decode_side(config: ImageEncoderConfig) -> int:
-    """The smallest side an image needs for this encoder: preprocessing box-reduces larger images by powers
-    of two down to it, and the safe loader may decode JPEGs straight at that scale (`min_side`)."""
-    return REDUCING_GAP * config.image_size
-
-
-def square_pixels(image: Image.Image, config: ImageEncoderConfig) -> np.ndarray:
-    """One PIL image -> the encoder's input square as uint8 pixels (H W 3), before normalisation.
-
-    A large image is first reduced by the largest power of two that keeps both sides ≥ `decode_side` (as
-    the safe loader's JPEG draft decoding does, so both give nearly the same pixels), then resized bicubic
-    to fit the square with its aspect kept, and centred on the background colour.
-    """
-    size = config.image_size
-    rgb = image if image.mode == "RGB" else to_rgb(image, config.background)
-    factor = power_of_two_reduction(rgb.size, decode_side(config))
-    if factor > 1:
-        rgb = rgb.reduce(factor)
-    scale = size / max(rgb.size)
-    w, h = max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))
-    if (w, h) != rgb.size:
-        rgb = rgb.resize((w, h), Image.Resampling.BICUBIC)
-    if (w, h) == (size, size):
-        return np.asarray(rgb)
-    canvas = np.empty((size, size, 3), np.uint8)
-    canvas[:] = config.background
-    left, top = (size - w) // 2, (size - h) // 2
-    canvas[top:top + h, left:left + w] = np.asarray(rgb)
-    return canvas
-
-
-def power_of_two_reduction(image_size: tuple[int, int], side: int) -> int:
-    """The largest power of two k with both sides of `image_size` ≥ k * side (1 for small images)."""
-    fits = min(image_size) // side
-    return 1 << (fits.bit_length() - 1) if fits > 1 else 1
-
-
-def normalise_pixels(pixels: torch.Tensor, config: ImageEncoderConfig) -> torch.Tensor:
-    """uint8 pixels (b H W 3) -> the encoder's normalised float input (b 3 H W), one batch at a time."""
-    mean = torch.tensor(config.mean).view(1, 3, 1, 1)
-    std = torch.tensor(config.std).view(1, 3, 1, 1)
-    return pixels.permute(0, 3, 1, 2).contiguous().float().div_(255.0).sub_(mean).div_(std)
-
-
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Any PIL mode -> RGB, with transparency composited onto `background`."""
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, background + (255,))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 class EfficientNetLite0Encoder(nn.Module):

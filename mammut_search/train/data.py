@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from mammut_search.captioned import read_captioned
 from mammut_search.errors import UserError
+from mammut_search.inference import preprocess_images
 from mammut_search.model.config import ImageEncoderConfig
-from mammut_search.model.image_encoders import preprocess_images, to_rgb
 
 MANIFEST_COLUMNS = ("path", "concept_id", "name", "captions", "split")
 TRAIN_SPLIT = "train"
@@ -70,14 +70,15 @@ def sentence_query(name: str) -> str:
 # ----- images and augmented views -----
 
 def open_image(path: str) -> Image.Image:
-    """Image file of the (trusted, self-built) corpus -> RGB on white; raises ValueError naming the file when
-    it cannot be read."""
+    """Image file of the corpus -> RGB on white through the safe loader (the one every path uses; full size,
+    as views are cropped before squaring); raises ValueError naming the file when it cannot be read."""
+    from mammut_search.errors import ImageLoadError
+    from mammut_search.images import load_image
+
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
-    except Exception as e:  # every decoder error means the same thing here: skip this image
-        raise ValueError(f"{path}: cannot read image ({e})") from None
+        return load_image(path)
+    except ImageLoadError as e:  # every decoder error means the same thing here: skip this image
+        raise ValueError(f"{path}: cannot read image ({getattr(e, 'reason', e)})") from None
 
 
 def augment(image: Image.Image, rng: random.Random) -> Image.Image:

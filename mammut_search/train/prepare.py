@@ -17,9 +17,9 @@ from torch import nn
 
 from mammut_search.errors import UserError
 from mammut_search.eval.metrics import tokenize
+from mammut_search.inference import preprocess_images
 from mammut_search.model.checkpoint import file_sha256
 from mammut_search.model.config import ImageEncoderConfig
-from mammut_search.model.image_encoders import preprocess_images
 from mammut_search.model.mammut import MaMMUT
 from mammut_search.model.tokenizer import Tokenizer, train_bpe
 from mammut_search.train import card as te
