@@ -23,6 +23,7 @@ from tqdm import tqdm
 from mammut_search.errors import IndexStoreError, UserError
 from mammut_search.index.manifest import MANIFEST_FILE, Manifest, RunStats, model_identity
 from mammut_search.index.store import OK, IndexStore, items_frame
+from mammut_search.index.tokens import TOKENS_VERSION, describe, tokens_writer
 
 from index_builder.encode import CHANGED, Encoded, EncodeJob, encode
 from index_builder.scan import FoundFile, hash_files, scan_roots
@@ -151,7 +152,10 @@ def index_files(index_dir: Path, model, files: list[FoundFile], roots: list[str]
         last_run=stats,
         created=previous.manifest.created if previous is not None else None,
     )
-    store = IndexStore.commit(index_dir, items, vectors, manifest)
+    tokens = stored_tokens(previous, items, results)
+    if tokens is not None:
+        manifest.rerank_tokens, tokens = tokens
+    store = IndexStore.commit(index_dir, items, vectors, manifest, tokens=tokens)
     remove_work(index_dir)
     log.info("indexed %d images, skipped %d files, encoded %d in %.1f s",
              stats.images, stats.skipped, stats.encoded, stats.seconds)
@@ -236,7 +240,9 @@ def reuse_from_previous(previous: IndexStore | None, wanted: set[str]) -> dict[s
     items = previous.ok_items
     ok = items[items["sha256"].isin(wanted)].drop_duplicates("sha256")
     latents = previous.vectors.reconstruct(ok["id"].to_numpy(np.int64)) if len(ok) else np.zeros((0, 0), np.float32)
-    return {r["sha256"]: Encoded(r["sha256"], OK, r["width"], r["height"], r["caption"], latents[k])
+    tokens = previous.tokens
+    return {r["sha256"]: Encoded(r["sha256"], OK, r["width"], r["height"], r["caption"], latents[k],
+                                 tokens.row(r["id"]) if tokens is not None else None)
             for k, r in enumerate(ok.to_dict("records"))}
 
 
@@ -268,6 +274,26 @@ def make_vectors(previous: IndexStore | None, items, results: dict[str, Encoded]
                                remove_ids=np.setdiff1d(before, ok["id"].to_numpy(np.int64)), progress=progress)
 
 
+def stored_tokens(previous: IndexStore | None, items, results: dict[str, Encoded]):
+    """(manifest entry, file writer) of the re-ranking tokens of the ok items: kept items' rows copied from
+    `previous`, new items' from `results`; None when some item has none (an index from before they were
+    stored keeps re-ranking by decoding its files until it is rebuilt)."""
+    ok = items[items["status"] == OK].sort_values("id")
+    ids = ok["id"].to_numpy(np.int64)
+    kept = set(previous.ok_items["id"].tolist()) if previous is not None else set()
+    old = previous.tokens if previous is not None else None
+    sha_of = dict(zip(ids.tolist(), ok["sha256"]))
+    new = [results[sha_of[i]].tokens for i in ids.tolist() if i not in kept]
+    if not len(ids) or any(t is None for t in new) or (len(new) < len(ids) and old is None):
+        return None
+    shape = new[0].shape if new else old.shape
+
+    def row_of(item_id: int) -> np.ndarray:
+        return old.row(item_id) if item_id in kept else results[sha_of[item_id]].tokens
+
+    return describe(len(ids), shape), tokens_writer(ids, row_of, shape)
+
+
 def latents_of(rows, results: dict[str, Encoded], latent_dim: int) -> np.ndarray:
     """The latents (n l) of items rows, looked up by their sha256."""
     if not len(rows):
@@ -278,7 +304,7 @@ def latents_of(rows, results: dict[str, Encoded], latent_dim: int) -> np.ndarray
 def work_identity(model, options: BuildOptions) -> dict[str, Any]:
     """What the shards of a build depend on: reused only when all of it matches."""
     return {"model_identity": model_identity(model) or model.checkpoint_sha256, "latent_dim": int(model.latent_dim),
-            "captions": options.captions}
+            "captions": options.captions, "rerank_tokens": TOKENS_VERSION}
 
 
 def model_summary(model) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The encode pipeline: decode images in worker processes, run the image encoder once per image, and turn
-its tokens into a latent (for FAISS) and, in the same pass, a caption (for the items table)."""
+its tokens into a latent (for FAISS) and, in the same pass, the decoder's image tokens (stored, for re-ranking)
+and a caption (for the items table)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class Encoded:
     height: int = 0
     caption: str = ""
     latent: np.ndarray | None = None
+    tokens: np.ndarray | None = None  # the decoder's image tokens (q d), float16, for re-ranking
 
 
 class DecodeDataset(Dataset):
@@ -100,16 +102,19 @@ def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: i
     )
     for batch in loader:
         samples, pixels = batch["samples"], batch["pixels"]
-        latents, texts = None, None
+        latents, tokens, texts = None, None, None
         if pixels is not None:
             features = model.image_features(pixels.to(model.device, non_blocking=True))
             latents = model.latents_from_features(features).numpy().astype(np.float32, copy=False)
+            decoder_tokens = model.decoder_tokens(features)
+            tokens = decoder_tokens.to(torch.float16).cpu().numpy()
             if captions:
-                texts = model.captions_from_features(features, max_len=caption_max_len)
-        yield list(_results(samples, latents, texts))
+                texts = model.captions_from_tokens(decoder_tokens, max_len=caption_max_len)
+        yield list(_results(samples, latents, tokens, texts))
 
 
-def _results(samples: list[dict], latents: np.ndarray | None, texts: list[str] | None) -> Iterator[Encoded]:
+def _results(samples: list[dict], latents: np.ndarray | None, tokens: np.ndarray | None,
+             texts: list[str] | None) -> Iterator[Encoded]:
     k = 0
     for s in samples:
         job = s["job"]
@@ -117,5 +122,5 @@ def _results(samples: list[dict], latents: np.ndarray | None, texts: list[str] |
             yield Encoded(job.sha256, s["status"])
             continue
         width, height = s["size"]
-        yield Encoded(job.sha256, "ok", int(width), int(height), texts[k] if texts else "", latents[k])
+        yield Encoded(job.sha256, "ok", int(width), int(height), texts[k] if texts else "", latents[k], tokens[k])
         k += 1

@@ -88,9 +88,13 @@ def remove_work(index_dir: str | Path) -> None:
 def write_shard(path: str, results: list[Encoded], latent_dim: int) -> None:
     """Encoded results -> one .npz (no pickled objects)."""
     latents = np.zeros((len(results), latent_dim), np.float32)
+    shape = next((r.tokens.shape for r in results if r.tokens is not None), (0, 0))
+    tokens = np.zeros((len(results), *shape), np.float16)
     for i, r in enumerate(results):
         if r.latent is not None:
             latents[i] = r.latent
+        if r.tokens is not None:
+            tokens[i] = r.tokens
     with open(path, "wb") as f:
         np.savez(
             f,
@@ -100,16 +104,18 @@ def write_shard(path: str, results: list[Encoded], latent_dim: int) -> None:
             width=np.array([r.width for r in results], np.int64),
             height=np.array([r.height for r in results], np.int64),
             latents=latents,
+            tokens=tokens,
         )
 
 
 def read_shard(path: str | Path) -> list[Encoded]:
     """One .npz shard -> its Encoded results."""
     with np.load(path, allow_pickle=False) as data:
-        columns = {k: data[k] for k in ("sha256", "status", "caption", "width", "height", "latents")}
+        columns = {k: data[k] for k in ("sha256", "status", "caption", "width", "height", "latents", "tokens")}
     return [
-        Encoded(str(sha), str(status), int(w), int(h), str(caption), latent.copy() if status == "ok" else None)
-        for sha, status, caption, w, h, latent in zip(*columns.values())
+        Encoded(str(sha), str(status), int(w), int(h), str(caption), latent.copy() if status == "ok" else None,
+                tokens.copy() if status == "ok" and tokens.size else None)
+        for sha, status, caption, w, h, latent, tokens in zip(*columns.values())
     ]
 
 

@@ -159,22 +159,36 @@ class MammutModel:
             return self.net.image_latents(features).float().cpu()
 
     @torch.no_grad()
-    def captions_from_features(self, features: torch.Tensor, *, beam_width: int = 1, max_len: int = 24) -> list[str]:
-        """image tokens (b j c) -> one generated caption per image."""
+    def decoder_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """image encoder tokens (b j c) -> the decoder's pooled image tokens (b q d), on the model's device: all
+        that captioning and re-ranking read of an image (an index stores them, so re-ranking decodes no image)."""
         with self._autocast():
-            _, image_tokens = self.net.pool_image(features)
-            ids = generate(self.net, image_tokens, beam_width=beam_width, max_len=max_len)
+            return self.net.pool_image(features)[1]
+
+    @torch.no_grad()
+    def captions_from_tokens(self, tokens: torch.Tensor, *, beam_width: int = 1, max_len: int = 24) -> list[str]:
+        """decoder image tokens (b q d) -> one generated caption per image."""
+        with self._autocast():
+            ids = generate(self.net, tokens.to(self.device, non_blocking=True), beam_width=beam_width,
+                           max_len=max_len)
         return [self.tokenizer.decode(row) for row in ids.tolist()]
 
     @torch.no_grad()
-    def score_text_from_features(self, features: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        """image tokens (b j c) and b texts -> length-normalised log p(text_i | image_i) (b)."""
-        if len(texts) != features.shape[0]:
-            raise ValueError(f"score_text needs one text per image, got {len(texts)} texts for {features.shape[0]}")
+    def score_text_from_tokens(self, tokens: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """decoder image tokens (b q d) and b texts -> length-normalised log p(text_i | image_i) (b)."""
+        if len(texts) != tokens.shape[0]:
+            raise ValueError(f"score_text needs one text per image, got {len(texts)} texts for {tokens.shape[0]}")
         ids = self.tokenizer.encode(list(texts), self.config.max_text_len).to(self.device)
         with self._autocast():
-            _, image_tokens = self.net.pool_image(features)
-            return score_texts(self.net, image_tokens, ids).float().cpu()
+            return score_texts(self.net, tokens.to(self.device, non_blocking=True), ids).float().cpu()
+
+    def captions_from_features(self, features: torch.Tensor, *, beam_width: int = 1, max_len: int = 24) -> list[str]:
+        """image encoder tokens (b j c) -> one generated caption per image."""
+        return self.captions_from_tokens(self.decoder_tokens(features), beam_width=beam_width, max_len=max_len)
+
+    def score_text_from_features(self, features: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """image encoder tokens (b j c) and b texts -> length-normalised log p(text_i | image_i) (b)."""
+        return self.score_text_from_tokens(self.decoder_tokens(features), texts)
 
     def encode_image(self, images: ImageBatch) -> torch.Tensor:
         """PIL images or pixels (b 3 H W) -> unit-norm image latents (b l)."""

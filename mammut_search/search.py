@@ -3,9 +3,10 @@
 text query ─▶ text latent ─▶ FAISS top candidates ─(optional)▶ re-rank by log p(query | image), decoder pass
 image      ─▶ image tokens (once) ─┬▶ latent ─▶ FAISS top-k (image → image)
                                    └▶ caption
-Re-ranking needs the image tokens of each candidate; they are not stored in the index (they are ~100x the
-size of a latent), so the candidates' images are decoded again and their tokens kept in an LRU cache, which
-makes repeated and related queries cheap.
+Re-ranking needs the decoder's image tokens of each candidate. An index stores them (a few KB an image,
+written in the pass that made the latents), so re-ranking decodes no image and a cold query costs what a warm
+one does; for an index without them the candidates' files are decoded again through the one image pipeline and
+their tokens kept in an LRU cache, which makes repeated and related queries cheap.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ RERANK_WEIGHT = 0.1
 # and half of the unrelated queries (measured for the bundled checkpoint; other checkpoints may differ)
 NO_MATCH_MARGIN = 1.5
 REFERENCE_IMAGES = 16
-FEATURE_CACHE_SIZE = 1024  # image tokens of 1024 images: ~130 MB for EfficientNet-Lite0 at 160 px
+FEATURE_CACHE_SIZE = 1024  # decoder tokens of 1024 images: 16 MB for the bundled model (16 x 256 floats each)
 FEATURE_BATCH = 16
 CAPTION_BEAM_WIDTH = 3
 # query images decoded at once: a large upload may briefly take ~700 MB while it decodes (see images.py)
@@ -104,7 +105,7 @@ class SearchResults:
 
 
 class FeatureCache:
-    """A thread-safe LRU of image tokens (j c) by item id."""
+    """A thread-safe LRU of decoder image tokens (q d) by item id."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
@@ -135,8 +136,10 @@ class Searcher:
     def __init__(self, store, model, *, rerank_default: bool = RERANK_BY_DEFAULT,
                  rerank_candidates: int = RERANK_CANDIDATES, rerank_weight: float = RERANK_WEIGHT,
                  no_match_margin: float = NO_MATCH_MARGIN, reference_images: int = REFERENCE_IMAGES,
-                 cache_size: int = FEATURE_CACHE_SIZE):
-        self._generation = _Generation.of(store, reference_images)
+                 cache_size: int = FEATURE_CACHE_SIZE, stored_tokens: bool = True):
+        # re-rank from the decoder tokens the index stores, when it has them
+        self.stored_tokens = stored_tokens
+        self._generation = _Generation.of(store, reference_images, stored_tokens)
         self._reference_images = reference_images
         self._manifest_stamp = _stamp(store.directory)
         self._reopen_lock = threading.Lock()
@@ -210,14 +213,14 @@ class Searcher:
                 self._manifest_stamp = stamp
                 return False
             store.vectors  # loaded before the switch: the next queries must not wait for it or fail on it
-            self._generation = _Generation.of(store, self._reference_images)
+            self._generation = _Generation.of(store, self._reference_images, self.stored_tokens)
             self._manifest_stamp = stamp
             log.info("%s: now serving generation %d (%d images)", store.directory, store.manifest.generation,
                      len(self._ok_ids))
             return True
 
     def clear_cache(self) -> None:
-        """Forget the cached image tokens of re-ranked candidates (to measure, or to free memory)."""
+        """Forget the cached tokens of candidates re-ranked by decoding their files (to measure, or to free memory)."""
         self._features = FeatureCache(self._features.capacity)
 
     def close(self) -> None:
@@ -398,24 +401,31 @@ class Searcher:
         import torch
 
         wanted = [int(i) for i in ids] + [int(i) for i in self.reference_ids]
-        features = self._features_of(wanted)
-        usable = [i for i, f in enumerate(features) if f is not None]
+        tokens = self._tokens_of(wanted)
+        usable = [i for i, t in enumerate(tokens) if t is not None]
         scores = np.full(len(wanted), np.nan)
         if usable:
             with self._model_lock:
-                batch = torch.stack([features[i] for i in usable])
-                scores[usable] = self.model.score_text_from_features(batch, [text] * len(usable)).double().numpy()
+                batch = torch.stack([tokens[i] for i in usable])
+                scores[usable] = self.model.score_text_from_tokens(batch, [text] * len(usable)).double().numpy()
         reference = scores[len(ids):]
         reference = reference[~np.isnan(reference)]
         baseline = float(np.median(reference)) if len(reference) else float(np.nanmedian(scores[:len(ids)]))
         return scores[:len(ids)] - baseline
 
-    def _features_of(self, ids: list[int]) -> list[torch.Tensor | None]:
-        """Image tokens (j c) of indexed images, from the cache or computed in batches; None for a file that
-        cannot be read any more. (A row's tokens do not depend on its batch-mates beyond float rounding,
-        ~1e-13, far below the 1e-6 that scores are rounded to.)"""
+    def _tokens_of(self, ids: list[int]) -> list[torch.Tensor | None]:
+        """Decoder image tokens (q d) of indexed images: read from the index when it stores them (no image is
+        decoded), else from the cache or computed in batches from the files; None for a file that cannot be
+        read any more. (A row's tokens do not depend on its batch-mates beyond float rounding, ~1e-13, far
+        below the 1e-6 that scores are rounded to.)"""
         import torch
 
+        stored = self._generation.tokens
+        if stored is not None:
+            try:
+                return list(torch.from_numpy(stored.rows(ids)))
+            except KeyError:  # the index switched generation under this query: decode these few files
+                pass
         found = {i: self._features.get(i) for i in dict.fromkeys(ids)}
         missing = [i for i, f in found.items() if f is None]
         pending = [self._loader.submit(self._pixels_of, i) for i in missing]  # decoding overlaps the model
@@ -425,7 +435,8 @@ class Searcher:
             if not loaded:
                 continue
             with self._model_lock:
-                tokens = self.model.image_features(torch.stack([p for _, p in loaded]))
+                features = self.model.image_features(torch.stack([p for _, p in loaded]))
+                tokens = self.model.decoder_tokens(features).float().cpu()
             for (item_id, _), row in zip(loaded, tokens):
                 row = row.clone()  # not a view: a cached row must not keep the whole batch alive
                 self._features.put(item_id, row)
@@ -499,11 +510,13 @@ class _Generation:
     ok_ids: np.ndarray
     ok_id_set: set[int]
     reference_ids: np.ndarray
+    tokens: Any  # StoredTokens (a memory map, opened with the generation) or None: re-rank by decoding files
 
     @classmethod
-    def of(cls, store, reference_images: int) -> "_Generation":
+    def of(cls, store, reference_images: int, stored_tokens: bool = True) -> "_Generation":
         ok_ids = store.ok_items["id"].to_numpy(np.int64)
-        return cls(store, ok_ids, set(ok_ids.tolist()), _spread(np.sort(ok_ids), reference_images))
+        return cls(store, ok_ids, set(ok_ids.tolist()), _spread(np.sort(ok_ids), reference_images),
+                   store.tokens if stored_tokens else None)
 
 
 def _stamp(directory: Path) -> tuple[int, int, int] | None:

@@ -37,7 +37,9 @@ def contents(index_dir):
     items = store.items.sort_values("path").reset_index(drop=True)
     ok = items[items["status"] == "ok"]
     vectors = store.vectors.reconstruct(ok["id"].to_numpy(np.int64))
-    return items[["path", "sha256", "status", "caption", "width", "height"]], vectors
+    tokens = store.tokens.rows(ok["id"].to_numpy(np.int64))  # the re-ranking tokens, in the same order
+    return items[["path", "sha256", "status", "caption", "width", "height"]], np.concatenate(
+        [vectors, tokens.reshape(len(ok), -1)], axis=1)
 
 
 @pytest.mark.slow

@@ -62,7 +62,7 @@ def test_the_same_file_gives_identical_model_inputs_on_every_path(make, model, t
     store = build_index([folder], tmp_path / "index", model, options=BuildOptions(workers=0, progress=False))
     inputs["indexing"] = recorder.take()
 
-    searcher = Searcher(store, model)
+    searcher = Searcher(store, model, stored_tokens=False)  # the re-ranking path that decodes files
     searcher.search_text("a red apple", rerank=True)
     inputs["re-ranking"] = recorder.take()
     searcher.search_image(str(path))
@@ -80,8 +80,13 @@ def test_the_same_file_gives_identical_model_inputs_on_every_path(make, model, t
 
 
 def test_training_reads_images_through_the_same_loader_and_square(model, tmp_path):
+    """Training decodes at full size (its views are cropped before squaring); for images under twice the
+    encoder's decode side, as the rendered corpus is, that is exactly what the other paths decode."""
     from mammut_search.train import data
 
-    path = transparent_png(tmp_path / "drawing.png")
+    path = tmp_path / "drawing.png"
+    small = Image.new("RGBA", (100, 60), (0, 0, 0, 0))
+    small.paste((200, 40, 40, 255), (20, 10, 80, 50))
+    small.save(path)
     trained_on = data.pixel_encoder(model.config.image_encoder)([data.open_image(str(path))])[0]
     assert torch.equal(trained_on, model.preprocess_files([path])[0])

@@ -139,14 +139,16 @@ def test_nothing_matches_is_said_when_no_candidate_beats_the_baseline(index):
     assert not strict.search_text("an octopus", 5, rerank=False).nothing_matches  # only re-ranking can tell
 
 
-def test_a_candidate_whose_file_went_away_is_ranked_without_a_likelihood(tmp_path):
+@pytest.mark.parametrize("stored_tokens", [False, True])
+def test_a_candidate_whose_file_went_away_is_ranked_without_a_likelihood_unless_its_tokens_are_stored(
+        tmp_path, stored_tokens):
     index, _ = build_test_index(tmp_path, count=8)
-    with Searcher.open(index, device="cpu") as searcher:
+    with Searcher.open(index, device="cpu", stored_tokens=stored_tokens) as searcher:
         gone = searcher.search_text("a red circle", 1, rerank=False)[0]
         os.remove(gone.path)
         results = searcher.search_text("a red circle", 8, rerank=True)
     by_id = {h.id: h for h in results}
-    assert len(results) == 8 and by_id[gone.id].likelihood is None
+    assert len(results) == 8 and (by_id[gone.id].likelihood is not None) == stored_tokens
     assert all(h.likelihood is not None for h in results if h.id != gone.id)
 
 

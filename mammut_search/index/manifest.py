@@ -68,6 +68,7 @@ class Manifest:
     index: dict[str, Any] = field(default_factory=dict)  # the vector index's description (kind, params, recall)
     files: dict[str, int] = field(default_factory=dict)  # data file -> size in bytes
     checksums: dict[str, str] = field(default_factory=dict)  # data file -> sha256; empty in old indexes
+    rerank_tokens: dict[str, Any] = field(default_factory=dict)  # the stored decoder tokens (index/tokens.py); {}: none
     created: str | None = None
     updated: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know, kept as they were

@@ -13,8 +13,9 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,9 +25,11 @@ from mammut_search.errors import IndexStoreError
 from mammut_search.files import sha256_regular as file_sha256
 from mammut_search.index.manifest import (SCHEMA_VERSION, Manifest, check_model, previous_manifest, read_manifest,
                                           readable, rebuild_command, write_manifest)
+from mammut_search.index.tokens import TOKENS_FILE, StoredTokens, open_tokens
 
 INDEX_FILE, ITEMS_FILE = "index.faiss", "items.parquet"
 DATA_FILES = (INDEX_FILE, ITEMS_FILE)
+OPTIONAL_FILES = (TOKENS_FILE,)  # written when the builder has them, described in the manifest
 OK = "ok"
 
 # The items table as the API exposes it; `path` is a str that may hold surrogate escapes (non-UTF-8 names).
@@ -71,6 +74,7 @@ class IndexStore:
         self.use_gpu = use_gpu  # where vectors are searched: None, GPU when FAISS has one
         self._row_of_id: dict[int, int] | None = None
         self._vectors_lock = threading.Lock()
+        self._tokens: StoredTokens | None | bool = False  # False: not looked for yet
 
     @classmethod
     def open(cls, index_dir: str | Path, *, model=None, use_gpu: bool | None = None) -> "IndexStore":
@@ -96,6 +100,21 @@ class IndexStore:
                     raise IndexStoreError(f"{path}: cannot read the vector index ({e}); rebuild with "
                                           f"{rebuild_command(self.directory, self.manifest)}") from None
             return self._vectors
+
+    @property
+    def tokens(self) -> StoredTokens | None:
+        """The decoder's image tokens of the ok items (memory-mapped), or None when the index has none.
+
+        Only the file's size is checked against the manifest: hashing 8 KB an image on every open would cost a
+        cold query more than re-ranking saves, and a damaged tokens file can only change the order of results."""
+        if self._tokens is False:  # concurrent first calls each open the same file: assigned once, whole
+            tokens = None
+            if self.manifest.rerank_tokens:
+                path = committed_path(self.directory, TOKENS_FILE, self.manifest)
+                if path.exists() and path.stat().st_size == self.manifest.files.get(TOKENS_FILE):
+                    tokens = open_tokens(path, self.manifest.rerank_tokens, self.ok_items["id"].to_numpy(np.int64))
+            self._tokens = tokens
+        return self._tokens
 
     @property
     def ok_items(self) -> pd.DataFrame:
@@ -127,9 +146,10 @@ class IndexStore:
         return latest is None or latest.generation == self.manifest.generation
 
     @staticmethod
-    def commit(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: Manifest) -> "IndexStore":
+    def commit(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: Manifest, *,
+               tokens: Callable[[str], None] | None = None) -> "IndexStore":
         """Write a new generation of the index (items, vectors, then the manifest as the commit point)."""
-        return commit_index(index_dir, items, vectors, manifest)
+        return commit_index(index_dir, items, vectors, manifest, tokens=tokens)
 
 
 # ----- reading -----
@@ -179,11 +199,14 @@ def pending_name(name: str, generation: int) -> str:
     return f"{name}.gen{generation}"
 
 
-def commit_index(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: Manifest) -> IndexStore:
+def commit_index(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: Manifest, *,
+                 tokens: Callable[[str], None] | None = None) -> IndexStore:
     """Write items and vectors as a new generation of `index_dir`, then commit it by replacing manifest.json.
 
     `manifest` holds the builder's fields (model, roots, last run, created when kept...); this function sets
     schema_version, generation, count, items, skipped, faiss_version, index, files, checksums and the dates.
+    `tokens` writes the re-ranking tokens file (mammut_search.index.tokens) that `manifest.rerank_tokens`
+    describes; without it the generation has none.
     """
     from mammut_search.index.vectors import faiss_version
 
@@ -199,8 +222,14 @@ def commit_index(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: 
 
     vectors.save(directory / pending_name(INDEX_FILE, generation))
     atomic_write(directory / pending_name(ITEMS_FILE, generation), lambda tmp: _write_items_parquet(items, tmp))
+    names = DATA_FILES
+    if tokens is not None and manifest.rerank_tokens:
+        atomic_write(directory / pending_name(TOKENS_FILE, generation), tokens)
+        names = DATA_FILES + (TOKENS_FILE,)
+    else:
+        manifest = replace(manifest, rerank_tokens={})
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    written = {name: directory / pending_name(name, generation) for name in DATA_FILES}
+    written = {name: directory / pending_name(name, generation) for name in names}
     manifest = replace(
         manifest,
         schema_version=SCHEMA_VERSION,
@@ -221,16 +250,20 @@ def commit_index(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: 
 
 
 def finish_pending_renames(directory: Path, manifest: Manifest | None) -> None:
-    """Rename the committed generation's pending files into place and delete pending files never committed."""
+    """Rename the committed generation's pending files into place and delete pending files never committed
+    (and an optional file that the committed generation does not have)."""
     committed = manifest.generation if manifest is not None else None
     for path in directory.glob("*.gen*"):
         name, _, generation = path.name.rpartition(".gen")
-        if name not in DATA_FILES or not generation.isdigit():
+        if name not in DATA_FILES + OPTIONAL_FILES or not generation.isdigit():
             continue
         if int(generation) == committed:
             os.replace(path, directory / name)
         else:
             path.unlink()
+    for name in OPTIONAL_FILES:
+        if manifest is not None and name not in manifest.files:
+            (directory / name).unlink(missing_ok=True)
     fsync_directory(directory)
 
 
