@@ -44,6 +44,9 @@ class ColourModel:
         return torch.tensor(np.stack([np.asarray(i.convert("RGB"), dtype=np.float32).mean(axis=(0, 1)) / 255
                                       for i in images]))
 
+    def preprocess_files(self, paths):
+        return self.preprocess([Image.open(p) for p in paths])
+
     def image_features(self, pixels):
         return pixels
 
