@@ -111,3 +111,53 @@ def test_repeated_ngrams_are_blocked_and_nothing_else():
     assert (blocked[1] == 0).all()
     unigrams = block_repeated_ngrams(log_probs, sequences, 1)  # no token twice
     assert (unigrams[1, 1:7] == -float("inf")).all() and (unigrams[1, 7:] == 0).all()
+
+
+def reference_blocked(log_probs, sequences, ngram):
+    """Forbidden next tokens, the plain way: every earlier n-gram whose first n-1 tokens end the sequence."""
+    out = log_probs.clone()
+    for row, seq in enumerate(sequences.tolist()):
+        tail = seq[len(seq) - ngram + 1:] if ngram > 1 else []
+        for start in range(len(seq) - ngram + 1):
+            if seq[start:start + ngram - 1] == tail:
+                out[row, seq[start + ngram - 1]] = -float("inf")
+    return out
+
+
+def test_ngram_blocking_matches_the_plain_definition():
+    generator = torch.Generator().manual_seed(0)
+    for ngram in (1, 2, 3, 4):
+        for length in (ngram, ngram + 3, 20):
+            sequences = torch.randint(0, 5, (8, length), generator=generator)  # few symbols: many repeats
+            log_probs = torch.randn(8, 5, generator=generator)
+            assert torch.equal(block_repeated_ngrams(log_probs, sequences, ngram),
+                               reference_blocked(log_probs, sequences, ngram)), (ngram, length)
+
+
+def test_checking_for_the_end_less_often_gives_the_same_ids(model):
+    _, image_tokens = model.net.pool_image(model.image_features(model.preprocess(pictures())))
+    for beam_width in (1, 3):
+        for max_len in (2, 5, 12):
+            every_step = generate(model.net, image_tokens, max_len=max_len, beam_width=beam_width, sync_every=1)
+            for sync_every in (3, 8):
+                assert torch.equal(every_step, generate(model.net, image_tokens, max_len=max_len,
+                                                        beam_width=beam_width, sync_every=sync_every))
+
+
+def test_fused_inference_layers_match_the_training_layers_and_follow_weight_updates(model):
+    net = model.net
+    _, image_tokens = net.pool_image(model.image_features(model.preprocess(pictures())))
+    image_tokens = image_tokens.detach()
+    ids = model.tokenizer.encode(["a drawing of a house", "a red apple", "an octopus", "the blue sea"], 16)
+
+    def logits(grad: bool) -> torch.Tensor:  # autograd on: the separate linears; off: the fused ones
+        with torch.set_grad_enabled(grad):
+            return net.decode(ids, net.cross_attention_kv(image_tokens))[0].detach()
+
+    assert torch.allclose(logits(False), logits(True), atol=1e-5)
+    assert torch.equal(generate(net, image_tokens, max_len=12),
+                       generate(net, image_tokens, max_len=12))  # the cached fused weights are reused
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1.5)  # an in-place update, like an optimiser step
+    assert torch.allclose(logits(False), logits(True), atol=1e-4)

@@ -11,18 +11,34 @@ import torch
 from mammut_search.model.mammut import MaMMUT
 
 
+# On a GPU, asking whether every sequence has finished waits for the device; it is asked every this many steps
+# (finished sequences only add <pad>, trimmed at the end, so the result is the same).
+SYNC_EVERY_CUDA = 8
+
+
 def block_repeated_ngrams(log_probs: torch.Tensor, sequences: torch.Tensor, ngram: int) -> torch.Tensor:
     """Forbid (set to -inf) every next token that would repeat an n-gram already in its sequence.
 
-    log_probs (b v), sequences (b n): the windows of the last n-1 tokens are matched against all earlier ones.
+    log_probs (b v), sequences (b n): the last n-1 tokens are matched against every earlier (n-1)-gram, each
+    read as one integer (base v), so the match is one comparison rather than n-1 and a reduction.
     """
     if ngram <= 0 or sequences.shape[1] < ngram:
         return log_probs
-    windows = sequences.unfold(1, ngram, 1)  # (b w ngram)
-    last = sequences[:, sequences.shape[1] - ngram + 1 :]  # (b ngram-1)
-    repeats = (windows[:, :, :-1] == last[:, None, :]).all(dim=-1)  # (b w)
+    vocab, prefix = log_probs.shape[-1], ngram - 1
+    if prefix == 0 or vocab ** prefix >= 2 ** 62:  # unigrams, or codes that would overflow: compare windows
+        windows = sequences.unfold(1, ngram, 1)  # (b w ngram)
+        last = sequences[:, sequences.shape[1] - prefix:]  # (b ngram-1)
+        repeats = (windows[:, :, :-1] == last[:, None, :]).all(dim=-1)  # (b w)
+        followers = windows[:, :, -1]
+    else:
+        n = sequences.shape[1]
+        codes = sequences[:, : n - prefix + 1]
+        for k in range(1, prefix):
+            codes = codes * vocab + sequences[:, k : n - prefix + 1 + k]  # (b n-prefix+1): every (n-1)-gram
+        repeats = codes[:, :-1] == codes[:, -1:]  # (b w): earlier (n-1)-grams equal to the last one
+        followers = sequences[:, prefix:]  # the token that followed each
     penalty = torch.where(repeats, -float("inf"), 0.0).to(log_probs.dtype)
-    return log_probs.scatter_add(1, windows[:, :, -1], penalty)
+    return log_probs.scatter_add(1, followers, penalty)
 
 
 def token_penalties(net: MaMMUT, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -50,12 +66,16 @@ def generate(
     no_repeat_ngram: int = 3,
     use_cache: bool = True,
     length_penalty: float = 1.0,
+    sync_every: int | None = None,
 ) -> torch.Tensor:
     """Pooled image tokens (b q d) -> generated ids (b n) starting with <bos>, padded after <eos>.
 
     beam_width 1 is greedy decoding. Beams are ranked by total log-probability / length ** length_penalty.
     <eos> is only allowed once a sequence holds min_len tokens (<bos> included), so captions are never empty.
     Both paths compute the logits of the last position only; use_cache=False reruns the whole prefix each step.
+    The ids are written into one buffer allocated up front. The loop asks whether every sequence has finished
+    every `sync_every` steps (default: 1 on a CPU, SYNC_EVERY_CUDA on a GPU, so that the host does not wait for
+    the device at every token); the result does not depend on it.
     """
     c = net.config
     b, device = image_tokens.shape[0], image_tokens.device
@@ -65,43 +85,58 @@ def generate(
     cross_kv = net.cross_attention_kv(image_tokens)
     vocab = net.token_emb.weight.shape[0]
     penalties = token_penalties(net, vocab, device)
-    sequences = torch.full((b * w, 1), c.bos_id, dtype=torch.long, device=device)
+    # <bos>, up to max_len - 1 tokens, and the <eos> closing sequences that run out of length
+    sequences = torch.full((b * w, max_len + 1), c.pad_id, dtype=torch.long, device=device)
+    sequences[:, 0] = c.bos_id
     scores = torch.zeros(b, w, device=device)
     scores[:, 1:] = -float("inf")  # all beams start identical: keep one until they diverge
     finished = torch.zeros(b * w, dtype=torch.bool, device=device)
     beam_offsets = torch.arange(b, device=device)[:, None] * w
+    if sync_every is None:
+        sync_every = SYNC_EVERY_CUDA if device.type == "cuda" else 1
     cache = None
+    n = 1  # tokens written so far
     for step in range(max_len - 1):
-        n = sequences.shape[1]
+        written = sequences[:, :n]
         if use_cache:
-            inputs = sequences[:, -1:] if cache is not None else sequences
+            inputs = written[:, -1:] if cache is not None else written
             logits, cache = net.decode(inputs, cross_kv, cache=cache, start=n - inputs.shape[1], last_only=True)
         else:
-            logits, _ = net.decode(sequences, cross_kv, last_only=True)
-        log_probs = logits[:, -1].float().log_softmax(dim=-1) + penalties["short" if n < min_len else "open"]
-        log_probs = block_repeated_ngrams(log_probs, sequences, no_repeat_ngram)  # (b*w v)
+            logits, _ = net.decode(written, cross_kv, last_only=True)
+        guard = penalties["short" if n < min_len else "open"]
+        if w == 1:
+            # greedy reads only the best token, and log_softmax keeps the order of the logits: skip it
+            log_probs = logits[:, -1].float() + guard
+        else:
+            log_probs = logits[:, -1].float().log_softmax(dim=-1) + guard
+        log_probs = block_repeated_ngrams(log_probs, written, no_repeat_ngram)  # (b*w v)
         log_probs = torch.where(finished[:, None], penalties["finished"], log_probs)
         if w == 1:  # greedy: the best token of each sequence, nothing to reorder
-            step_scores, token = log_probs.max(dim=-1)
-            scores = scores + step_scores[:, None]
-            sequences = torch.cat((sequences, token[:, None]), dim=-1)
-            finished = finished | (token == c.eos_id)
+            token = log_probs.argmax(dim=-1)
         else:
             candidates = (scores.view(b * w, 1) + log_probs).view(b, w * vocab)
             scores, flat = candidates.topk(w, dim=-1)  # (b w)
             beam = (flat // vocab + beam_offsets).view(-1)
             token = (flat % vocab).view(-1)
-            sequences = torch.cat((sequences[beam], token[:, None]), dim=-1)
-            finished = finished[beam] | (token == c.eos_id)
+            sequences = sequences[beam]
+            finished = finished[beam]
             if cache is not None:
                 cache = [(k[beam], v[beam]) for k, v in cache]
-        if finished.all():
+        sequences[:, n] = token
+        n += 1
+        finished |= token == c.eos_id
+        if (step + 1) % sync_every == 0 and finished.all():
             break
+    if sync_every > 1:  # steps run after every sequence had finished wrote only <pad>: drop them
+        n = int((sequences != c.pad_id).any(dim=0).nonzero().max()) + 1
     # close sequences that ran out of length with <eos>
     unfinished = ~finished
     if unfinished.any():
-        sequences = torch.cat((sequences, torch.full_like(sequences[:, :1], c.pad_id)), dim=-1)
-        sequences[unfinished, -1] = c.eos_id
+        sequences[unfinished, n] = c.eos_id
+        n += 1
+    sequences = sequences[:, :n]
+    if w == 1:
+        return sequences
     lengths = (sequences != c.pad_id).sum(dim=-1).float().view(b, w)
     best = (scores / lengths.clamp(min=1) ** length_penalty).argmax(dim=-1)
     return sequences.view(b, w, -1)[torch.arange(b, device=device), best]

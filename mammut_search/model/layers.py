@@ -2,9 +2,15 @@
 multi-query cross-attention, all through `scaled_dot_product_attention` (flash / memory-efficient kernels on GPU).
 
 einstein notation: b batch, h heads, n / i / j sequence (query i, key j), d feature.
+
+At inference (no autograd) the linears that share an input, or whose outputs are summed, run as one matmul over
+their concatenated weights (see `fused_weight`): fewer, larger operations per decoding step. The checkpoint
+keeps the separate weights; training uses them as they are.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +93,19 @@ def attention(
     return out.transpose(1, 2).reshape(b, i, h * d)
 
 
+def fused_weight(module: nn.Module, name: str, parts: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
+    """The weights `parts` concatenated along `dim` (0: linears sharing an input; 1: linears whose outputs are
+    summed), in the autocast dtype when autocast is on, kept on `module` and rebuilt when a part changes in place
+    (an optimiser step, load_state_dict), moves, or the dtype changes. For inference only (no autograd)."""
+    device = parts[0].device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else parts[0].dtype
+    key = (dtype, *((p._version, p.data_ptr()) for p in parts))
+    cache = module.__dict__.setdefault("_fused_weights", {})
+    if name not in cache or cache[name][0] != key:
+        cache[name] = (key, torch.cat([p.detach() for p in parts], dim=dim).to(dtype))
+    return cache[name][1]
+
+
 class ParallelTransformerBlock(nn.Module):
     """Self-attention and feed-forward computed in parallel from one normed input (PaLM), multi-query
     attention (one key/value head), rotary positions. Residual added by the block itself."""
@@ -126,7 +145,11 @@ class ParallelTransformerBlock(nn.Module):
         if cache is not None:
             k, v = torch.cat((cache[0], k), dim=-2), torch.cat((cache[1], v), dim=-2)
         out = attention(q, k, v, attn_mask, is_causal and attn_mask is None)
-        return x + self.attn_out(out) + self.ff_out(ff), (k, v)
+        if torch.is_grad_enabled():
+            return x + self.attn_out(out) + self.ff_out(ff), (k, v)
+        # inference: both output projections in one matmul over [attention | gated ff] (b n _)
+        weight = fused_weight(self, "out", (self.attn_out.weight, self.ff_out[1].weight), dim=1)
+        return x + F.linear(torch.cat((out, self.ff_out[0](ff)), dim=-1), weight), (k, v)
 
 
 class CrossAttention(nn.Module):
@@ -168,8 +191,20 @@ class CrossAttention(nn.Module):
         """x (b i d), kv from `context_kv` -> (b i d), without the residual."""
         b, i, _ = x.shape
         normed = self.norm(x)
+        if self.ff is not None and not torch.is_grad_enabled():
+            return self._fused_forward(normed, kv)
         q = self.to_q(normed).view(b, i, self.heads, self.dim_head)
         out = self.to_out(attention(q, *kv, mask=None, causal=False))
         if self.ff is not None:
             out = out + self.ff(normed)
         return out
+
+    def _fused_forward(self, normed: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Inference with the parallel feed-forward: queries and ff input from one matmul, the attention and ff
+        outputs projected by another."""
+        b, i, _ = normed.shape
+        inner = self.heads * self.dim_head
+        q_ff = F.linear(normed, fused_weight(self, "in", (self.to_q.weight, self.ff[0].weight), dim=0))
+        q = q_ff[..., :inner].reshape(b, i, self.heads, self.dim_head)
+        hidden = torch.cat((attention(q, *kv, mask=None, causal=False), self.ff[1](q_ff[..., inner:])), dim=-1)
+        return F.linear(hidden, fused_weight(self, "out", (self.to_out.weight, self.ff[2].weight), dim=1))
