@@ -13,6 +13,7 @@ import torch
 from index_builder.build import BuildOptions, update_index
 from index_builder.shards import read_shard, write_shard
 from mammut_search.inference import MammutModel
+from mammut_search.index.manifest import summary_rows
 from mammut_search.index.store import IndexStore
 from mammut_search.index.tokens import TOKENS_FILE
 from mammut_search.search import Searcher
@@ -61,6 +62,7 @@ def test_the_index_stores_one_row_of_decoder_tokens_per_image(index):
         expected = searcher.model.decoder_tokens(searcher.model.image_features(
             searcher.model.preprocess_files([path["path"]])))[0]
     assert store.tokens.shape == tuple(expected.shape)
+    assert ("re-ranking", "from the stored decoder tokens") in summary_rows(index, store.manifest, search="cpu")
     np.testing.assert_allclose(store.tokens.rows([path["id"]])[0], expected.numpy(), atol=2e-3, rtol=2e-3)
 
 
@@ -91,6 +93,8 @@ def test_an_index_without_stored_tokens_still_reranks_by_decoding_its_files(inde
         assert searcher.store.tokens is None
         results = searcher.search_text(QUERIES[0], 5, rerank=True)
     assert results.ids == expected.ids and work.decoded > 0 and work.encoded > 0
+    rows = dict(summary_rows(index, searcher.store.manifest, search="cpu"))
+    assert rows["re-ranking"].startswith("by decoding the candidates' files")  # `index info` says so
 
     updated = update_index(index, searcher.model, options=BuildOptions(workers=0, progress=False))
     assert updated.tokens is None and not updated.manifest.rerank_tokens  # nothing half-filled

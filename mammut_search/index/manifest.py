@@ -228,6 +228,8 @@ def summary_rows(directory: Path, manifest: Manifest, *, search: str, model_devi
         ("vectors", f"{describe_vectors(manifest.index)}, metric {manifest.metric}, built with faiss "
                     f"{manifest.faiss_version or '?'}"),
         ("search", search),
+        ("re-ranking", "from the stored decoder tokens" if manifest.rerank_tokens else
+                       "by decoding the candidates' files (rebuild the index to store their tokens)"),
     ]
     if model_device is not None:
         rows.append(("model device", model_device))
