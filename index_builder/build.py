@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from mammut_search.errors import IndexStoreError, UserError
+from mammut_search.inference import auto_batch_size
 from mammut_search.index.manifest import MANIFEST_FILE, Manifest, RunStats, model_identity
 from mammut_search.index.store import OK, IndexStore, items_frame
 from mammut_search.index.tokens import TOKENS_VERSION, describe, tokens_writer
@@ -38,7 +39,7 @@ LOCK_FILE = ".lock"
 class BuildOptions:
     """How to run the encode pipeline."""
 
-    batch_size: int = 64
+    batch_size: int | None = None  # images per model batch; None: chosen for the device (auto_batch_size)
     workers: int | None = None  # decoding processes; 0 decodes in the main process; None: default_workers
     captions: bool = True
     shard_size: int = 1024  # encoded images per checkpointed shard (work lost to a crash is at most this)
@@ -250,7 +251,8 @@ def run_encoder(model, jobs: list[EncodeJob], shards: ShardWriter, options: Buil
     """Encode the jobs with a progress bar, checkpointing every result into the shards."""
     with tqdm(total=len(jobs), desc="encoding", unit="img", disable=not options.progress or not jobs) as bar:
         workers = options.workers if options.workers is not None else default_workers(model.device)
-        for batch in encode(model, jobs, batch_size=options.batch_size, workers=workers,
+        batch_size = options.batch_size or auto_batch_size(model)
+        for batch in encode(model, jobs, batch_size=batch_size, workers=workers,
                             captions=options.captions):
             shards.add([e for e in batch if e.status != CHANGED])  # a changed file is retried, not resumed
             bar.update(len(batch))

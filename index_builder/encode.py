@@ -104,7 +104,7 @@ def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: i
         samples, pixels = batch["samples"], batch["pixels"]
         latents, tokens, texts = None, None, None
         if pixels is not None:
-            features = model.image_features(pixels.to(model.device, non_blocking=True))
+            features = model.image_features(pixels)  # pinned by the loader on a GPU: copied asynchronously
             latents = model.latents_from_features(features).numpy().astype(np.float32, copy=False)
             decoder_tokens = model.decoder_tokens(features)
             tokens = decoder_tokens.to(torch.float16).cpu().numpy()

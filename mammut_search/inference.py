@@ -100,6 +100,30 @@ def normalise_pixels(pixels: torch.Tensor, config: ImageEncoderConfig) -> torch.
     return pixels.permute(0, 3, 1, 2).contiguous().float().div_(255.0).sub_(mean).div_(std)
 
 
+# Encoder input pixels a batch may hold (bigger inputs give smaller batches): on a GPU per 16 GiB of its memory,
+# so that a batch fits the device it runs on; and a cap for tiny inputs, whose cost is then the caption decoder's.
+_BATCH_PIXELS = {"cuda": 256 * 224 * 224, "cpu": 32 * 224 * 224}
+_MAX_BATCH = {"cuda": 1024, "cpu": 128}
+_GPU_MEMORY_UNIT = 16 * 2 ** 30
+
+
+def auto_batch_size(model: "MammutModel") -> int:
+    """Images per model batch for the model's device and input size (the memory of the GPU it runs on)."""
+    size = model.config.image_encoder.image_size
+    kind = "cuda" if model.device.type == "cuda" else "cpu"
+    pixels = _BATCH_PIXELS[kind]
+    if kind == "cuda":
+        memory = torch.cuda.get_device_properties(model.device).total_memory
+        pixels = int(pixels * memory / _GPU_MEMORY_UNIT)
+    return max(1, min(_MAX_BATCH[kind], pixels // (size * size)))
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor onto `device`: asynchronously (non_blocking) when it sits in pinned memory, the only case where
+    the copy really overlaps and the source is safe to reuse; a plain copy otherwise."""
+    return tensor.to(device, non_blocking=tensor.is_pinned())
+
+
 def default_device() -> torch.device:
     """CUDA when available, CPU otherwise."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -135,22 +159,26 @@ class MammutModel:
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """PIL images -> normalised pixels (b 3 H W) on the CPU (safe to call in worker processes)."""
-        return preprocess_images(list(images), self.config.image_encoder)
+        return self._staged(preprocess_images(list(images), self.config.image_encoder))
 
     def preprocess_files(self, paths: Sequence[str | os.PathLike]) -> torch.Tensor:
         """Image files through the one pipeline -> normalised pixels (b 3 H W); ImageLoadError names a bad file."""
         config = self.config.image_encoder
-        return pixels_tensor([load_square(path, config)[0] for path in paths], config)
+        return self._staged(pixels_tensor([load_square(path, config)[0] for path in paths], config))
+
+    def _staged(self, batch: torch.Tensor) -> torch.Tensor:
+        """A CPU batch for a model on a GPU goes into pinned memory, so that its copy to the GPU is asynchronous."""
+        return batch.pin_memory() if self.device.type == "cuda" else batch
 
     def _pixels(self, images: ImageBatch) -> torch.Tensor:
         pixels = images if isinstance(images, torch.Tensor) else self.preprocess(images)
-        return pixels.to(self.device, non_blocking=True)
+        return to_device(pixels, self.device)
 
     @torch.no_grad()
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (b 3 H W) -> image encoder tokens (b j c), kept on the model's device."""
         with self._autocast():
-            return self.net.image_features(pixels.to(self.device, non_blocking=True))
+            return self.net.image_features(to_device(pixels, self.device))
 
     @torch.no_grad()
     def latents_from_features(self, features: torch.Tensor) -> torch.Tensor:
@@ -169,7 +197,7 @@ class MammutModel:
     def captions_from_tokens(self, tokens: torch.Tensor, *, beam_width: int = 1, max_len: int = 24) -> list[str]:
         """decoder image tokens (b q d) -> one generated caption per image."""
         with self._autocast():
-            ids = generate(self.net, tokens.to(self.device, non_blocking=True), beam_width=beam_width,
+            ids = generate(self.net, to_device(tokens, self.device), beam_width=beam_width,
                            max_len=max_len)
         return [self.tokenizer.decode(row) for row in ids.tolist()]
 
@@ -180,7 +208,7 @@ class MammutModel:
             raise ValueError(f"score_text needs one text per image, got {len(texts)} texts for {tokens.shape[0]}")
         ids = self.tokenizer.encode(list(texts), self.config.max_text_len).to(self.device)
         with self._autocast():
-            return score_texts(self.net, tokens.to(self.device, non_blocking=True), ids).float().cpu()
+            return score_texts(self.net, to_device(tokens, self.device), ids).float().cpu()
 
     def captions_from_features(self, features: torch.Tensor, *, beam_width: int = 1, max_len: int = 24) -> list[str]:
         """image encoder tokens (b j c) -> one generated caption per image."""

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--batch-size", type=_positive, default=64, help="images per model batch (default 64)")
+    parser.add_argument("--batch-size", type=_positive,
+                        help="images per model batch (default: chosen for the device and its memory)")
     parser.add_argument("--workers", type=_non_negative, default=None,
                         help="decoding processes; 0 decodes in this process (default: up to 8 beside a GPU; "
                              "on a CPU, inline on 2 cores, else a quarter of the cores)")

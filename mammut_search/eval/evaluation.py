@@ -24,6 +24,7 @@ from tqdm import tqdm
 from mammut_search.captioned import CaptionedImages
 from mammut_search.eval import metrics
 from mammut_search.errors import ImageLoadError, UserError
+from mammut_search.inference import auto_batch_size
 
 RANK = {"rank": "1 + number of gallery items scored strictly higher than the best right item (optimistic on ties)"}
 DISTINCT_TEXTS = {
@@ -54,10 +55,6 @@ CONVENTIONS = {**RANK, **DISTINCT_TEXTS, **OTHER_CONVENTIONS}  # the default: ea
 STANDARD_CONVENTIONS = {**RANK, **PER_CAPTION, **OTHER_CONVENTIONS}
 STANDARD_CAPTIONS_PER_IMAGE = 5  # COCO's Karpathy test split has 25,010 captions of 5,000 images: papers keep 5 each
 
-# Input pixels a batch may hold (bigger encoder inputs give smaller batches), and a cap for tiny inputs,
-# whose cost is then the caption decoder's.
-_BATCH_PIXELS = {"cuda": 256 * 224 * 224, "cpu": 32 * 224 * 224}
-_MAX_BATCH = {"cuda": 1024, "cpu": 128}
 _TEXT_BATCH = {"cuda": 1024, "cpu": 256}
 
 
@@ -262,13 +259,6 @@ def _clean_pairs(pairs: pd.DataFrame, image_column: str, caption_column: str,
     before = len(table)
     table = table.drop_duplicates(ignore_index=True)
     return table, {"rows_without_image_or_caption": without, "duplicate_pairs": before - len(table)}
-
-
-def auto_batch_size(model) -> int:
-    """Images per batch for this model's device and input size."""
-    size = model.config.image_encoder.image_size
-    device = model.device.type if model.device.type in _BATCH_PIXELS else "cpu"
-    return max(1, min(_MAX_BATCH[device], _BATCH_PIXELS[device] // (size * size)))
 
 
 def _encode_images(model, paths: list[str], *, captions: bool, beam_width: int, max_len: int,
