@@ -50,6 +50,7 @@ class Recorder:
 @pytest.mark.parametrize("make", [large_jpeg, transparent_png])
 def test_the_same_file_gives_identical_model_inputs_on_every_path(make, model, tmp_path):
     from index_builder.build import BuildOptions, build_index
+    from mammut_search.eval.domains import evaluate_domain
     from mammut_search.eval.evaluation import evaluate
     from mammut_search.search import Searcher
 
@@ -73,6 +74,8 @@ def test_the_same_file_gives_identical_model_inputs_on_every_path(make, model, t
 
     evaluate(pd.DataFrame({"image": [str(path)], "caption": ["a photo"]}), model, captions=False, progress=False)
     inputs["evaluation"] = recorder.take()
+    evaluate_domain(model, pd.DataFrame({"path": [str(path)], "captions": [["a photo"]]}), captions=False)
+    inputs["evaluation by domain"] = recorder.take()
 
     expected = model.preprocess_files([path])[0]
     for name, pixels in inputs.items():

@@ -84,23 +84,21 @@ def evaluate_domain(model, frame: pd.DataFrame, *, images_root: str | Path | Non
                     load: Loader | None = None) -> dict:
     """Metrics of a MammutModel on one validation frame (manifest rows: path, captions); unreadable images
     are left out and counted in "skipped"."""
-    if load is None:
-        from mammut_search.images import load_image as load
     root = Path(images_root) if images_root is not None else None
     kept_rows, latents, generated, skipped = [], [], [], 0
     rows = list(frame.itertuples(index=False))
     for start in range(0, len(rows), batch_size):
-        images, good = [], []
+        pixels, good = [], []
         for row in rows[start:start + batch_size]:
-            path = Path(row.path) if root is None or Path(row.path).is_absolute() else root / row.path
-            try:
-                images.append(load(str(path)))
+            path = str(Path(row.path) if root is None or Path(row.path).is_absolute() else root / row.path)
+            try:  # the one image pipeline, unless the caller brings its own loader
+                pixels.append(model.preprocess_files([path]) if load is None else model.preprocess([load(path)]))
                 good.append(row)
             except Exception:  # an unreadable image is counted, not fatal
                 skipped += 1
-        if not images:
+        if not pixels:
             continue
-        features = model.image_features(model.preprocess(images))
+        features = model.image_features(torch.cat(pixels))
         latents.append(model.latents_from_features(features))
         if captions:
             generated += model.captions_from_features(features)
