@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mammut_search.inference import preprocess_images
 from mammut_search.model.config import ImageEncoderConfig
-from mammut_search.model.image_encoders import preprocess_images
 
 
 def load_classifier() -> torch.nn.Module:
