@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mammut_search.inference import preprocess_images
+from mammut_search.inference import load_square, pixels_tensor, preprocess_images
 from mammut_search.model.config import ImageEncoderConfig
 
 
@@ -52,6 +52,10 @@ class ImageNetBridge:
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """PIL images -> normalised pixels (b 3 s s), as the model's image pipeline prepares them."""
         return preprocess_images(list(images), self.config)
+
+    def preprocess_files(self, paths: Sequence[str]) -> torch.Tensor:
+        """Image files through the one image pipeline, as MammutModel reads them."""
+        return pixels_tensor([load_square(path, self.config)[0] for path in paths], self.config)
 
     @torch.no_grad()
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
