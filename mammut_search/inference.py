@@ -148,7 +148,7 @@ class MammutModel:
 
     @property
     def latent_dim(self) -> int:
-        return self.config.dim_latents
+        return self.config.retrieval_dim
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -235,10 +235,10 @@ class MammutModel:
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Strings -> unit-norm text latents (b l) from the decoder's contrastive pass (CLS token)."""
+        """Strings -> unit-norm query vectors (b r) from the decoder's contrastive pass (CLS token)."""
         ids = self.tokenizer.encode(list(texts), self.config.max_text_len).to(self.device)
         with self._autocast():
-            return self.net.text_latents(ids).float().cpu()
+            return self.net.query_latents(ids).float().cpu()
 
     def save(self, directory: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
         """Write a checkpoint directory; remembers and returns its sha256."""

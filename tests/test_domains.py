@@ -71,3 +71,14 @@ def test_eval_cli_runs_the_domains(manifest, tmp_path, capsys):
                  "--no-captions", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "styles" in out and "photos" in out and "caption hit" in out
+
+
+def test_held_out_styles_are_each_a_set_of_all_their_images_and_their_mean_is_the_styles_domain(manifest):
+    manifest = manifest.assign(style=["fx", "fx", "photos", "photos", "photos", "mono", "photos"],
+                               split=["val", "val_unseen", "val_photos", "val_photos", "val_photos", "train",
+                                      "val_photos"])
+    results = evaluate_domains(tiny_model(), manifest, ks=[1, 5], styles=["fx", "mono", "absent"])
+    assert set(results) == {"style:fx", "style:mono", "styles", "photos"}
+    assert results["style:fx"]["images"] == 2 and results["style:mono"]["images"] == 1  # whatever their split
+    mean = (results["style:fx"]["t2i"]["R@1"] + results["style:mono"]["t2i"]["R@1"]) / 2
+    assert results["styles"]["t2i"]["R@1"] == pytest.approx(mean)

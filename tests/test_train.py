@@ -59,11 +59,18 @@ def corpus(tmp_path_factory) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# the test corpus has no held-out styles or domains and the tiny models no ImageNet classifier: validate on its
+# val/val_unseen splits, without the semantic token, label-only examples or style shares
+PLAIN_VALIDATION_AND_MODEL = ["val_styles=[]", "val_domains=[]", "style_shares={}", "exclude_styles=[]",
+                              "label_weight=0", "model.semantic_dim=0", "model.fusion_weight=0"]
+
+
 def tiny_recipe(tmp_path, **changes):
     overrides = [
         "tokenizer='bpe'", "bpe_vocab_size=400", "text_init=false", "distill_weight=0.0", "views=2",
         "batch_size=12", "images_per_concept=2", "lr=3e-3", "warmup_steps=2", "steps=30", "log_every=5",
         "eval_every=10", "save_every=10", "token_keep=1.0", "final_eval=true", "device='cpu'",
+        *PLAIN_VALIDATION_AND_MODEL,
         f"cache_dir='{tmp_path / 'cache'}'",
         "model.dim=32", "model.depth=2", "model.heads=2", "model.dim_head=16", "model.ff_mult=2",
         "model.num_img_queries=8", "model.dim_latents=16", "model.max_text_len=24",
@@ -168,7 +175,7 @@ def test_recipe_path_frozen_features_minilm_text_and_baselines(corpus, tmp_path)
         "batch_size=12", "steps=6", "log_every=3", "eval_every=3", "save_every=3", "device='cpu'",
         f"cache_dir='{tmp_path / 'cache'}'", "model.dim=64", "model.depth=1", "model.heads=2",
         "model.dim_head=16", "model.ff_mult=2", "model.num_img_queries=4", "model.dim_latents=16",
-        "model.image_encoder={kind='efficientnet_lite0', image_size=64}",
+        "model.image_encoder={kind='efficientnet_lite0', image_size=64}", *PLAIN_VALIDATION_AND_MODEL,
     ]
     card = train(load_config(None, overrides), tmp_path / "run", frame=corpus, progress=False)
     assert {"concept_prototype", "word_means"} <= set(card["baselines"]["val"])

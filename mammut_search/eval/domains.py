@@ -28,6 +28,9 @@ from PIL import Image
 from mammut_search.eval.metrics import recall_from_ranks, retrieval_ranks, tokenize
 
 DOMAINS = {"styles": ("val", "val_unseen"), "objects": ("val_objects",), "photos": ("val_photos",)}
+# the emoji styles that the default recipe keeps out of training, each one a validation set of every image it
+# has (seen and unseen concepts together); the styles domain is their mean
+HELD_OUT_STYLES = ("iconify-fxemoji", "openmoji-black", "iconify-emojione-monotone")
 STOP_WORDS = frozenset(
     "a an the of with and or in on at to for by from is are it its this that these those his her their "
     "some one two three four over under up down into out off near next other another very s b w "
@@ -114,14 +117,36 @@ def evaluate_domain(model, frame: pd.DataFrame, *, images_root: str | Path | Non
 
 
 def evaluate_domains(model, manifest: pd.DataFrame, *, images_root: str | Path | None = None,
-                     ks: Iterable[int] = (1, 5, 10), captions: bool = True, batch_size: int = 32) -> dict[str, dict]:
-    """{domain: metrics} for every domain whose splits have rows in the manifest."""
+                     ks: Iterable[int] = (1, 5, 10), captions: bool = True, batch_size: int = 32,
+                     styles: Sequence[str] | None = HELD_OUT_STYLES) -> dict[str, dict]:
+    """{set: metrics} for every validation set with rows in the manifest: "style:NAME" for each of `styles`
+    (every image of that style) and their mean as "styles" (or, with no styles, the val/val_unseen splits),
+    then objects and photos."""
     out = {}
+    present = [s for s in styles or () if "style" in manifest.columns and (manifest["style"] == s).any()]
+    for style in present:
+        rows = manifest[manifest["style"] == style].reset_index(drop=True)
+        out[f"style:{style}"] = evaluate_domain(model, rows, images_root=images_root, ks=ks, captions=captions,
+                                               batch_size=batch_size)
+    if present:
+        out["styles"] = mean_of([out[f"style:{s}"] for s in present])
     for domain, splits in DOMAINS.items():
+        if domain == "styles" and present:
+            continue
         rows = manifest[manifest["split"].isin(splits)].reset_index(drop=True)
         if len(rows):
             out[domain] = evaluate_domain(model, rows, images_root=images_root, ks=ks, captions=captions,
                                           batch_size=batch_size)
+    return out
+
+
+def mean_of(results: list[dict]) -> dict:
+    """The unweighted mean of several sets' metrics (counts summed)."""
+    out = {"images": sum(r["images"] for r in results), "queries": sum(r["queries"] for r in results)}
+    for key in ("t2i", "i2t"):
+        out[key] = {k: float(np.mean([r[key][k] for r in results])) for k in results[0][key]}
+    if all("caption_hit" in r for r in results):
+        out["caption_hit"] = float(np.mean([r["caption_hit"] for r in results]))
     return out
 
 

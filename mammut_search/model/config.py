@@ -17,6 +17,12 @@ class ImageEncoderConfig:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels are composited onto this colour
     trainable_blocks: int = 0  # efficientnet: how many of the last MBConv blocks are fine-tuned (0 = frozen)
+    # efficientnet: the feature map average-pooled to grid x grid tokens (0: as it comes, 1/32 of the input), so
+    # that a larger input sharpens the tokens without multiplying them
+    grid: int = 0
+    # efficientnet: one more token after the grid, the globally pooled features the ImageNet classifier reads
+    # (the model turns it into its semantic token)
+    classifier_token: bool = False
     # vit only
     patch_size: int = 16
     vit_dim: int = 256
@@ -27,6 +33,8 @@ class ImageEncoderConfig:
         if self.kind not in ("efficientnet_lite0", "vit"):
             raise ValueError(f"unknown image encoder kind {self.kind!r}: use 'efficientnet_lite0' or 'vit'")
         self.mean, self.std, self.background = tuple(self.mean), tuple(self.std), tuple(self.background)
+        if self.classifier_token and self.kind != "efficientnet_lite0":
+            raise ValueError("classifier_token needs the ImageNet classifier of kind 'efficientnet_lite0'")
 
     @property
     def feature_dim(self) -> int:
@@ -34,10 +42,17 @@ class ImageEncoderConfig:
         return 1280 if self.kind == "efficientnet_lite0" else self.vit_dim
 
     @property
-    def num_tokens(self) -> int:
-        """How many image tokens this encoder produces: EfficientNet's feature map is 1/32 of the input."""
-        side = -(-self.image_size // 32) if self.kind == "efficientnet_lite0" else self.image_size // self.patch_size
+    def grid_tokens(self) -> int:
+        """How many spatial image tokens this encoder produces: EfficientNet's feature map is 1/32 of the input."""
+        if self.kind == "vit":
+            return (self.image_size // self.patch_size) ** 2
+        side = self.grid or -(-self.image_size // 32)
         return side * side
+
+    @property
+    def num_tokens(self) -> int:
+        """All image tokens: the grid, then the classifier token when there is one."""
+        return self.grid_tokens + int(self.classifier_token)
 
 
 @dataclass
@@ -59,6 +74,18 @@ class MammutConfig:
     image_token_positions: bool = False
     # a linear map of the whole token grid added to the image latent: keeps the layout that pooling averages away
     image_grid_latent: bool = False
+    # ImageNet knowledge: the classifier token's top-k class probabilities weight fixed embeddings of the class
+    # names (a buffer of 1000 x semantic_dim, MiniLM sentence space) into a semantic vector, which the attention
+    # pool and the decoder read as one more token and the image latent reads through a linear map (0: off)
+    semantic_dim: int = 0
+    semantic_top_k: int = 10
+    # retrieval vectors = [contrastive latent ; fusion_weight * semantic part]: the image's semantic vector beside
+    # the query's estimate of it (from the text CLS latent), one inner product for both (0: latents alone)
+    fusion_weight: float = 0.0
+    # the query's semantic part is gated by how much the query names an ImageNet class:
+    # sigmoid(fusion_gate * (best cosine to a class name - fusion_gate_center)); 0: no gate
+    fusion_gate: float = 0.0
+    fusion_gate_center: float = 0.5
     caption_loss_weight: float = 1.0
     contrastive_loss_weight: float = 1.0
     pad_id: int = 0
@@ -70,8 +97,17 @@ class MammutConfig:
     def __post_init__(self) -> None:
         if isinstance(self.image_encoder, dict):
             self.image_encoder = ImageEncoderConfig(**self.image_encoder)
+        if self.semantic_dim and not self.image_encoder.classifier_token:
+            raise ValueError("semantic_dim needs image_encoder.classifier_token = true")
+        if self.fusion_weight and not self.semantic_dim:
+            raise ValueError("fusion_weight needs a semantic token (semantic_dim > 0)")
         if self.contrastive_mask not in ("bidirectional", "causal"):
             raise ValueError(f"contrastive_mask must be 'bidirectional' or 'causal', not {self.contrastive_mask!r}")
+
+    @property
+    def retrieval_dim(self) -> int:
+        """Width of the vectors that are indexed and searched."""
+        return self.dim_latents + (self.semantic_dim if self.fusion_weight else 0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""

@@ -69,6 +69,7 @@ def contrastive_loss(
     group_ids: torch.Tensor | None = None,
     *,
     cached: CachedLatents | None = None,
+    local: bool = False,
 ) -> torch.Tensor:
     """Symmetric InfoNCE between unit-norm text (b d) and image (b d) latents.
 
@@ -76,7 +77,8 @@ def contrastive_loss(
     that global batch. `group_ids` (b): pairs with the same id (e.g. images of one concept) count as
     positives of each other rather than negatives; the target spreads evenly over them. `cached`: the latents
     are one micro-batch (m d) of the batch in `cached`; the loss is the whole batch's, its gradient reaches
-    only the micro-batch (`group_ids` is then ignored for `cached.groups`).
+    only the micro-batch (`group_ids` is then ignored for `cached.groups`). `local`: this process's rows only,
+    even under torch.distributed.
     """
     if cached is not None:
         text_latents, image_latents = cached.around(text_latents, image_latents)
@@ -85,7 +87,7 @@ def contrastive_loss(
             logit_scale = logit_scale.detach()
     offset, all_texts, all_images = 0, text_latents, image_latents
     all_groups = group_ids
-    if is_distributed():
+    if is_distributed() and not local:
         all_texts, offset = gather_with_grad(text_latents)
         all_images, _ = gather_with_grad(image_latents)
         if group_ids is not None:
@@ -111,6 +113,7 @@ def word_image_loss(
     positives: torch.Tensor,
     *,
     cached: CachedLatents | None = None,
+    local: bool = False,
 ) -> torch.Tensor:
     """Multi-positive InfoNCE from single words to the batch's images: word k (w d) should pick out the
     images (b d) whose captions use it, among all the (global) batch's images.

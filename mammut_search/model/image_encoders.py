@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -25,7 +26,13 @@ class EfficientNetLite0Encoder(nn.Module):
             )
         else:  # weights come from the checkpoint
             self.net = EfficientNet.from_name("efficientnet-lite0")
-        self.net._fc = nn.Identity()  # the classifier is never used
+        self.grid = config.grid
+        # the ImageNet classifier (net._fc: 1280 -> 1000), frozen; kept only where the classifier token is used
+        self.classifier_token = config.classifier_token
+        for p in self.net._fc.parameters():
+            p.requires_grad_(False)
+        if not config.classifier_token:
+            self.net._fc = nn.Identity()
         self.trainable_blocks = config.trainable_blocks
         first_trainable = len(self.net._blocks) - self.trainable_blocks
         # a plain list, not a ModuleList: these modules already belong to self.net, and registering them twice
@@ -44,8 +51,18 @@ class EfficientNetLite0Encoder(nn.Module):
         return self
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels (b 3 H W) -> tokens (b (h w) 1280)."""
-        return rearrange(self.net.extract_features(pixels), "b c h w -> b (h w) c")
+        """pixels (b 3 H W) -> tokens (b (h w) 1280), h = w = grid when set; then, with the classifier token,
+        the map's global average (b 1 1280): what the ImageNet classifier reads."""
+        fmap = self.net.extract_features(pixels)
+        grid = F.adaptive_avg_pool2d(fmap, self.grid) if self.grid else fmap
+        tokens = rearrange(grid, "b c h w -> b (h w) c")
+        if not self.classifier_token:
+            return tokens
+        return torch.cat([tokens, fmap.mean(dim=(2, 3))[:, None]], dim=1)
+
+    def class_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The classifier token (b 1280) -> ImageNet-1k logits (b 1000)."""
+        return self.net._fc(pooled)
 
 
 class ViTEncoder(nn.Module):

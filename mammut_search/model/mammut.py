@@ -22,6 +22,7 @@ from mammut_search.model.image_encoders import build_image_encoder
 from mammut_search.model.layers import CrossAttention, LayerNorm, ParallelTransformerBlock, Rotary
 
 MAX_LOGIT_SCALE = 100.0
+NUM_CLASSES = 1000  # ImageNet-1k, in the classifier's order
 
 
 class MaMMUT(nn.Module):
@@ -41,13 +42,22 @@ class MaMMUT(nn.Module):
         )
         self.img_attn_pool_norm = LayerNorm(c.dim)
         # without them the pool sees the image tokens as an unordered set and loses the layout
-        self.img_pos_emb = (nn.Parameter(torch.zeros(c.image_encoder.num_tokens, c.image_encoder.feature_dim))
+        self.img_pos_emb = (nn.Parameter(torch.zeros(c.image_encoder.grid_tokens, c.image_encoder.feature_dim))
                             if c.image_token_positions else None)
         self.text_cls_norm = LayerNorm(c.dim)
         self.img_to_latents = nn.Linear(c.dim, c.dim_latents, bias=False)
-        grid = c.image_encoder.num_tokens * c.image_encoder.feature_dim
+        grid = c.image_encoder.grid_tokens * c.image_encoder.feature_dim
         self.img_grid_to_latents = nn.Linear(grid, c.dim_latents) if c.image_grid_latent else None
         self.text_to_latents = nn.Linear(c.dim, c.dim_latents, bias=False)
+        if c.semantic_dim:
+            # ImageNet class-name embeddings (filled before training, saved with the weights) and the semantic
+            # token's three readers: the attention pool, the decoder and the image latent
+            self.register_buffer("class_embeddings", torch.zeros(NUM_CLASSES, c.semantic_dim))
+            self.semantic_to_context = nn.Linear(c.semantic_dim, c.image_encoder.feature_dim)
+            self.semantic_to_token = nn.Sequential(nn.Linear(c.semantic_dim, c.dim), LayerNorm(c.dim))
+            self.semantic_to_latents = nn.Linear(c.semantic_dim, c.dim_latents, bias=False)
+            # the text CLS latent's estimate of the sentence embedding the class names live in
+            self.text_to_semantic = nn.Linear(c.dim_latents, c.semantic_dim, bias=False)
         # learnable log temperature, initialised like CLIP's 1/0.07 and clamped at 100 where used
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
@@ -72,44 +82,107 @@ class MaMMUT(nn.Module):
         """pixels (b 3 H W) -> image encoder tokens (b j c)."""
         return self.image_encoder(pixels)
 
+    def split_features(self, features: torch.Tensor,
+                       semantic: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encoder tokens (b j c) -> (grid tokens (b g c), semantic vector (b s) or None).
+
+        With the semantic token on, the token after the grid is the classifier token: its top-k ImageNet class
+        probabilities (renormalised) weight the class-name embeddings. The vector keeps its norm: a confident
+        classifier gives a long vector, a spread of unrelated classes a short one. A `semantic` given directly
+        (label-only examples, with an empty grid) is passed through."""
+        grid = features[:, :self.config.image_encoder.grid_tokens]
+        if not self.config.semantic_dim or semantic is not None:  # a classifier token, if any, goes unread
+            return grid, semantic
+        logits = self.image_encoder.class_logits(features[:, -1].to(self.class_embeddings.dtype)).float()
+        top, index = logits.topk(self.config.semantic_top_k, dim=-1)
+        weights = top.softmax(dim=-1)  # (b k): the softmax over the top k = full probabilities renormalised
+        semantic = torch.einsum("bk,bks->bs", weights, self.class_embeddings.float()[index])
+        return grid, semantic.to(features.dtype)
+
     def pool_image(self, features: torch.Tensor, token_index: torch.Tensor | None = None,
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   semantic: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """features (b j c) -> (image CLS embedding (b d), image tokens for the decoder (b q d)).
 
-        token_index (b j): which of the encoder's tokens `features` holds, when some were dropped (training).
+        token_index (b g): which of the encoder's grid tokens `features` holds, when some were dropped
+        (training). semantic (b s): a semantic vector given directly (label-only training examples, whose grid
+        may be empty) instead of the one the classifier token gives.
         """
-        if self.img_pos_emb is not None:
-            features = features + (self.img_pos_emb if token_index is None else self.img_pos_emb[token_index])
+        grid, semantic = self.split_features(features, semantic)
+        if self.img_pos_emb is not None and grid.shape[1]:
+            grid = grid + (self.img_pos_emb if token_index is None else self.img_pos_emb[token_index])
+        context = grid
+        if semantic is not None:
+            context = torch.cat([grid, self.semantic_to_context(semantic)[:, None].to(grid.dtype)], dim=1)
         queries = repeat(self.img_queries, "q d -> b q d", b=features.shape[0])
-        pooled = self.img_attn_pool(queries, self.img_attn_pool.context_kv(features))
+        pooled = self.img_attn_pool(queries, self.img_attn_pool.context_kv(context))
         pooled = self.img_attn_pool_norm(pooled)
-        return pooled[:, 0], pooled[:, 1:]
+        tokens = pooled[:, 1:]
+        if semantic is not None:
+            tokens = torch.cat([tokens, self.semantic_to_token(semantic)[:, None].to(tokens.dtype)], dim=1)
+        return pooled[:, 0], tokens
 
     def image_latents(self, features: torch.Tensor) -> torch.Tensor:
-        """features (b j c) -> unit-norm contrastive latents (b l)."""
+        """features (b j c) -> the unit-norm vectors images are indexed by (b r): the contrastive latent, and
+        with fusion on its semantic part beside it."""
         cls, _ = self.pool_image(features)
-        return self.contrastive_image_latents(cls, features)
+        latents = self.contrastive_image_latents(cls, features)
+        if not self.config.fusion_weight:
+            return latents
+        _, semantic = self.split_features(features)
+        return self.fuse(latents, F.normalize(semantic.float(), dim=-1).to(latents.dtype))
 
     def contrastive_image_latents(self, cls: torch.Tensor, features: torch.Tensor,
-                                  token_index: torch.Tensor | None = None) -> torch.Tensor:
+                                  token_index: torch.Tensor | None = None,
+                                  semantic: torch.Tensor | None = None) -> torch.Tensor:
         """The image CLS (b d) and the tokens it was pooled from (b j c) -> unit-norm latents (b l).
 
-        token_index (b j) as in `pool_image`: dropped tokens are zeros in the grid, the kept ones scaled up
-        (inverted dropout), so training and full-grid inference see the same expected input.
+        token_index (b g) as in `pool_image`: dropped tokens are zeros in the grid, the kept ones scaled up
+        (inverted dropout), so training and full-grid inference see the same expected input. semantic as in
+        `pool_image`.
         """
+        grid, semantic = self.split_features(features, semantic)
         latents = self.img_to_latents(cls)
-        if self.img_grid_to_latents is not None:
-            latents = latents + self.img_grid_to_latents(self.token_grid(features, token_index).to(latents.dtype))
+        if self.img_grid_to_latents is not None and grid.shape[1]:
+            latents = latents + self.img_grid_to_latents(self.token_grid(grid, token_index).to(latents.dtype))
+        if semantic is not None:
+            latents = latents + self.semantic_to_latents(semantic.to(latents.dtype))
         return F.normalize(latents, dim=-1)
 
     def token_grid(self, features: torch.Tensor, token_index: torch.Tensor | None = None) -> torch.Tensor:
-        """features (b j c), or the kept tokens with their token_index (b j) -> the flattened grid (b (n c))."""
+        """grid tokens (b g c), or the kept ones with their token_index (b g') -> the flattened grid (b (g c))."""
         if token_index is None:
             return features.flatten(1)
         b, kept, c = features.shape
-        n = self.config.image_encoder.num_tokens
+        n = self.config.image_encoder.grid_tokens
         grid = features.new_zeros(b, n, c).scatter(1, token_index[..., None].expand(-1, -1, c), features)
         return grid.flatten(1) * (n / kept)
+
+    def fuse(self, latents: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+        """Unit-norm latents (b l) and unit-norm semantic vectors (b s), the latter scaled by the fusion weight
+        (and for queries by their gate) -> unit-norm retrieval vectors (b (l+s))."""
+        return F.normalize(torch.cat([latents, self.config.fusion_weight * semantic], dim=-1), dim=-1)
+
+    def query_gate(self, semantic: torch.Tensor) -> torch.Tensor:
+        """Unit-norm semantic estimates of queries (b s) -> how much each names an ImageNet class (b 1)."""
+        c = self.config
+        if not c.fusion_gate:
+            return semantic.new_ones(semantic.shape[0], 1)
+        classes = F.normalize(self.class_embeddings.float(), dim=-1).to(semantic.dtype)
+        best = (semantic @ classes.t()).amax(dim=-1, keepdim=True)
+        return torch.sigmoid(c.fusion_gate * (best - c.fusion_gate_center))
+
+    def text_semantic(self, latents: torch.Tensor) -> torch.Tensor:
+        """Text latents (b l) -> unit-norm estimates of their sentence embeddings (b s)."""
+        return F.normalize(self.text_to_semantic(latents).float(), dim=-1).to(latents.dtype)
+
+    def query_latents(self, text: torch.Tensor) -> torch.Tensor:
+        """ids (b n) -> the unit-norm vectors queries search with (b r): the text latent, and with fusion on the
+        gated estimate of the query's sentence embedding beside it."""
+        latents = self.text_latents(text)
+        if not self.config.fusion_weight:
+            return latents
+        semantic = self.text_semantic(latents)
+        return self.fuse(latents, self.query_gate(semantic) * semantic)
 
     # ----- contrastive text pass -----
 

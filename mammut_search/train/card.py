@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mammut_search.eval import metrics
+from mammut_search.eval.domains import caption_hits
 from mammut_search.model.decoding import generate
 from mammut_search.model.mammut import MaMMUT
 from mammut_search.model.tokenizer import Tokenizer
@@ -71,7 +72,7 @@ def text_latents(net: MaMMUT, tokenizer: Tokenizer, texts: list[str], device, ba
     out = []
     for s in range(0, len(texts), batch):
         ids = tokenizer.encode(texts[s:s + batch], net.config.max_text_len).to(device)
-        out.append(net.text_latents(ids).float().cpu())
+        out.append(net.query_latents(ids).float().cpu())
     return torch.cat(out)
 
 
@@ -113,12 +114,30 @@ def selection_score(results: dict, seen: str, unseen: str | None) -> float:
     return float(score)
 
 
+DOMAIN_SCORE = ("best validation score: the mean over domains (styles kept out of training, each style a set; "
+                "objects; photos) of each domain's mean over its sets of (t2i R@1 + t2i R@5) / 2")
+
+
+def domain_of(split: str) -> str:
+    """A validation set's domain: "style:NAME" sets are one domain (styles), every other split its own."""
+    return "styles" if split.startswith("style:") else split
+
+
+def domain_score(results: dict) -> float:
+    """One number to pick the best checkpoint on, never one domain: see DOMAIN_SCORE."""
+    domains: dict[str, list[float]] = {}
+    for split, r in results.items():
+        domains.setdefault(domain_of(split), []).append((r["t2i_R@1"] + r["t2i_R@5"]) / 2)
+    return float(np.mean([np.mean(v) for v in domains.values()]))
+
+
 # ----- captions -----
 
 @torch.no_grad()
 def evaluate_captions(net: MaMMUT, tokenizer: Tokenizer, split: EvalSplit, training_names: set[str], *,
                       features: bool, device, batch: int = 128) -> dict:
-    """Greedy captions of a split's images: exact-name rate, training-name copy rate, BLEU-4, CIDEr-D."""
+    """Greedy captions of a split's images: exact-name rate, training-name copy rate, the share that name the
+    object (a content word shared with a reference), BLEU-4, CIDEr-D."""
     net.eval()
     captions: list[str] = []
     for s in range(0, len(split.inputs), batch):
@@ -136,6 +155,7 @@ def evaluate_captions(net: MaMMUT, tokenizer: Tokenizer, split: EvalSplit, train
         "exact_name": float(np.mean([g == n for g, n in zip(generated, names)])),
         "name_in_caption": float(np.mean([f" {n} " in f" {g} " for g, n in zip(generated, names)])),
         "copied_training_name": float(np.mean([g in training for g in generated])),
+        "names_object": float(caption_hits(captions, references).mean()),
         "BLEU-4": metrics.bleu4(captions, references),
         "CIDEr-D": metrics.cider_d(captions, references),
         "examples": [{"name": n, "caption": c} for n, c in list(zip(split.frame["name"], captions))[:12]],

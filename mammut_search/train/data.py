@@ -308,8 +308,11 @@ class ConceptBalancedSampler:
     without state)."""
 
     def __init__(self, concept_images: list[np.ndarray], image_captions: list[np.ndarray], image_concept: np.ndarray,
-                 *, batch_size: int, views: int, images_per_concept: int = 1, seed: int = 0):
+                 *, batch_size: int, views: int, images_per_concept: int = 1, seed: int = 0,
+                 concept_weights: np.ndarray | None = None):
         self.concept_images = concept_images
+        # probability of drawing each concept (uniform when None)
+        self.p = None if concept_weights is None else concept_weights / concept_weights.sum()
         self.image_captions = image_captions
         self.image_concept = image_concept
         self.batch_size, self.views, self.per_concept, self.seed = batch_size, views, images_per_concept, seed
@@ -317,7 +320,8 @@ class ConceptBalancedSampler:
     def global_batch(self, step: int) -> Batch:
         rng = np.random.default_rng([self.seed, step])
         n_concepts = -(-self.batch_size // self.per_concept)
-        concepts = rng.choice(len(self.concept_images), n_concepts, replace=n_concepts > len(self.concept_images))
+        replace = n_concepts > (len(self.concept_images) if self.p is None else int((self.p > 0).sum()))
+        concepts = rng.choice(len(self.concept_images), n_concepts, replace=replace, p=self.p)
         images = []
         for c in concepts:
             pool = self.concept_images[c]

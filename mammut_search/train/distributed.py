@@ -71,13 +71,15 @@ def training_autocast(config: TrainConfig, runtime: Runtime) -> Callable[[], con
 def split_batch(batch: dict[str, torch.Tensor | None], parts: int) -> list[dict[str, torch.Tensor | None]]:
     """A step's batch -> `parts` micro-batches of consecutive rows (the extra distillation texts split apart)."""
     extra, whole = {"extra_text", "extra_teacher"}, {"word_text", "word_positives"}
+    first = {"label_semantic", "label_text", "label_caption", "label_groups"}  # a self-contained loss: once
     rows, extras = len(batch["inputs"]), len(batch["extra_text"]) if batch["extra_text"] is not None else 0
     micro = []
     for j in range(parts):
         main = slice(rows * j // parts, rows * (j + 1) // parts)
         side = slice(extras * j // parts, extras * (j + 1) // parts)
-        part = {k: v[main] if v is not None else None for k, v in batch.items() if k not in extra | whole}
+        part = {k: v[main] if v is not None else None for k, v in batch.items() if k not in extra | whole | first}
         part.update({k: batch[k] for k in whole if k in batch})  # every micro-batch scores all the words
+        part.update({k: batch[k] if j == 0 else None for k in first if k in batch})
         for k in extra:
             part[k] = batch[k][side] if batch[k] is not None and side.stop > side.start else None
         micro.append(part)
@@ -128,7 +130,8 @@ def accumulate_gradients(model: nn.Module, objective: TrainingObjective, batch: 
     for j, (part, (tokens, texts, rows)) in enumerate(zip(micro, counts)):
         last = j == parts - 1
         shares = {"caption": tokens * world / totals[0], "distill": texts * world / totals[1],
-                  "contrastive": local[2] * world / totals[2], "words": words * world / word_total}
+                  "contrastive": local[2] * world / totals[2], "words": words * world / word_total,
+                  "labels": 1.0}
         cached = None
         if cached_text is not None:  # the last micro-batch trains the logit scale: DDP's synced backward
             # must reach every parameter
@@ -141,7 +144,7 @@ def accumulate_gradients(model: nn.Module, objective: TrainingObjective, batch: 
             losses["loss"].backward()
         # the log shows this process's means: the micro-batches weighted by their local counts
         weights = {"caption": tokens / max(1, local[0]), "distill": texts / max(1, local[1]),
-                   "contrastive": 1 / parts, "words": 1 / parts}
+                   "contrastive": 1 / parts, "words": 1 / parts, "labels": 1.0}
         for name, weight in weights.items():
             if name in losses:
                 logged[name] = logged.get(name, 0.0) + weight * losses[name].detach()

@@ -48,6 +48,8 @@ from mammut_search.train.objective import TrainingObjective
 from mammut_search.train.prepare import (
     PreparedData,
     build_tokenizer,
+    class_embeddings,
+    imagenet_label_texts,
     caption_table,
     prepare_data,
     step_batch,
@@ -184,8 +186,14 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: str | Path | None
         state = torch.load(resume_dir / TRAIN_STATE, map_location="cpu", weights_only=False)
         net.config.training = {}
     else:
-        tokenizer, minilm_ids = build_tokenizer(config, caption_table(training_rows(config, frame)))
+        texts = caption_table(training_rows(config, frame))
+        if config.label_weight > 0 and config.model.get("semantic_dim"):
+            texts += [t for names in imagenet_label_texts(config)[1] for t in names]
+        tokenizer, minilm_ids = build_tokenizer(config, texts)
         net = build_network(config, tokenizer, minilm_ids)
+        if net.config.semantic_dim:
+            with torch.no_grad():
+                net.class_embeddings.copy_(class_embeddings(config, progress=runtime.main))
     cached_features = uses_cached_features(net.config)
     net.to(runtime.device)
     data = prepare_data(config, net.eval(), tokenizer, runtime, frame, cached_features)
@@ -195,6 +203,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: str | Path | None
     objective.distill_weight = config.distill_weight
     objective.word_weight = config.word_weight
     objective.word_moves_images = config.word_moves_images
+    objective.label_weight = config.label_weight
     if objective.distill_head is not None:
         torch.manual_seed(config.seed + 1)
         nn.init.normal_(objective.distill_head.weight, std=net.config.dim_latents ** -0.5)
@@ -221,6 +230,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: str | Path | None
     log_path = out_dir / "log.jsonl"
     seen_split = config.val_split if any(s.name == config.val_split for s in data.eval_splits) else None
     unseen_split = config.val_unseen_split or None
+    by_domain = bool(config.val_styles or config.val_domains)
 
     def evaluate() -> dict:
         return te.evaluate_retrieval(net, tokenizer, data.eval_splits, features=cached_features, device=runtime.device)
@@ -259,10 +269,11 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: str | Path | None
             with open(log_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
         at_end = step == config.steps
-        if data.eval_splits and seen_split and (step % config.eval_every == 0 or at_end):
+        if data.eval_splits and (seen_split or by_domain) and (step % config.eval_every == 0 or at_end):
             results = evaluate() if runtime.main else {}
             if runtime.main:
-                score = te.selection_score(results, seen_split, unseen_split)
+                score = (te.domain_score(results) if by_domain
+                         else te.selection_score(results, seen_split, unseen_split))
                 history.append({"step": step, "score": score, **{s: r for s, r in results.items()}})
                 summary = {s: {k: round(v, 3) for k, v in r.items() if k in ("t2i_R@1", "t2i_R@5", "i2t_R@1",
                                                                              "t2i_sentence_R@1")}
@@ -315,8 +326,9 @@ def finish(config: TrainConfig, out_dir: Path, net: MaMMUT, tokenizer: Tokenizer
         "samples_seen": step * config.batch_size,
         "wall_time_s": round(wall_s, 1),
         "hardware": {**hardware(), "device": str(runtime.device), "world_size": runtime.world_size},
-        "selection": "best validation score: seen t2i R@1 + seen i2t R@1 + 0.5 seen sentence t2i R@1"
-                     " + unseen t2i R@5 + 0.5 unseen sentence t2i R@5",
+        "selection": (te.DOMAIN_SCORE if config.val_styles or config.val_domains else
+                      "best validation score: seen t2i R@1 + seen i2t R@1 + 0.5 seen sentence t2i R@1"
+                      " + unseen t2i R@5 + 0.5 unseen sentence t2i R@5"),
         "history": [{"step": h["step"], "score": round(h["score"], 4)} for h in history],
     }
     if data.eval_splits:
@@ -326,9 +338,10 @@ def finish(config: TrainConfig, out_dir: Path, net: MaMMUT, tokenizer: Tokenizer
             names = set(map(str, data.train["name"]))
             card["captions"] = {s.name: te.evaluate_captions(best_net, tokenizer, s, names, features=cached_features,
                                                               device=runtime.device) for s in data.eval_splits}
-            if cached_features and data.train_cache.in_memory:
+            if cached_features and data.train_cache.in_memory and not (config.val_styles or config.val_domains):
                 card["baselines"] = te.baselines(data.train, data.train_cache.inputs[0], data.eval_splits)
-    card["targets"] = te.target_check(card, config.val_split, config.val_unseen_split)
+    if not (config.val_styles or config.val_domains):
+        card["targets"] = te.target_check(card, config.val_split, config.val_unseen_split)
     card["conventions"] = ("queries: each concept's name (and 'A picture of a NAME.' for sentence figures); gallery: "
                            "every image of the split; i2t ranks the split's names; ranks as in mammut_search.eval.metrics")
     best_net.config.training = card

@@ -44,6 +44,70 @@ class PreparedData:
     word_ids: list[list[int]]  # the captions' distinct content words (token ids)
     eval_splits: list[te.EvalSplit]
     data_card: dict[str, Any]
+    labels: "LabelExamples | None" = None
+
+
+@dataclass
+class LabelExamples:
+    """Label-only examples: each ImageNet class's names (token ids) and the embeddings that stand in for images."""
+
+    class_embeddings: torch.Tensor  # (1000 s) MiniLM embeddings of the class prompts
+    class_text_ids: list[list[list[int]]]  # per class, its texts' token ids
+
+
+def imagenet_label_texts(config: TrainConfig) -> tuple[list[str], list[list[str]]]:
+    """(one prompt per ImageNet class, "a photo of a NAME.", in classifier order; each class's label texts:
+    its first lemmas and nearest hypernyms)."""
+    from mammut_search.train.corpus.imagenet import imagenet_classes
+
+    classes = imagenet_classes(Path(config.imagenet_cache))
+    prompts = [f"a photo of a {c.lemmas[0]}." for c in classes]
+    texts = [list(dict.fromkeys([*c.lemmas[:config.label_names], *label_hypernyms(c.hypernyms,
+                                                                                  config.label_hypernyms)]))
+             for c in classes]
+    return prompts, texts
+
+
+def label_hypernyms(chain: list[str], count: int, *, depth: int = 5) -> list[str]:
+    """The nearest hypernym and then the next one-word ones among the `depth` nearest: the names people use
+    ("golden retriever" -> "retriever", "dog"; "tabby" -> "domestic cat", "cat"), not "sporting dog" or "placental"."""
+    if not chain or count <= 0:
+        return []
+    one_word = [h for h in chain[1:depth] if " " not in h and "-" not in h]
+    return [chain[0], *one_word][:count]
+
+
+def class_embeddings(config: TrainConfig, *, progress: bool) -> torch.Tensor:
+    """MiniLM sentence embeddings of the ImageNet class prompts (1000 384): what the semantic token mixes."""
+    prompts, _ = imagenet_label_texts(config)
+    return minilm_targets(prompts, Path(config.cache_dir), progress=progress)
+
+
+def label_examples(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer) -> LabelExamples | None:
+    """The label-only examples of the recipe, or None when it has none (or the model no semantic token)."""
+    if config.label_weight <= 0 or not net.config.semantic_dim:
+        return None
+    _, texts = imagenet_label_texts(config)
+    ids = [_encode_rows(tokenizer, names, net.config.max_text_len) for names in texts]
+    return LabelExamples(net.class_embeddings.detach().float().cpu(), ids)
+
+
+def style_weights(config: TrainConfig, train: pd.DataFrame, image_concept: np.ndarray,
+                  n_concepts: int) -> np.ndarray | None:
+    """Each concept's probability of being drawn: the recipe's style shares, the rest spread evenly."""
+    if not config.style_shares or "style" not in train.columns:
+        return None
+    concept_style = np.empty(n_concepts, dtype=object)
+    concept_style[image_concept] = train["style"].to_numpy()
+    weights = np.zeros(n_concepts)
+    rest = ~np.isin(concept_style, list(config.style_shares))
+    for style, share in config.style_shares.items():
+        members = concept_style == style
+        if members.any():
+            weights[members] = share / members.sum()
+    if rest.any():
+        weights[rest] = max(0.0, 1.0 - sum(config.style_shares.values())) / rest.sum()
+    return weights
 
 
 def build_tokenizer(config: TrainConfig, texts: list[str]) -> tuple[Tokenizer, list[int] | None]:
@@ -103,19 +167,16 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
     image_captions = [np.array([caption_index[c] for c in caps]) for caps in train["captions"]]
     sampler = td.ConceptBalancedSampler(concept_images, image_captions, image_concept,
                                         batch_size=config.batch_size, views=config.views,
-                                        images_per_concept=config.images_per_concept, seed=config.seed)
+                                        images_per_concept=config.images_per_concept, seed=config.seed,
+                                        concept_weights=style_weights(config, train, image_concept, len(concepts)))
 
     eval_splits = []
-    for split in (config.val_split, config.val_unseen_split):
-        rows = frame[frame["split"] == split].reset_index(drop=True) if split else frame.iloc[:0]
-        if rows.empty:
-            continue
-        split_paths = list(rows["path"])
-        share_encoding(split_paths, encode, 1, config.seed, store, runtime)
+    for name, rows in validation_rows(config, frame).items():
+        share_encoding(list(rows["path"]), encode, 1, config.seed, store, runtime)
         cache = td.build_input_cache(
-            split_paths, encode, views=1, seed=config.seed, progress=runtime.main, store=store)
+            list(rows["path"]), encode, views=1, seed=config.seed, progress=runtime.main, store=store)
         ok = torch.from_numpy(cache.ok)
-        eval_splits.append(te.EvalSplit(split, rows[cache.ok].reset_index(drop=True), cache.inputs[0][ok]))
+        eval_splits.append(te.EvalSplit(name, rows[cache.ok].reset_index(drop=True), cache.inputs[0][ok]))
 
     data_card = {
         "manifest": str(config.manifest),
@@ -135,6 +196,8 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
         from mammut_search.train.text_init import common_english_words
 
         words = common_english_words(config.distill_words)
+        if config.label_weight > 0 and net.config.semantic_dim:  # the class names too: queries name objects
+            words = list(dict.fromkeys([*words, *(t for names in imagenet_label_texts(config)[1] for t in names)]))
         extra = [t for w in words for t in (w, td.sentence_query(w))]
         extra_ids = _encode_rows(tokenizer, extra, max_len)
         extra_teacher = minilm_targets(extra, cache_root, progress=runtime.main)
@@ -143,8 +206,27 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
     if config.word_weight > 0:
         words, image_words = word_vocabulary([list(c) for c in train["captions"]], max_share=config.word_max_share)
         word_ids = _encode_rows(tokenizer, words, max_len)
+    labels = label_examples(config, net, tokenizer)
+    if labels is not None:
+        data_card["label_only_classes"] = len(labels.class_text_ids)
     return PreparedData(frame, train, train_cache, captions, caption_ids, name_ids, teacher, extra_ids, extra_teacher,
-                        sampler, image_words, word_ids, eval_splits, data_card)
+                        sampler, image_words, word_ids, eval_splits, data_card, labels)
+
+
+def validation_rows(config: TrainConfig, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The validation sets by name: "style:NAME" (every image of a style kept out of training), the recipe's
+    domain splits, or (with neither) the held-out-style splits val_split and val_unseen_split."""
+    sets: dict[str, pd.DataFrame] = {}
+    if config.val_styles or config.val_domains:
+        for style in config.val_styles:
+            sets[f"style:{style}"] = frame[frame["style"] == style]
+        for split in config.val_domains:
+            sets[split] = frame[frame["split"] == split]
+    else:
+        for split in (config.val_split, config.val_unseen_split):
+            if split:
+                sets[split] = frame[frame["split"] == split]
+    return {name: rows.reset_index(drop=True) for name, rows in sets.items() if not rows.empty}
 
 
 def share_encoding(paths: list[str], encode, views: int, seed: int, store: Path, runtime: Runtime) -> None:
@@ -180,8 +262,9 @@ def word_vocabulary(captions: list[list[str]], *, max_share: float = 1.0) -> tup
 def training_rows(config: TrainConfig, frame: pd.DataFrame) -> pd.DataFrame:
     """The manifest rows trained on: the training splits, less any excluded style."""
     rows = frame[frame["split"].isin(config.train_splits)]
-    if config.exclude_styles and "style" in rows.columns:
-        rows = rows[~rows["style"].isin(config.exclude_styles)]
+    left_out = [*config.exclude_styles, *config.val_styles]
+    if left_out and "style" in rows.columns:
+        rows = rows[~rows["style"].isin(left_out)]
     if rows.empty:
         raise UserError(f"{config.manifest}: no rows in splits {config.train_splits}")
     return rows.reset_index(drop=True)
@@ -263,7 +346,31 @@ def step_batch(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, ru
     word_text, word_positives = step_words(config, data, tokenizer, runtime, step)
     return {"inputs": inputs, "text": text, "caption": caption, "groups": batch.groups.to(device),
             "teacher": teacher, "keep_index": keep_index, "extra_text": extra_text, "extra_teacher": extra_teacher,
-            "word_text": word_text, "word_positives": word_positives}
+            "word_text": word_text, "word_positives": word_positives,
+            **step_labels(config, data, tokenizer, runtime, step)}
+
+
+def step_labels(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, runtime: Runtime,
+                step: int) -> dict[str, torch.Tensor]:
+    """This process's share of the step's label-only examples: for each, a class, one of its texts (the
+    contrastive text and the captioning target), and a stand-in vector: the class's embedding mixed with a
+    random other class's (as a classifier hesitates) plus Gaussian noise."""
+    if data.labels is None:
+        return {}
+    labels, rng = data.labels, np.random.default_rng([config.seed, step, 3])
+    n = len(labels.class_text_ids)
+    classes = rng.integers(0, n, config.label_batch)
+    others = rng.integers(0, n, config.label_batch)
+    own = rng.uniform(0.5, 1.0, config.label_batch)
+    texts = [labels.class_text_ids[c][rng.integers(len(labels.class_text_ids[c]))] for c in classes]
+    noise = rng.normal(0.0, config.label_noise, (config.label_batch, labels.class_embeddings.shape[1]))
+    rows = slice(runtime.rank, None, runtime.world_size)
+    embeddings = labels.class_embeddings
+    stand_in = (torch.from_numpy(own[:, None]).float() * embeddings[classes]
+                + torch.from_numpy(1 - own[:, None]).float() * embeddings[others] + torch.from_numpy(noise).float())
+    ids = pad_rows(texts[rows], tokenizer.pad_id).to(runtime.device)
+    return {"label_semantic": stand_in[rows].to(runtime.device), "label_text": ids, "label_caption": ids,
+            "label_groups": torch.from_numpy(classes[rows]).to(runtime.device)}
 
 
 def step_words(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, runtime: Runtime,

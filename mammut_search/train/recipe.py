@@ -21,7 +21,8 @@ from mammut_search.errors import UserError
 DEFAULT_MODEL: dict[str, Any] = {
     "dim": 256, "depth": 2, "heads": 4, "dim_head": 64, "ff_mult": 2, "num_img_queries": 16, "dim_latents": 256,
     "max_text_len": 32, "image_grid_latent": True,
-    "image_encoder": {"kind": "efficientnet_lite0", "image_size": 96},
+    "semantic_dim": 384, "semantic_top_k": 10, "fusion_weight": 1.0, "fusion_gate": 10.0, "fusion_gate_center": 0.5,
+    "image_encoder": {"kind": "efficientnet_lite0", "image_size": 160, "grid": 3, "classifier_token": True},
 }
 
 
@@ -39,12 +40,21 @@ class TrainConfig:
     train_splits: list[str] = field(default_factory=lambda: ["train"])
     val_split: str = "val"  # held-out style, seen concepts: the checkpoint is chosen on it
     val_unseen_split: str = "val_unseen"  # held-out style, unseen concepts ("" to skip)
+    # validation that measures generalisation, one figure per domain (the checkpoint is chosen on their mean):
+    # whole styles kept out of training (every image of each, seen and unseen concepts), and manifest splits of
+    # other domains (objects, photos). When set, val_split/val_unseen_split are not used.
+    val_styles: list[str] = field(
+        default_factory=lambda: ["iconify-fxemoji", "openmoji-black", "iconify-emojione-monotone"])
+    val_domains: list[str] = field(default_factory=lambda: ["val_objects", "val_photos"])
     cache_dir: str = "data/cache/train"
     # the training cache of encoder inputs: "memory", "disk" (one file per image, read per batch), or "auto" = on
     # disk when it would not fit in half of the free memory
     stream: str = "auto"
-    # OpenClipart is left out: its ~7,750 one-image "concepts" would dominate concept-balanced batches
-    exclude_styles: list[str] = field(default_factory=lambda: ["openclipart"])  # styles of the training splits left out
+    # styles of the training splits left out: twins of the validation styles' designs, and a third Noto
+    exclude_styles: list[str] = field(default_factory=lambda: ["openmoji-color", "iconify-twemoji", "iconify-noto"])
+    # share of each batch's concepts drawn from a style (the rest are balanced over the other styles' concepts):
+    # a style of thousands of one-image concepts (OpenClipart) would otherwise fill every batch
+    style_shares: dict[str, float] = field(default_factory=lambda: {"openclipart": 0.3})
     views: int = 1  # view 0 is the image, the others are augmentations, each encoded once
     # text side
     tokenizer: str = "minilm"  # "minilm": MiniLM's WordPiece, compacted; "bpe": trained on the captions
@@ -63,6 +73,14 @@ class TrainConfig:
     word_batch: int = 64  # words per step (drawn from the global batch's captions)
     word_max_share: float = 0.2  # words on more than this share of the training images (templates) are left out
     word_moves_images: bool = True  # false: the word loss trains the text side only (image latents detached)
+    # label-only examples (model.semantic_dim > 0): a noisy ImageNet class-name embedding stands in for an image,
+    # captioned with the class's names and nearest hypernyms (WordNet); trains the semantic token's readers
+    label_weight: float = 0.5
+    label_batch: int = 64  # label-only examples per step (global)
+    label_noise: float = 0.02  # std of the Gaussian noise added to each dimension of the stand-in vector
+    label_names: int = 3  # a class's first lemmas used as its texts
+    label_hypernyms: int = 2  # and its nearest hypernyms ("tabby" -> "domestic cat", "cat"; see label_hypernyms)
+    imagenet_cache: str = "data/cache"  # where the corpus builder put the ImageNet class names (imagenet/)
     # model
     model: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MODEL))
     # optimisation
@@ -85,10 +103,10 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0  # torch CPU threads (0: leave as is)
     log_every: int = 25
-    eval_every: int = 200
-    save_every: int = 200
+    eval_every: int = 250
+    save_every: int = 250
     patience: int = 0  # stop after this many evaluations without a better score (0: never)
-    max_minutes: float = 36.0  # stop (keeping the best checkpoint) when training has taken this long (0: never)
+    max_minutes: float = 45.0  # stop (keeping the best checkpoint) when training has taken this long (0: never)
     export: str = ""  # also write the best checkpoint here at the end
     export_dtype: str = "float16"
     final_eval: bool = True  # captions and baselines on the validation splits, into the training card

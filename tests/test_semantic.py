@@ -1,0 +1,134 @@
+"""The semantic token: ImageNet class probabilities x class-name embeddings, read by the pool, the decoder and
+the latent; label-only training examples; the fused retrieval vectors and their query gate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mammut_search import load_model
+from mammut_search.inference import MammutModel
+from mammut_search.model.config import ImageEncoderConfig, MammutConfig
+from mammut_search.model.mammut import NUM_CLASSES, MaMMUT
+from mammut_search.model.tokenizer import train_bpe
+from mammut_search.train import prepare
+from mammut_search.train.loop import train
+from test_train import corpus, read_log, tiny_recipe  # noqa: F401 (corpus is a fixture)
+
+SEMANTIC = 8
+
+
+def semantic_config(vocab_size: int, **changes) -> MammutConfig:
+    image = ImageEncoderConfig(kind="efficientnet_lite0", image_size=64, grid=2, classifier_token=True)
+    fields = dict(vocab_size=vocab_size, dim=32, depth=2, heads=2, dim_head=16, ff_mult=2, num_img_queries=4,
+                  dim_latents=16, max_text_len=16, image_grid_latent=True, semantic_dim=SEMANTIC,
+                  image_encoder=image)
+    return MammutConfig(**{**fields, **changes})
+
+
+@pytest.fixture(scope="module")
+def model() -> MammutModel:
+    tokenizer = train_bpe(["a red apple", "an octopus", "a cat on a mat"] * 4, vocab_size=300, min_frequency=1)
+    torch.manual_seed(0)
+    net = MaMMUT(semantic_config(tokenizer.vocab_size, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id,
+                                 eos_id=tokenizer.eos_id, fusion_weight=1.0, fusion_gate=10.0))
+    net.class_embeddings.normal_()
+    return MammutModel(net, tokenizer, device="cpu")
+
+
+def test_semantic_vector_is_the_top_k_mix_of_class_embeddings(model):
+    net = model.net
+    features = net.image_features(torch.randn(2, 3, 64, 64))
+    assert features.shape == (2, 2 * 2 + 1, 1280)  # the 2x2 grid, then the classifier token
+    _, semantic = net.split_features(features)
+    probs = net.image_encoder.class_logits(features[:, -1]).softmax(dim=-1)
+    top, index = probs.topk(net.config.semantic_top_k, dim=-1)
+    expected = torch.stack([(w / w.sum()) @ net.class_embeddings[i] for w, i in zip(top, index)])
+    assert torch.allclose(semantic, expected, atol=1e-5)
+
+
+def test_every_reader_sees_the_semantic_token(model):
+    net = model.net
+    features = net.image_features(torch.randn(2, 3, 64, 64))
+    other = torch.randn(2, SEMANTIC)
+    cls, tokens = net.pool_image(features)
+    cls2, tokens2 = net.pool_image(features, semantic=other)
+    assert tokens.shape[1] == net.config.num_img_queries + 1  # the decoder attends to the token itself
+    assert not torch.allclose(cls, cls2) and not torch.allclose(tokens[:, -1], tokens2[:, -1])
+    assert not torch.allclose(net.contrastive_image_latents(cls, features),
+                              net.contrastive_image_latents(cls, features, semantic=other))
+
+
+def test_fused_vectors_are_one_inner_product_of_both_parts(model):
+    net, c = model.net, model.net.config
+    images = model.encode_image(torch.randn(3, 3, 64, 64))
+    queries = model.encode_text(["a red apple", "an octopus"])
+    assert images.shape == (3, c.dim_latents + SEMANTIC) == (3, model.latent_dim) and queries.shape[1] == images.shape[1]
+    assert torch.allclose(images.norm(dim=-1), torch.ones(3), atol=1e-5)
+    # the query's first part is its contrastive latent, up to the norm of the whole
+    ids = model.tokenizer.encode(["a red apple"], c.max_text_len)
+    plain = net.text_latents(ids)
+    fused = net.query_latents(ids)
+    assert torch.allclose(fused[:, :c.dim_latents] / fused[:, :c.dim_latents].norm(), plain, atol=1e-5)
+
+
+def test_query_gate_opens_for_class_names_only(model):
+    net = model.net
+    classes = F.normalize(net.class_embeddings[:3], dim=-1)
+    away = F.normalize(torch.randn(3, SEMANTIC) - 5 * classes.mean(0), dim=-1)
+    named, unnamed = net.query_gate(classes), net.query_gate(away)
+    assert (named > 0.99).all() and (unnamed < named).all()
+
+
+def test_checkpoint_keeps_classifier_and_class_embeddings(model, tmp_path):
+    model.save(tmp_path / "ckpt")
+    loaded = load_model(tmp_path / "ckpt", device="cpu")
+    assert torch.equal(loaded.net.class_embeddings, model.net.class_embeddings)
+    pixels = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(loaded.encode_image(pixels), model.encode_image(pixels), atol=1e-5)
+    assert loaded.caption(pixels) == model.caption(pixels)
+
+
+def test_label_only_examples_train_and_export(corpus, tmp_path, monkeypatch):  # noqa: F811
+    names = [[f"class {i}", f"kind {i % 7}"] for i in range(NUM_CLASSES)]
+    monkeypatch.setattr(prepare, "imagenet_label_texts", lambda config: ([n[0] for n in names], names))
+    import mammut_search.train.loop as loop
+    monkeypatch.setattr(loop, "imagenet_label_texts", lambda config: ([n[0] for n in names], names))
+    monkeypatch.setattr(loop, "class_embeddings", lambda config, progress: torch.randn(NUM_CLASSES, SEMANTIC))
+    config = tiny_recipe(tmp_path, steps=12, label_weight=1.0, label_batch=8,
+                         export=f"'{tmp_path / 'export'}'")
+    config.model.update(semantic_dim=SEMANTIC, fusion_weight=1.0,
+                        image_encoder={"kind": "efficientnet_lite0", "image_size": 64, "grid": 2,
+                                       "classifier_token": True})
+    train(config, tmp_path / "run", frame=corpus, progress=False)
+    logged = [e for e in read_log(tmp_path / "run") if "labels" in e]
+    assert logged and all(e["labels"] > 0 for e in logged)
+    exported = load_model(tmp_path / "export", device="cpu")
+    assert exported.latent_dim == exported.config.dim_latents + SEMANTIC
+    assert exported.net.class_embeddings.abs().sum() > 0  # filled before training, saved with the weights
+    assert len(exported.encode_text(["class 3"])[0]) == exported.latent_dim
+
+
+def test_label_texts_use_names_people_say():
+    chain = ["retriever", "sporting dog", "dog", "canine", "carnivore", "placental"]
+    assert prepare.label_hypernyms(chain, 2) == ["retriever", "dog"]
+    assert prepare.label_hypernyms(["domestic cat", "cat", "feline"], 2) == ["domestic cat", "cat"]
+    assert prepare.label_hypernyms([], 2) == []
+
+
+def test_style_shares_set_each_style_s_part_of_the_draws():
+    import numpy as np
+    import pandas as pd
+
+    from mammut_search.train.data import ConceptBalancedSampler
+    from mammut_search.train.recipe import TrainConfig
+
+    styles = ["clipart"] * 900 + ["emoji"] * 100  # one image per concept: clip art would take 90% uniformly
+    train_rows = pd.DataFrame({"style": styles})
+    image_concept = np.arange(1000)
+    weights = prepare.style_weights(TrainConfig(style_shares={"clipart": 0.3}), train_rows, image_concept, 1000)
+    sampler = ConceptBalancedSampler([np.array([i]) for i in range(1000)], [np.array([0])] * 1000, image_concept,
+                                     batch_size=10, views=1, images_per_concept=1, concept_weights=weights)
+    drawn = np.concatenate([sampler.global_batch(step).images.numpy() for step in range(300)])
+    assert abs((drawn < 900).mean() - 0.3) < 0.05
