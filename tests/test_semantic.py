@@ -96,7 +96,7 @@ def test_label_only_examples_train_and_export(corpus, tmp_path, monkeypatch):  #
     import mammut_search.train.loop as loop
     monkeypatch.setattr(loop, "imagenet_label_texts", lambda config: ([n[0] for n in names], names))
     monkeypatch.setattr(loop, "class_embeddings", lambda config, progress: torch.randn(NUM_CLASSES, SEMANTIC))
-    config = tiny_recipe(tmp_path, steps=12, label_weight=1.0, label_batch=8,
+    config = tiny_recipe(tmp_path, steps=12, label_weight=1.0, label_batch=8, token_keep=0.75,
                          export=f"'{tmp_path / 'export'}'")
     config.model.update(semantic_dim=SEMANTIC, fusion_weight=1.0,
                         image_encoder={"kind": "efficientnet_lite0", "image_size": 64, "grid": 2,

@@ -45,6 +45,7 @@ class PreparedData:
     eval_splits: list[te.EvalSplit]
     data_card: dict[str, Any]
     labels: "LabelExamples | None" = None
+    grid_tokens: int = 0  # the encoder's spatial tokens, the ones feature-token dropout draws from
 
 
 @dataclass
@@ -210,7 +211,8 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
     if labels is not None:
         data_card["label_only_classes"] = len(labels.class_text_ids)
     return PreparedData(frame, train, train_cache, captions, caption_ids, name_ids, teacher, extra_ids, extra_teacher,
-                        sampler, image_words, word_ids, eval_splits, data_card, labels)
+                        sampler, image_words, word_ids, eval_splits, data_card, labels,
+                        net.config.image_encoder.grid_tokens)
 
 
 def validation_rows(config: TrainConfig, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -332,7 +334,7 @@ def step_batch(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, ru
     keep_index = None
     if cached_features and config.token_keep < 1.0:
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        tokens = inputs.shape[1]
+        tokens = data.grid_tokens  # only grid tokens are dropped, never the classifier token
         keep = max(1, round(tokens * config.token_keep))
         chosen = torch.rand(config.batch_size, tokens, generator=generator)[rows]
         keep_index = chosen.argsort(dim=1)[:, :keep].to(device)

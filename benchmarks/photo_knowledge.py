@@ -1,0 +1,155 @@
+"""Photo knowledge across domains: the held-out emoji styles, OpenClipart objects and real photos, for the new
+default, its levers, the previous default and the ImageNet bridge alone (no training), side by side.
+
+    python benchmarks/photo_knowledge.py --checkpoint data/checkpoints/default [--previous OLD_CHECKPOINT]
+        [--label NAME=CHECKPOINT ...] [--weights 0 0.5 1 2] [--gates 0 10]
+
+Each image is decoded and encoded once per checkpoint; the fusion weight and the query gate only change how
+the cached encoder tokens and the queries become retrieval vectors, so every setting of them is scored on the
+same features (the setting with the best mean over domains is what the checkpoint should ship with). Text→image
+recall with the main caption as the query (gallery: the whole set), captions: the share that name the object
+(a content word shared with a reference). The styles domain is the mean of its styles. Prints a markdown table
+and writes it to benchmarks/out/photo_knowledge.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mammut_search.eval.domains import HELD_OUT_STYLES, caption_hits, domain_metrics
+from mammut_search.images import load_image
+from mammut_search.inference import MammutModel, load_model
+from mammut_search.train.data import read_manifest
+
+OUT = Path(__file__).resolve().parent / "out" / "photo_knowledge.md"
+
+
+def validation_sets(manifest: str) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """{set: (image paths, each image's reference texts)}: each held-out style, objects, photos."""
+    frame = read_manifest(manifest)
+    sets = {f"style:{s}": frame[frame["style"] == s] for s in HELD_OUT_STYLES}
+    sets["objects"] = frame[frame["split"] == "val_objects"]
+    sets["photos"] = frame[frame["split"] == "val_photos"]
+    return {name: (list(rows["path"]), [list(c) for c in rows["captions"]]) for name, rows in sets.items() if len(rows)}
+
+
+@torch.no_grad()
+def encode_sets(model: MammutModel, sets: dict, batch: int = 64) -> dict[str, torch.Tensor]:
+    """Each set's encoder tokens (i j c), computed once."""
+    out = {}
+    for name, (paths, _) in sets.items():
+        chunks = []
+        for s in tqdm(range(0, len(paths), batch), desc=f"encoding {name}", leave=False):
+            images = [load_image(p) for p in paths[s:s + batch]]
+            chunks.append(model.image_features(model.preprocess(images)).float().cpu())
+        out[name] = torch.cat(chunks)
+    return out
+
+
+def recall(image_latents: torch.Tensor, references: list[list[str]], encode_text) -> dict:
+    return domain_metrics(image_latents, [r[0] for r in references], encode_text)["t2i"]
+
+
+def by_domain(per_set: dict[str, dict]) -> dict[str, dict]:
+    """Sets -> domains: the styles' mean, objects, photos."""
+    styles = [v for k, v in per_set.items() if k.startswith("style:")]
+    out = {"styles": {k: float(np.mean([s[k] for s in styles])) for k in styles[0]}} if styles else {}
+    out.update({k: v for k, v in per_set.items() if not k.startswith("style:")})
+    return out
+
+
+@torch.no_grad()
+def score_model(model: MammutModel, sets: dict, features: dict, weights, gates) -> list[tuple[str, dict]]:
+    """One row per fusion setting (just one for a model without the semantic token), plus captions."""
+    net, rows = model.net, []
+    settings = [(w, g) for w in weights for g in (gates if w else [0.0])] if net.config.semantic_dim else [(None, None)]
+    hits = {}
+    for name, (_, refs) in sets.items():
+        captions = []
+        for s in range(0, len(features[name]), 64):
+            captions += model.captions_from_features(features[name][s:s + 64])
+        hits[name] = float(caption_hits(captions, refs).mean())
+    shipped = (net.config.fusion_weight, net.config.fusion_gate)
+    for w, g in settings:
+        if w is not None:
+            net.config.fusion_weight, net.config.fusion_gate = w, g
+        per_set = {n: {**recall(model.latents_from_features(f), sets[n][1], model.encode_text), "named": hits[n]}
+                   for n, f in features.items()}
+        label = "" if w is None else f"fusion {w:g}" + (f", gate {g:g}" if w and g else "")
+        rows.append((label, by_domain(per_set)))
+    net.config.fusion_weight, net.config.fusion_gate = shipped
+    return rows
+
+
+@torch.no_grad()
+def score_bridge(model: MammutModel, sets: dict, features: dict) -> dict:
+    """The ImageNet bridge alone: image = the classifier's top-10 classes' name embeddings (MiniLM), weighted;
+    query = its MiniLM embedding; no training."""
+    from mammut_search.train.text_init import MiniLMSentenceEncoder
+
+    minilm = MiniLMSentenceEncoder()
+    per_set = {}
+    for name, f in features.items():
+        _, semantic = model.net.split_features(f)
+        per_set[name] = recall(F.normalize(semantic.float(), dim=-1), sets[name][1],
+                               lambda texts: minilm.encode(texts, progress=False).float())
+    return by_domain(per_set)
+
+
+def mean_score(domains: dict) -> float:
+    return float(np.mean([(d["R@1"] + d["R@5"]) / 2 for d in domains.values()]))
+
+
+def table(rows: list[tuple[str, dict]]) -> str:
+    domains = list(rows[0][1])
+    head = ["system"] + [f"{d} {k}" for d in domains for k in ("R@1", "R@5", "named")] + ["mean (R@1+R@5)/2"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, r in rows:
+        cells = [label]
+        for d in domains:
+            named = r[d].get("named")
+            cells += [f"{r[d]['R@1']:.3f}", f"{r[d]['R@5']:.3f}", "–" if named is None else f"{named:.0%}"]
+        lines.append("| " + " | ".join(cells + [f"{mean_score(r):.3f}"]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="data/checkpoints/default")
+    parser.add_argument("--previous", default="", help="the previous default checkpoint, for its row")
+    parser.add_argument("--label", nargs="*", default=[], metavar="NAME=CHECKPOINT", help="more rows (levers)")
+    parser.add_argument("--manifest", default="data/cache/corpus/manifest.parquet")
+    parser.add_argument("--weights", nargs="*", type=float, default=[0.0, 0.5, 1.0, 1.5, 2.0])
+    parser.add_argument("--gates", nargs="*", type=float, default=[0.0, 10.0])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    sets = validation_sets(args.manifest)
+    print({k: len(v[0]) for k, v in sets.items()})
+    rows = []
+    model = load_model(args.checkpoint, device="cpu")
+    features = encode_sets(model, sets)
+    if model.net.config.semantic_dim:
+        rows.append(("ImageNet bridge alone (no training)", score_bridge(model, sets, features)))
+    rows += [(f"new default, {label}" if label else "new default", r)
+             for label, r in score_model(model, sets, features, args.weights, args.gates)]
+    for item in args.label + ([f"previous default={args.previous}"] if args.previous else []):
+        name, _, path = item.partition("=")
+        other = load_model(path, device="cpu")
+        for label, r in score_model(other, sets, encode_sets(other, sets), [other.config.fusion_weight],
+                                    [other.config.fusion_gate]):
+            rows.append((f"{name}, {label}" if label else name, r))
+    text = table(rows)
+    print(text)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
