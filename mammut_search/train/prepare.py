@@ -356,7 +356,8 @@ def step_labels(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, r
                 step: int) -> dict[str, torch.Tensor]:
     """This process's share of the step's label-only examples: for each, a class, one of its texts (the
     contrastive text and the captioning target), and a stand-in vector: the class's embedding mixed with a
-    random other class's (as a classifier hesitates) plus Gaussian noise."""
+    random other class's (as a classifier hesitates) plus Gaussian noise; the first `label_grid_share` of them
+    also get the grid tokens of a random training image."""
     if data.labels is None:
         return {}
     labels, rng = data.labels, np.random.default_rng([config.seed, step, 3])
@@ -368,11 +369,19 @@ def step_labels(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, r
     noise = rng.normal(0.0, config.label_noise, (config.label_batch, labels.class_embeddings.shape[1]))
     rows = slice(runtime.rank, None, runtime.world_size)
     embeddings = labels.class_embeddings
+    # the first rows of the global batch are shown with an unrelated training image's grid tokens
+    shown = round(config.label_batch * config.label_grid_share)
+    images = torch.from_numpy(rng.integers(0, len(data.train), shown))
+    shown_local = len(range(shown)[rows])
     stand_in = (torch.from_numpy(own[:, None]).float() * embeddings[classes]
                 + torch.from_numpy(1 - own[:, None]).float() * embeddings[others] + torch.from_numpy(noise).float())
     ids = pad_rows(texts[rows], tokenizer.pad_id).to(runtime.device)
-    return {"label_semantic": stand_in[rows].to(runtime.device), "label_text": ids, "label_caption": ids,
-            "label_groups": torch.from_numpy(classes[rows]).to(runtime.device)}
+    out = {"label_semantic": stand_in[rows].to(runtime.device), "label_text": ids, "label_caption": ids,
+           "label_groups": torch.from_numpy(classes[rows]).to(runtime.device)}
+    if shown_local:
+        grids = data.train_cache.batch(torch.zeros(shown, dtype=torch.long), images)[rows][:, :data.grid_tokens]
+        out["label_grid"] = grids.to(runtime.device)
+    return out
 
 
 def step_words(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, runtime: Runtime,
