@@ -66,40 +66,48 @@ def by_domain(per_set: dict[str, dict]) -> dict[str, dict]:
 
 
 @torch.no_grad()
-def score_model(model: MammutModel, sets: dict, features: dict, weights, gates) -> list[tuple[str, dict]]:
+def score_model(model: MammutModel, sets: dict, features: dict, weights, gates,
+                centers=(0.5,)) -> list[tuple[str, dict]]:
     """One row per fusion setting (just one for a model without the semantic token), plus captions."""
     net, rows = model.net, []
-    settings = [(w, g) for w in weights for g in (gates if w else [0.0])] if net.config.semantic_dim else [(None, None)]
+    settings = ([(w, g, c) for w in weights for g in (gates if w else [0.0]) for c in (centers if w and g else [0.5])]
+                if net.config.semantic_dim else [(None, None, None)])
     hits = {}
     for name, (_, refs) in sets.items():
         captions = []
         for s in range(0, len(features[name]), 64):
             captions += model.captions_from_features(features[name][s:s + 64])
         hits[name] = float(caption_hits(captions, refs).mean())
-    shipped = (net.config.fusion_weight, net.config.fusion_gate)
-    for w, g in settings:
+    shipped = (net.config.fusion_weight, net.config.fusion_gate, net.config.fusion_gate_center)
+    for w, g, c in settings:
         if w is not None:
-            net.config.fusion_weight, net.config.fusion_gate = w, g
+            net.config.fusion_weight, net.config.fusion_gate, net.config.fusion_gate_center = w, g, c
         per_set = {n: {**recall(model.latents_from_features(f), sets[n][1], model.encode_text), "named": hits[n]}
                    for n, f in features.items()}
-        label = "" if w is None else f"fusion {w:g}" + (f", gate {g:g}" if w and g else "")
+        label = "" if w is None else f"fusion {w:g}" + (f", gate {g:g} at {c:g}" if w and g else "")
         rows.append((label, by_domain(per_set)))
-    net.config.fusion_weight, net.config.fusion_gate = shipped
+    net.config.fusion_weight, net.config.fusion_gate, net.config.fusion_gate_center = shipped
     return rows
 
 
 @torch.no_grad()
 def score_bridge(model: MammutModel, sets: dict, features: dict) -> dict:
     """The ImageNet bridge alone: image = the classifier's top-10 classes' name embeddings (MiniLM), weighted;
-    query = its MiniLM embedding; no training."""
+    query = its MiniLM embedding; no training. Its caption: the most probable class's name."""
     from mammut_search.train.text_init import MiniLMSentenceEncoder
 
+    from mammut_search.train.corpus.imagenet import imagenet_classes
+
     minilm = MiniLMSentenceEncoder()
+    names = [c.lemmas[0] for c in imagenet_classes()]
     per_set = {}
     for name, f in features.items():
         _, semantic = model.net.split_features(f)
         per_set[name] = recall(F.normalize(semantic.float(), dim=-1), sets[name][1],
                                lambda texts: minilm.encode(texts, progress=False).float())
+        # as a caption: the classifier's most probable class name
+        top1 = model.net.image_encoder.class_logits(f[:, -1]).argmax(dim=-1)
+        per_set[name]["named"] = float(caption_hits([names[i] for i in top1], sets[name][1]).mean())
     return by_domain(per_set)
 
 
@@ -157,6 +165,7 @@ def main() -> None:
     parser.add_argument("--manifest", default="data/cache/corpus/manifest.parquet")
     parser.add_argument("--weights", nargs="*", type=float, default=[0.0, 0.5, 1.0, 1.5, 2.0])
     parser.add_argument("--gates", nargs="*", type=float, default=[0.0, 10.0])
+    parser.add_argument("--centers", nargs="*", type=float, default=[0.5], help="the query gate's centre")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rerank", action="store_true", help="also score the Searcher's re-ranking")
     parser.add_argument("--image-size", type=int, default=0, help="feed the checkpoint's encoder this input size")
@@ -172,12 +181,12 @@ def main() -> None:
     if model.net.config.semantic_dim:
         rows.append(("ImageNet bridge alone (no training)", score_bridge(model, sets, features)))
     rows += [(f"new default, {label}" if label else "new default", r)
-             for label, r in score_model(model, sets, features, args.weights, args.gates)]
+             for label, r in score_model(model, sets, features, args.weights, args.gates, args.centers)]
     for item in args.label + ([f"previous default={args.previous}"] if args.previous else []):
         name, _, path = item.partition("=")
         other = load_model(path, device="cpu")
         for label, r in score_model(other, sets, encode_sets(other, sets), [other.config.fusion_weight],
-                                    [other.config.fusion_gate]):
+                                    [other.config.fusion_gate], [other.config.fusion_gate_center]):
             rows.append((f"{name}, {label}" if label else name, r))
     if args.rerank:
         per_set = {n: {**rerank_recall(model, f, sets[n][1])} for n, f in features.items()}

@@ -21,7 +21,7 @@ from mammut_search.errors import UserError
 DEFAULT_MODEL: dict[str, Any] = {
     "dim": 256, "depth": 2, "heads": 4, "dim_head": 64, "ff_mult": 2, "num_img_queries": 16, "dim_latents": 256,
     "max_text_len": 32, "image_grid_latent": True,
-    "semantic_dim": 384, "semantic_top_k": 10, "fusion_weight": 1.0, "fusion_gate": 10.0, "fusion_gate_center": 0.5,
+    "semantic_dim": 384, "semantic_top_k": 10, "fusion_weight": 1.5, "fusion_gate": 20.0, "fusion_gate_center": 0.6,
     "image_encoder": {"kind": "efficientnet_lite0", "image_size": 160, "grid": 3, "classifier_token": True},
 }
 
@@ -75,10 +75,10 @@ class TrainConfig:
     word_moves_images: bool = True  # false: the word loss trains the text side only (image latents detached)
     # label-only examples (model.semantic_dim > 0): a noisy ImageNet class-name embedding stands in for an image,
     # captioned with the class's names and nearest hypernyms (WordNet); trains the semantic token's readers
-    label_weight: float = 1.0
+    label_weight: float = 0.5
     label_batch: int = 64  # label-only examples per step (global)
     label_noise: float = 0.02  # std of the Gaussian noise added to each dimension of the stand-in vector
-    label_grid_share: float = 0.5  # share of them shown beside an unrelated training image's grid (captioning only)
+    label_grid_share: float = 0.0  # share of them shown beside an unrelated training image's grid (captioning only)
     label_names: int = 3  # a class's first lemmas used as its texts
     label_hypernyms: int = 2  # and its nearest hypernyms ("tabby" -> "domestic cat", "cat"; see label_hypernyms)
     imagenet_cache: str = "data/cache"  # where the corpus builder put the ImageNet class names (imagenet/)
