@@ -16,6 +16,7 @@ from mammut_search.model.config import ImageEncoderConfig
 from mammut_search.train.data import cache_bytes_per_image, stream_from_disk
 from mammut_search.train.loop import train
 from mammut_search.train.recipe import load_config
+from test_train import PLAIN_VALIDATION_AND_MODEL
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "orange": (250, 150, 20)}
 SHAPES = ("circle", "square", "triangle")
@@ -75,6 +76,7 @@ def tiny_recipe(tmp_path, manifest, **changes):
         "model.dim=32", "model.depth=1", "model.heads=2", "model.dim_head=16", "model.ff_mult=2",
         "model.num_img_queries=4", "model.dim_latents=16", "model.max_text_len=16", "model.image_grid_latent=false",
         "model.image_encoder={kind='vit', image_size=32, patch_size=8, vit_dim=32, vit_depth=1, vit_heads=2}",
+        *PLAIN_VALIDATION_AND_MODEL,
     ]
     return load_config(None, overrides + [f"{k}={v}" for k, v in changes.items()])
 

@@ -230,7 +230,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: str | Path | None
     log_path = out_dir / "log.jsonl"
     seen_split = config.val_split if any(s.name == config.val_split for s in data.eval_splits) else None
     unseen_split = config.val_unseen_split or None
-    by_domain = bool(config.val_styles or config.val_domains)
+    by_domain = judged_by_domain(config, data)
 
     def evaluate() -> dict:
         return te.evaluate_retrieval(net, tokenizer, data.eval_splits, features=cached_features, device=runtime.device)
@@ -313,10 +313,17 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: str | Path | None
     return card
 
 
+def judged_by_domain(config: TrainConfig, data: PreparedData) -> bool:
+    """Whether the validation sets are the recipe's domains (held-out styles, objects, photos), so the checkpoint
+    is chosen on their mean, rather than a manifest's own val/val_unseen splits."""
+    return any(s.name.startswith("style:") or s.name in config.val_domains for s in data.eval_splits)
+
+
 def finish(config: TrainConfig, out_dir: Path, net: MaMMUT, tokenizer: Tokenizer, data: PreparedData,
            runtime: Runtime, cached_features: bool, *, step: int, best_step: int, history: list, wall_s: float) -> dict:
     """Load the best weights, measure them (retrieval, captions, baselines), write the card into best/ and
     the export directory."""
+    by_domain = judged_by_domain(config, data)
     best_dir = out_dir / "best" if (out_dir / "best").is_dir() else out_dir / "last"
     best_net, tokenizer, _ = load_checkpoint(best_dir, device=runtime.device)
     card: dict[str, Any] = {
@@ -326,7 +333,7 @@ def finish(config: TrainConfig, out_dir: Path, net: MaMMUT, tokenizer: Tokenizer
         "samples_seen": step * config.batch_size,
         "wall_time_s": round(wall_s, 1),
         "hardware": {**hardware(), "device": str(runtime.device), "world_size": runtime.world_size},
-        "selection": (te.DOMAIN_SCORE if config.val_styles or config.val_domains else
+        "selection": (te.DOMAIN_SCORE if by_domain else
                       "best validation score: seen t2i R@1 + seen i2t R@1 + 0.5 seen sentence t2i R@1"
                       " + unseen t2i R@5 + 0.5 unseen sentence t2i R@5"),
         "history": [{"step": h["step"], "score": round(h["score"], 4)} for h in history],
@@ -338,9 +345,9 @@ def finish(config: TrainConfig, out_dir: Path, net: MaMMUT, tokenizer: Tokenizer
             names = set(map(str, data.train["name"]))
             card["captions"] = {s.name: te.evaluate_captions(best_net, tokenizer, s, names, features=cached_features,
                                                               device=runtime.device) for s in data.eval_splits}
-            if cached_features and data.train_cache.in_memory and not (config.val_styles or config.val_domains):
+            if cached_features and data.train_cache.in_memory and not by_domain:
                 card["baselines"] = te.baselines(data.train, data.train_cache.inputs[0], data.eval_splits)
-    if not (config.val_styles or config.val_domains):
+    if not by_domain:
         card["targets"] = te.target_check(card, config.val_split, config.val_unseen_split)
     card["conventions"] = ("queries: each concept's name (and 'A picture of a NAME.' for sentence figures); gallery: "
                            "every image of the split; i2t ranks the split's names; ranks as in mammut_search.eval.metrics")

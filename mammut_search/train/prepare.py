@@ -216,15 +216,16 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
 
 
 def validation_rows(config: TrainConfig, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The validation sets by name: "style:NAME" (every image of a style kept out of training), the recipe's
-    domain splits, or (with neither) the held-out-style splits val_split and val_unseen_split."""
+    """The validation sets by name: "style:NAME" (every image of a style kept out of training) and the recipe's
+    domain splits; where the manifest has none of them, its val_split and val_unseen_split."""
     sets: dict[str, pd.DataFrame] = {}
-    if config.val_styles or config.val_domains:
+    if "style" in frame.columns:
         for style in config.val_styles:
             sets[f"style:{style}"] = frame[frame["style"] == style]
-        for split in config.val_domains:
-            sets[split] = frame[frame["split"] == split]
-    else:
+    for split in config.val_domains:
+        sets[split] = frame[frame["split"] == split]
+    sets = {name: rows for name, rows in sets.items() if not rows.empty}
+    if not sets:  # a manifest without those sets (a captioned collection of one's own): its val splits
         for split in (config.val_split, config.val_unseen_split):
             if split:
                 sets[split] = frame[frame["split"] == split]
