@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from mammut_search.errors import IndexStoreError, UserError
 from mammut_search.inference import auto_batch_size
+from mammut_search.model.config import CAPTION_BEAM_WIDTH
 from mammut_search.index.manifest import MANIFEST_FILE, Manifest, RunStats, model_identity
 from mammut_search.index.store import OK, IndexStore, items_frame
 from mammut_search.index.tokens import TOKENS_VERSION, describe, tokens_writer
@@ -42,6 +43,7 @@ class BuildOptions:
     batch_size: int | None = None  # images per model batch; None: chosen for the device (auto_batch_size)
     workers: int | None = None  # decoding processes; 0 decodes in the main process; None: default_workers
     captions: bool = True
+    caption_beam_width: int = CAPTION_BEAM_WIDTH  # recorded in the manifest; an update keeps the index's
     shard_size: int = 1024  # encoded images per checkpointed shard (work lost to a crash is at most this)
     progress: bool = True
 
@@ -91,7 +93,9 @@ def reusable_index(out: Path, model, options: BuildOptions) -> IndexStore | None
     except IndexStoreError as e:
         log.info("the index in %s is rebuilt from the images: %s", out, e)
         return None
-    return store if store.manifest.captions == options.captions else None
+    same_captions = (store.manifest.captions, store.manifest.caption_beam_width) == (options.captions,
+                                                                                     options.caption_beam_width)
+    return store if same_captions else None
 
 
 def update_index(index_dir: str | os.PathLike, model, *, checkpoint_dir: str | os.PathLike | None = None,
@@ -102,7 +106,8 @@ def update_index(index_dir: str | os.PathLike, model, *, checkpoint_dir: str | o
     with locked(index_dir), disk_space_errors(index_dir):
         previous = IndexStore.open(index_dir, model=model)
         # the captions choice is the index's, not the update's
-        options = replace(options or BuildOptions(), captions=previous.manifest.captions)
+        options = replace(options or BuildOptions(), captions=previous.manifest.captions,
+                          caption_beam_width=previous.manifest.caption_beam_width)
         roots = previous.manifest.roots
         missing = [r for r in roots if not os.path.exists(r)]
         if missing:  # an unmounted disk must not empty the index
@@ -149,6 +154,7 @@ def index_files(index_dir: Path, model, files: list[FoundFile], roots: list[str]
         roots=roots,
         linked_folders=list(links or []),
         captions=options.captions,
+        caption_beam_width=options.caption_beam_width,
         next_id=next_id,
         last_run=stats,
         created=previous.manifest.created if previous is not None else None,
@@ -184,8 +190,8 @@ def results_for(new_rows: list[dict], index_dir: Path, model, previous: IndexSto
         if row["sha256"] not in done and row["sha256"] not in queued:
             queued.add(row["sha256"])
             first.append(EncodeJob(row["sha256"], row["path"]))
-    log.info("encoding %d files (%d images resumed from an interrupted run, %d reused from the index)",
-             len(first), stats.resumed, stats.reused)
+    log.info("%d new or changed files to decode and encode (%d images resumed from an interrupted run, "
+             "%d reused from the index)", len(first), stats.resumed, stats.reused)
     tried = {job.path for job in first}
     for jobs in (first, None):
         if jobs is None:  # the other paths of contents that failed: each file gets its own try and reason
@@ -198,6 +204,9 @@ def results_for(new_rows: list[dict], index_dir: Path, model, previous: IndexSto
             else:
                 failed[job.path] = encoded
     shards.flush()
+    if first:
+        log.info("encoded %d image%s; %d file%s could not be decoded (mammut index info lists why)",
+                 stats.encoded, "" if stats.encoded == 1 else "s", len(failed), "" if len(failed) == 1 else "s")
     return done, failed
 
 
@@ -253,7 +262,7 @@ def run_encoder(model, jobs: list[EncodeJob], shards: ShardWriter, options: Buil
         workers = options.workers if options.workers is not None else default_workers(model.device)
         batch_size = options.batch_size or auto_batch_size(model)
         for batch in encode(model, jobs, batch_size=batch_size, workers=workers,
-                            captions=options.captions):
+                            captions=options.captions, beam_width=options.caption_beam_width):
             shards.add([e for e in batch if e.status != CHANGED])  # a changed file is retried, not resumed
             bar.update(len(batch))
             yield from batch
@@ -306,7 +315,8 @@ def latents_of(rows, results: dict[str, Encoded], latent_dim: int) -> np.ndarray
 def work_identity(model, options: BuildOptions) -> dict[str, Any]:
     """What the shards of a build depend on: reused only when all of it matches."""
     return {"model_identity": model_identity(model) or model.checkpoint_sha256, "latent_dim": int(model.latent_dim),
-            "captions": options.captions, "rerank_tokens": TOKENS_VERSION}
+            "captions": options.captions, "rerank_tokens": TOKENS_VERSION,
+            "caption_beam_width": options.caption_beam_width}
 
 
 def model_summary(model) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from mammut_search.errors import ImageLoadError
 from mammut_search.images import load_image_and_sha256
 from mammut_search.inference import decode_side, pixels_tensor, square_pixels
-from mammut_search.model.config import ImageEncoderConfig
+from mammut_search.model.config import CAPTION_BEAM_WIDTH, CAPTION_MAX_LEN, ImageEncoderConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def collate(samples: list[dict], config: ImageEncoderConfig) -> dict:
 
 
 def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: int = 1, captions: bool = True,
-           caption_max_len: int = 24) -> Iterator[list[Encoded]]:
+           beam_width: int = CAPTION_BEAM_WIDTH, caption_max_len: int = CAPTION_MAX_LEN) -> Iterator[list[Encoded]]:
     """Yield, batch by batch, one Encoded per job. Decoding (workers > 0: in worker processes) overlaps the model."""
     if not jobs:
         return
@@ -109,7 +109,7 @@ def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: i
             decoder_tokens = model.decoder_tokens(features)
             tokens = decoder_tokens.to(torch.float16).cpu().numpy()
             if captions:
-                texts = model.captions_from_tokens(decoder_tokens, max_len=caption_max_len)
+                texts = model.captions_from_tokens(decoder_tokens, beam_width=beam_width, max_len=caption_max_len)
         yield list(_results(samples, latents, tokens, texts))
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from mammut_search.images import load_image_with_size, to_rgb
 from mammut_search.model.checkpoint import load_checkpoint, save_checkpoint
-from mammut_search.model.config import ImageEncoderConfig, MammutConfig
+from mammut_search.model.config import CAPTION_BEAM_WIDTH, CAPTION_MAX_LEN, ImageEncoderConfig, MammutConfig
 from mammut_search.model.decoding import generate, score_texts
 from mammut_search.model.mammut import MaMMUT
 from mammut_search.model.tokenizer import Tokenizer
@@ -194,7 +194,8 @@ class MammutModel:
             return self.net.pool_image(features)[1]
 
     @torch.no_grad()
-    def captions_from_tokens(self, tokens: torch.Tensor, *, beam_width: int = 1, max_len: int = 24) -> list[str]:
+    def captions_from_tokens(self, tokens: torch.Tensor, *, beam_width: int = CAPTION_BEAM_WIDTH,
+                             max_len: int = CAPTION_MAX_LEN) -> list[str]:
         """decoder image tokens (b q d) -> one generated caption per image."""
         with self._autocast():
             ids = generate(self.net, to_device(tokens, self.device), beam_width=beam_width,
@@ -210,7 +211,8 @@ class MammutModel:
         with self._autocast():
             return score_texts(self.net, to_device(tokens, self.device), ids).float().cpu()
 
-    def captions_from_features(self, features: torch.Tensor, *, beam_width: int = 1, max_len: int = 24) -> list[str]:
+    def captions_from_features(self, features: torch.Tensor, *, beam_width: int = CAPTION_BEAM_WIDTH,
+                               max_len: int = CAPTION_MAX_LEN) -> list[str]:
         """image encoder tokens (b j c) -> one generated caption per image."""
         return self.captions_from_tokens(self.decoder_tokens(features), beam_width=beam_width, max_len=max_len)
 
@@ -222,7 +224,8 @@ class MammutModel:
         """PIL images or pixels (b 3 H W) -> unit-norm image latents (b l)."""
         return self.latents_from_features(self.image_features(self._pixels(images)))
 
-    def caption(self, images: ImageBatch, *, beam_width: int = 1, max_len: int = 24) -> list[str]:
+    def caption(self, images: ImageBatch, *, beam_width: int = CAPTION_BEAM_WIDTH,
+                max_len: int = CAPTION_MAX_LEN) -> list[str]:
         """PIL images or pixels -> one generated caption per image."""
         features = self.image_features(self._pixels(images))
         return self.captions_from_features(features, beam_width=beam_width, max_len=max_len)

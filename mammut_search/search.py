@@ -49,7 +49,6 @@ NO_MATCH_MARGIN = 1.5
 REFERENCE_IMAGES = 16
 FEATURE_CACHE_SIZE = 1024  # decoder tokens of 1024 images: 16 MB for the bundled model (16 x 256 floats each)
 FEATURE_BATCH = 16
-CAPTION_BEAM_WIDTH = 3
 # query images decoded at once: a large upload may briefly take ~700 MB while it decodes (see images.py)
 QUERY_DECODES = 2
 
@@ -174,6 +173,12 @@ class Searcher:
     # ----- the index generation served -----
 
     @property
+    def caption_beam_width(self) -> int:
+        """How the index's captions were decoded: image queries are captioned alike, so one image reads the
+        same everywhere."""
+        return self.store.manifest.caption_beam_width
+
+    @property
     def store(self):
         """The IndexStore of the generation now served."""
         return self._generation.store
@@ -279,7 +284,7 @@ class Searcher:
         with self._model_lock:
             features = self.model.image_features(pixels)
             latent = self.model.latents_from_features(features).numpy()
-            caption = (self.model.captions_from_features(features, beam_width=CAPTION_BEAM_WIDTH)[0]
+            caption = (self.model.captions_from_features(features, beam_width=self.caption_beam_width)[0]
                        if with_caption else None)
         results = SearchResults([], query=_describe(image), kind="image", query_caption=caption)
         if not len(self._ok_ids):
@@ -302,11 +307,12 @@ class Searcher:
                                 query_caption=self.store.item(item_id)["caption"])
         return results
 
-    def caption(self, image: Image.Image | str | os.PathLike | bytes, *, beam_width: int = CAPTION_BEAM_WIDTH) -> str:
-        """The generated caption of one image (a PIL image, a file path or the file's bytes)."""
+    def caption(self, image: Image.Image | str | os.PathLike | bytes, *, beam_width: int | None = None) -> str:
+        """The generated caption of one image (a PIL image, a file path or the file's bytes), decoded as the
+        index's captions were unless `beam_width` says otherwise."""
         pixels = self.model.preprocess([self._load_query_image(image)])
         with self._model_lock:
-            return self.model.caption(pixels, beam_width=beam_width)[0]
+            return self.model.caption(pixels, beam_width=beam_width or self.caption_beam_width)[0]
 
     # ----- what the index holds -----
 

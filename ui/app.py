@@ -233,7 +233,7 @@ def summary(answer: SearchResults) -> str:
 def about_markdown(info: dict[str, Any]) -> str:
     """The "about this index" panel: the index summary (Searcher.info) as a two-column table."""
     rows = [(name.capitalize(), markdown_text(value)) for name, value in info["summary"]]
-    return "\n".join(["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
+    return "\n".join(["| Item | Value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
 
 
 def markdown_text(text: str) -> str:

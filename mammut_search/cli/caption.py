@@ -11,8 +11,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image files to caption")
     parser.add_argument("--checkpoint", help="checkpoint directory (default: the bundled model)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--beam-width", type=int, default=3, help="beam search width; 1 is greedy (default 3)")
-    parser.add_argument("--max-len", type=int, default=24, help="longest caption in tokens (default 24)")
+    from mammut_search.model.config import CAPTION_BEAM_WIDTH, CAPTION_MAX_LEN
+
+    parser.add_argument("--beam-width", type=int, default=CAPTION_BEAM_WIDTH,
+                        help="beam search width; 1 is greedy (default %(default)s, as indexes and the UI use)")
+    parser.add_argument("--max-len", type=int, default=CAPTION_MAX_LEN,
+                        help="longest caption in tokens (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
 
 

@@ -65,8 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", type=_positive, nargs="+", default=[1, 5, 10], metavar="K", help="recall@k cut-offs (default 1 5 10)")
     parser.add_argument("--out", metavar="DIR", help="write report.json, CSVs and the recall curve here")
     parser.add_argument("--no-captions", action="store_true", help="skip caption generation and BLEU/CIDEr")
-    parser.add_argument("--beam-width", type=_positive, default=1, help="beam width for generated captions (default 1)")
-    parser.add_argument("--max-len", type=_positive, default=24, help="longest generated caption in tokens (default 24)")
+    from mammut_search.model.config import CAPTION_BEAM_WIDTH, CAPTION_MAX_LEN
+
+    parser.add_argument("--beam-width", type=_positive, default=CAPTION_BEAM_WIDTH,
+                        help="beam width for generated captions (default %(default)s, as indexes use)")
+    parser.add_argument("--max-len", type=_positive, default=CAPTION_MAX_LEN,
+                        help="longest generated caption in tokens (default %(default)s)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--batch-size", type=_positive, help="images per batch (default: chosen for the device)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -25,8 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mammut_search.search import Searcher
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks
+    configure_logging()
     auth = parse_auth(args.auth or os.environ.get("MAMMUT_UI_AUTH"))
     if auth is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host} without --auth: anyone who can reach this machine can search "
@@ -40,6 +39,15 @@ def run(args: argparse.Namespace) -> int:
 
     launch(searcher, host=args.host, port=args.port, auth=auth, max_file_size=args.max_upload)
     return 0
+
+
+def configure_logging() -> None:
+    """Our progress and request messages on stderr; other libraries' only from warnings up."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks
+    # faiss reports at INFO that it tried an AVX512 build before its AVX2 one: "Could not load library with
+    # AVX512 support" reads like an error in a server log, and is not one
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:

@@ -25,6 +25,7 @@ from mammut_search.captioned import CaptionedImages
 from mammut_search.eval import metrics
 from mammut_search.errors import ImageLoadError, UserError
 from mammut_search.inference import auto_batch_size
+from mammut_search.model.config import CAPTION_BEAM_WIDTH, CAPTION_MAX_LEN
 
 RANK = {"rank": "1 + number of gallery items scored strictly higher than the best right item (optimistic on ties)"}
 DISTINCT_TEXTS = {
@@ -80,7 +81,7 @@ class _Encoded:
 
 def evaluate(pairs: pd.DataFrame, model, *, ks: Iterable[int] = (1, 5, 10), image_column: str = "image",
              caption_column: str = "caption", group_column: str | None = None, captions: bool = True,
-             beam_width: int = 1, max_len: int = 24, index=None, batch_size: int | None = None,
+             beam_width: int = CAPTION_BEAM_WIDTH, max_len: int = CAPTION_MAX_LEN, index=None, batch_size: int | None = None,
              progress: bool = True, load: Callable[[str], Image.Image] | None = None,
              per_caption: bool = False) -> EvalResult:
     """Recall@k both ways (within each group when `group_column` is given), caption quality, index recall.
@@ -440,12 +441,20 @@ def _plain(value: Any) -> Any:
 
 def plot_recall_curves(result: EvalResult, path: str | os.PathLike) -> None:
     """Recall@k against k for both directions, as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = recall_figure(result)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def recall_figure(result: EvalResult):
+    """The matplotlib figure of `plot_recall_curves` (k on a log axis labelled 1, 10, 100 past k = 20)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FuncFormatter
 
     sizes = result.metrics["gallery_sizes"]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -458,12 +467,12 @@ def plot_recall_curves(result: EvalResult, path: str | os.PathLike) -> None:
                 marker="o" if max_k <= 20 else None, markersize=3)
     if longest > 20:
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 1, 10, 100; not 1.0
+    ax.set_title(f"Recall@k: {sizes['texts']} captions, {sizes['images']} images")
     ax.set_xlabel("k")
     ax.set_ylabel("recall@k (%)")
     ax.set_ylim(0, 100)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig

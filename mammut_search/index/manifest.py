@@ -56,6 +56,7 @@ class Manifest:
     model: dict[str, Any] = field(default_factory=dict)  # facts shown by `index info` (encoder, image size)
     metric: str = METRIC
     captions: bool = True
+    caption_beam_width: int = 1  # the captions' decoding (1: greedy, which indexes made before it was recorded used)
     linked_folders: list[str] = field(default_factory=list)  # symlinked folders the scan followed: "link -> target"
     next_id: int = 0  # ids are never reused: the next new item gets this one
     last_run: RunStats = field(default_factory=RunStats)
