@@ -324,3 +324,27 @@ def test_one_upload_of_a_huge_16_bit_png_costs_under_a_gigabyte(served, tmp_path
     assert done.returncode == 0, done.stderr
     hits, peak = map(int, done.stdout.split())
     assert hits == 3 and peak < 1 << 30, f"{peak / 2**20:.0f} MiB"
+
+
+def test_wrong_passwords_are_answered_ever_more_slowly(served):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = free_port()
+    app = ui_app.launch(served["searcher"], port=port, auth=("alice", "s3cret"), block=False, quiet=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def login(password: str) -> int:
+            return httpx.post(f"{base}/login", data={"username": "alice", "password": password}, timeout=60).status_code
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:  # guessing in parallel is no faster
+            assert list(pool.map(login, ["a", "b", "c", "d"])) == [400] * 4
+        waited = time.monotonic() - started
+        assert waited >= sum(ui_app.LOGIN_FIRST_DELAY * 2 ** i for i in range(4)) - 0.05, waited
+        assert login("s3cret") == 200
+        started = time.monotonic()
+        assert login("e") == 400 and time.monotonic() - started < 2 * ui_app.LOGIN_FIRST_DELAY + 1  # reset
+    finally:
+        app.close()
