@@ -42,10 +42,16 @@ RERANK_CANDIDATES = 50  # FAISS candidates re-scored by the decoder
 # combined score = latent similarity + RERANK_WEIGHT * (log p(query | image) - baseline), both per token;
 # 0.1 was best or near-best at every k in the measurement above
 RERANK_WEIGHT = 0.1
-# "nothing matches" when the best candidate beats the baseline (the median over reference images of the
-# index) by less than this many nats per token: it flagged 0.8% of validation queries that have a right image
-# and half of the unrelated queries (measured for the bundled checkpoint; other checkpoints may differ)
-NO_MATCH_MARGIN = 1.5
+# "nothing matches": each of the query's top candidates is compared with what ordinary words reach for that same
+# image (its mean similarity to its NO_MATCH_NEIGHBOURS nearest REFERENCE_WORDS, words of the tokenizer's
+# vocabulary). An image that a query beats its usual words by less than NO_MATCH_MARGIN is probably not of the
+# query's concept; when no candidate does better, the user is told. Calibrated for the bundled checkpoint on the
+# demo index, on 30 concepts present and 30 absent, and tested on 30 more of each (benchmarks/RESULTS.md,
+# "Nothing matches"); other checkpoints may need another margin.
+NO_MATCH_MARGIN = 0.032
+NO_MATCH_CANDIDATES = 50
+NO_MATCH_NEIGHBOURS = 10
+REFERENCE_WORDS = 800
 REFERENCE_IMAGES = 16
 FEATURE_CACHE_SIZE = 1024  # decoder tokens of 1024 images: 16 MB for the bundled model (16 x 256 floats each)
 FEATURE_BATCH = 16
@@ -81,7 +87,8 @@ class SearchResults:
     kind: str = "text"  # "text", "image" or "item"
     reranked: bool = False
     truncated: bool = False  # the query was longer than the model reads
-    nothing_matches: bool = False  # re-ranking found no candidate that fits the query
+    nothing_matches: bool = False  # no candidate fits the query better than ordinary words fit it
+    match: float | None = None  # how far the best candidate beats its usual words (see NO_MATCH_MARGIN)
     query_caption: str | None = None  # the generated caption of an image query
     notices: list[str] = field(default_factory=list)  # one-line messages for the user
 
@@ -149,6 +156,7 @@ class Searcher:
         self.rerank_weight = rerank_weight
         self.no_match_margin = no_match_margin
         self._features = FeatureCache(cache_size)
+        self._references: np.ndarray | None = None  # reference words' latents, for "nothing matches"
         # one model call at a time: bounded memory, no oversubscribed CPU threads, and a GPU used in turn
         self._model_lock = threading.RLock()
         self._loader = ThreadPoolExecutor(max_workers=4, thread_name_prefix="searcher-load")
@@ -258,17 +266,46 @@ class Searcher:
         with self._model_lock:
             latent = self.model.encode_text([text]).numpy()
         pool = max(k, self.rerank_candidates) if rerank else k
-        ids, similarities = self._nearest(latent, pool)
+        ids, similarities = self._nearest(latent, max(pool, NO_MATCH_CANDIDATES))
+        results.match = self.match_margin(ids[:NO_MATCH_CANDIDATES], similarities[:NO_MATCH_CANDIDATES])
+        results.nothing_matches = results.match < self.no_match_margin
+        ids, similarities = ids[:pool], similarities[:pool]
         if not rerank:
             results.hits = self._hits(ids[:k], similarities[:k], similarities[:k])
-            return results
+            return self._with_no_match_notice(results)
         lifts = self._likelihood_lifts(text, ids)
         scorable = lifts[~np.isnan(lifts)]
         floor = scorable.min() if len(scorable) else 0.0  # unreadable candidates: as unlikely as the worst
         combined = similarities + self.rerank_weight * np.where(np.isnan(lifts), floor, lifts)
         order = sorted(range(len(ids)), key=lambda i: (-round(float(combined[i]), 6), i))[:k]
         results.hits = self._hits(ids[order], combined[order], similarities[order], lifts[order])
-        results.nothing_matches = bool(len(scorable) == 0 or scorable.max() < self.no_match_margin)
+        return self._with_no_match_notice(results)
+
+    def match_margin(self, ids: np.ndarray, similarities: np.ndarray) -> float:
+        """max over candidates of (similarity to the query - the candidate's mean similarity to its
+        NO_MATCH_NEIGHBOURS nearest reference words): how much better than ordinary words the query fits its
+        best-fitting candidate."""
+        if not len(ids):
+            return float("-inf")
+        references = self._reference_latents()
+        latents = self.store.vectors.reconstruct(np.asarray(ids, np.int64)).astype(np.float32)
+        neighbours = min(NO_MATCH_NEIGHBOURS, len(references))
+        usual = (np.sort(latents @ references.T, axis=1)[:, -neighbours:].mean(axis=1) if neighbours
+                 else np.zeros(len(ids)))
+        return round(float(np.max(np.asarray(similarities) - usual)), 6)
+
+    def _reference_latents(self) -> np.ndarray:
+        """Text latents (w l) of REFERENCE_WORDS words of the tokenizer's vocabulary, encoded once."""
+        with self._model_lock:
+            if self._references is None:
+                words = reference_words(self.model.tokenizer, REFERENCE_WORDS)
+                batches = [self.model.encode_text(words[i:i + 200]).numpy() for i in range(0, len(words), 200)]
+                self._references = (np.concatenate(batches) if batches
+                                    else np.zeros((0, self.model.latent_dim), np.float32))
+            return self._references
+
+    @staticmethod
+    def _with_no_match_notice(results: SearchResults) -> SearchResults:
         if results.nothing_matches:
             results.notices.append("nothing in the index seems to match this query; the closest images are "
                                    "shown, but they are probably not what you want")
@@ -548,6 +585,17 @@ def _describe(image: Any) -> str:
     if isinstance(image, (str, os.PathLike)):
         return readable(os.fspath(image))
     return "(image bytes)" if isinstance(image, (bytes, bytearray)) else "(image)"
+
+
+def reference_words(tokenizer, count: int) -> list[str]:
+    """`count` words spread evenly over the tokenizer's whole-word vocabulary (lower-case letters, 4 or more),
+    the same ones every time."""
+    import re
+
+    words = sorted(w for w in tokenizer.hf.get_vocab() if re.fullmatch(r"[a-z]{4,}", w))
+    if len(words) <= count:
+        return words
+    return [words[i] for i in np.linspace(0, len(words) - 1, count).round().astype(np.int64)]
 
 
 def _spread(ids: np.ndarray, count: int) -> np.ndarray:

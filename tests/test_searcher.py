@@ -136,7 +136,24 @@ def test_nothing_matches_is_said_when_no_candidate_beats_the_baseline(index):
     assert results.nothing_matches and len(results) == 5  # the closest are still given, flagged
     assert any("nothing in the index" in n for n in results.notices)
     assert not lenient.search_text("an octopus", 5, rerank=True).nothing_matches
-    assert not strict.search_text("an octopus", 5, rerank=False).nothing_matches  # only re-ranking can tell
+    assert strict.search_text("an octopus", 5, rerank=False).nothing_matches  # re-ranked or not
+
+
+def test_nothing_matches_compares_the_query_with_its_candidates_usual_words(index):
+    from mammut_search.search import reference_words
+
+    searcher = Searcher.open(index[0], device="cpu")
+    words = reference_words(searcher.model.tokenizer, 800)
+    assert words and all(len(w) >= 4 and w.isalpha() for w in words)
+    match = searcher.search_text("an octopus", 5, rerank=False).match
+    ids, sims = searcher._nearest(searcher.model.encode_text(["an octopus"]).numpy(), 50)
+    latents = searcher.store.vectors.reconstruct(ids)
+    usual = np.sort(latents @ searcher.model.encode_text(words).numpy().T, axis=1)[:, -10:].mean(axis=1)
+    assert match == pytest.approx(float(np.max(sims - usual)), abs=1e-5)
+    above = Searcher.open(index[0], device="cpu", no_match_margin=match + 1e-4)
+    below = Searcher.open(index[0], device="cpu", no_match_margin=match - 1e-4)
+    assert above.search_text("an octopus", 5).nothing_matches
+    assert not below.search_text("an octopus", 5).nothing_matches
 
 
 @pytest.mark.parametrize("stored_tokens", [False, True])
