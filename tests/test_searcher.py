@@ -180,7 +180,7 @@ def test_image_queries_find_the_image_itself_from_a_path_bytes_or_pil(searcher):
     assert searcher.search_image(data, 4).ids == from_path.ids
     assert searcher.search_image(Image.open(io.BytesIO(data)), 4).ids == from_path.ids
     assert from_path.query_caption == searcher.model.caption([Image.open(io.BytesIO(data)).convert("RGB")],
-                                                              beam_width=3)[0]
+                                                              beam_width=searcher.caption_beam_width)[0]
 
 
 def test_bad_image_queries_are_user_errors(searcher, tmp_path):
