@@ -266,7 +266,9 @@ def build_input_cache(
                 if store is not None:
                     entry = _entry(store, paths[i], v, seed)
                     entry.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = entry.with_suffix(f".tmp-{os.getpid()}.npy")  # ranks may encode the same image
+                    # a cache, rebuilt if lost: renamed into place (ranks may encode the same image) but not
+                    # fsynced like the project's files (atomic.py), which would cost two syncs an image
+                    tmp = entry.with_suffix(f".tmp-{os.getpid()}.npy")
                     np.save(tmp, row)
                     tmp.replace(entry)
         bar.update(len(chunk))

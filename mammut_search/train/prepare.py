@@ -4,7 +4,6 @@ the sampler, validation splits; and each step's batch."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mammut_search.atomic import atomic_write
 from mammut_search.errors import UserError
 from mammut_search.eval.metrics import tokenize
 from mammut_search.inference import preprocess_images
@@ -303,10 +303,17 @@ def minilm_targets(texts: list[str], cache_root: Path, *, progress: bool) -> tor
         return torch.from_numpy(np.load(path)).float()
     embeddings = MiniLMSentenceEncoder().encode(texts, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}.npy")
-    np.save(tmp, embeddings.half().numpy())
-    os.replace(tmp, path)
+    save_npy(path, embeddings.half().numpy())
     return embeddings.half().float()
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save through the crash-safe writer (a file object: np.save would append .npy to a temp name)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    atomic_write(path, write)
 
 
 def pad_rows(rows: list[list[int]], pad_id: int) -> torch.Tensor:
