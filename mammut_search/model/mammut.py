@@ -124,11 +124,11 @@ class MaMMUT(nn.Module):
     def image_latents(self, features: torch.Tensor) -> torch.Tensor:
         """features (b j c) -> the unit-norm vectors images are indexed by (b r): the contrastive latent, and
         with fusion on its semantic part beside it."""
-        cls, _ = self.pool_image(features)
-        latents = self.contrastive_image_latents(cls, features)
+        _, semantic = self.split_features(features)  # the classifier runs once for all three readers
+        cls, _ = self.pool_image(features, semantic=semantic)
+        latents = self.contrastive_image_latents(cls, features, semantic=semantic)
         if not self.config.fusion_weight:
             return latents
-        _, semantic = self.split_features(features)
         return self.fuse(latents, F.normalize(semantic.float(), dim=-1).to(latents.dtype))
 
     def contrastive_image_latents(self, cls: torch.Tensor, features: torch.Tensor,
