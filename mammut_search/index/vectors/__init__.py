@@ -71,6 +71,7 @@ class VectorIndex:
         self._gpu = None
         self._use_gpu = _gpu_wanted(use_gpu) and self._kind.gpu
         self._row_ids: np.ndarray | None = None  # flat: the id of each stored row, until the next change
+        self._flat_copy: np.ndarray | None = None  # flat: the stored vectors in numpy memory, until the next change
 
     # ----- what it holds -----
 
@@ -133,7 +134,7 @@ class VectorIndex:
             if self._use_gpu and not search_params and k <= GPU_MAX_K:
                 scores, ids = self._search_gpu(queries, k)
             elif self._kind.exact:  # a matrix product: faster than FAISS's flat search on a CPU
-                scores, rows = exact_knn(Flat.vectors(self._index), queries, k)
+                scores, rows = exact_knn(self._flat_vectors(), queries, k)
                 ids = np.where(rows >= 0, self._flat_row_ids()[rows], -1)
             else:
                 scores, ids = self._index.search(queries, k, params=self._kind.search_params(params))
@@ -168,7 +169,7 @@ class VectorIndex:
                 raise ValueError(f"ids already in the vector index: {_some(taken)}; remove them first")
             self._index.add_with_ids(vectors, ids)
             self._ids = np.union1d(self._ids, ids)
-            self._gpu = self._row_ids = None
+            self._gpu = self._row_ids = self._flat_copy = None
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
         """Remove the vectors of `ids` (KeyError if one is absent); the others stay bit-identical. Returns the count."""
@@ -181,7 +182,7 @@ class VectorIndex:
                 raise KeyError(f"ids not in the vector index: {_some(missing)}")
             self._index = self._kind.remove(self._index, ids, np.setdiff1d(self._ids, ids))
             self._ids = np.setdiff1d(self._ids, ids)
-            self._gpu = self._row_ids = None
+            self._gpu = self._row_ids = self._flat_copy = None
         return len(ids)
 
     # ----- files -----
@@ -229,6 +230,16 @@ class VectorIndex:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must have shape (q, {self.dim}), not {tuple(queries.shape)}")
         return np.ascontiguousarray(queries)
+
+    def _flat_vectors(self) -> np.ndarray:
+        """A flat index's vectors (n d) as a numpy array of their own (made at the first search after a change;
+        callers hold the read lock). Held twice, FAISS's copy and this one, for speed: numpy backs large arrays
+        with transparent huge pages and FAISS's buffer has none, and a one-query search reads every vector, so
+        the same product ran 24 ms on a numpy array against 31.5 ms on FAISS's memory (1M x 256, this CPU)."""
+        vectors = self._flat_copy
+        if vectors is None:
+            vectors = self._flat_copy = np.array(Flat.vectors(self._index))
+        return vectors
 
     def _flat_row_ids(self) -> np.ndarray:
         """The id of each row of a flat index (cached until the next change; callers hold the read lock)."""
