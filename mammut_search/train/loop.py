@@ -348,7 +348,7 @@ def finish(config: TrainConfig, out_dir: Path, net: MaMMUT, tokenizer: Tokenizer
             if cached_features and data.train_cache.in_memory and not by_domain:
                 card["baselines"] = te.baselines(data.train, data.train_cache.inputs[0], data.eval_splits)
     if not by_domain:
-        card["targets"] = te.target_check(card, config.val_split, config.val_unseen_split)
+        card["targets"] = te.target_check(card, config.targets, config.val_split, config.val_unseen_split)
     card["conventions"] = ("queries: each concept's name (and 'A picture of a NAME.' for sentence figures); gallery: "
                            "every image of the split; i2t ranks the split's names; ranks as in mammut_search.eval.metrics")
     best_net.config.training = card
