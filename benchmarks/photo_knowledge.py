@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from mammut_search.eval.domains import HELD_OUT_STYLES, caption_hits, domain_metrics
+from mammut_search.eval.domains import caption_hits, domain_metrics
+from mammut_search.eval.domains import validation_sets as domain_sets
 from mammut_search.images import load_image
 from mammut_search.inference import MammutModel, load_model
 from mammut_search.search import RERANK_CANDIDATES, RERANK_WEIGHT
@@ -33,11 +33,8 @@ OUT = Path(__file__).resolve().parent / "out" / "photo_knowledge.md"
 
 def validation_sets(manifest: str) -> dict[str, tuple[list[str], list[list[str]]]]:
     """{set: (image paths, each image's reference texts)}: each held-out style, objects, photos."""
-    frame = read_manifest(manifest)
-    sets = {f"style:{s}": frame[frame["style"] == s] for s in HELD_OUT_STYLES}
-    sets["objects"] = frame[frame["split"] == "val_objects"]
-    sets["photos"] = frame[frame["split"] == "val_photos"]
-    return {name: (list(rows["path"]), [list(c) for c in rows["captions"]]) for name, rows in sets.items() if len(rows)}
+    return {name: (list(rows["path"]), [list(c) for c in rows["captions"]])
+            for name, rows in domain_sets(read_manifest(manifest)).items()}
 
 
 @torch.no_grad()
@@ -92,21 +89,22 @@ def score_model(model: MammutModel, sets: dict, features: dict, weights, gates,
 
 @torch.no_grad()
 def score_bridge(model: MammutModel, sets: dict, features: dict) -> dict:
-    """The ImageNet bridge alone: image = the classifier's top-10 classes' name embeddings (MiniLM), weighted;
-    query = its MiniLM embedding; no training. Its caption: the most probable class's name."""
+    """The ImageNet bridge alone (mammut_search/eval/bridge.py) on the checkpoint's own classifier tokens and class
+    embeddings: image = its top-10 classes' name embeddings (MiniLM), weighted; query = its MiniLM embedding; no
+    training. Its caption: the most probable class's name."""
+    from mammut_search.eval.bridge import ImageNetBridge
+    from mammut_search.train.corpus.imagenet import imagenet_classes
     from mammut_search.train.text_init import MiniLMSentenceEncoder
 
-    from mammut_search.train.corpus.imagenet import imagenet_classes
-
-    minilm = MiniLMSentenceEncoder()
+    net = model.net
+    bridge = ImageNetBridge(net.image_encoder.net, net.class_embeddings, MiniLMSentenceEncoder(),
+                            top_k=net.config.semantic_top_k)
     names = [c.lemmas[0] for c in imagenet_classes()]
     per_set = {}
     for name, f in features.items():
-        _, semantic = model.net.split_features(f)
-        per_set[name] = recall(F.normalize(semantic.float(), dim=-1), sets[name][1],
-                               lambda texts: minilm.encode(texts, progress=False).float())
-        # as a caption: the classifier's most probable class name
-        top1 = model.net.image_encoder.class_logits(f[:, -1]).argmax(dim=-1)
+        probabilities = net.image_encoder.class_logits(f[:, -1]).softmax(dim=-1)
+        per_set[name] = recall(bridge.latents_from_features(probabilities), sets[name][1], bridge.encode_text)
+        top1 = probabilities.argmax(dim=-1)
         per_set[name]["named"] = float(caption_hits([names[i] for i in top1], sets[name][1]).mean())
     return by_domain(per_set)
 

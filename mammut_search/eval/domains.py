@@ -116,28 +116,32 @@ def evaluate_domain(model, frame: pd.DataFrame, *, images_root: str | Path | Non
     return out
 
 
-def evaluate_domains(model, manifest: pd.DataFrame, *, images_root: str | Path | None = None,
-                     ks: Iterable[int] = (1, 5, 10), captions: bool = True, batch_size: int = 32,
-                     styles: Sequence[str] | None = HELD_OUT_STYLES) -> dict[str, dict]:
-    """{set: metrics} for every validation set with rows in the manifest: "style:NAME" for each of `styles`
-    (every image of that style) and their mean as "styles" (or, with no styles, the val/val_unseen splits),
-    then objects and photos."""
-    out = {}
+def validation_sets(manifest: pd.DataFrame, styles: Sequence[str] | None = HELD_OUT_STYLES) -> dict[str, pd.DataFrame]:
+    """The manifest's validation sets by name, each with rows: "style:NAME" for each of `styles` present (every
+    image of that style; with none present, the val/val_unseen splits as "styles"), then objects and photos."""
+    sets = {}
     present = [s for s in styles or () if "style" in manifest.columns and (manifest["style"] == s).any()]
     for style in present:
-        rows = manifest[manifest["style"] == style].reset_index(drop=True)
-        out[f"style:{style}"] = evaluate_domain(model, rows, images_root=images_root, ks=ks, captions=captions,
-                                               batch_size=batch_size)
-    if present:
-        out["styles"] = mean_of([out[f"style:{s}"] for s in present])
+        sets[f"style:{style}"] = manifest[manifest["style"] == style]
     for domain, splits in DOMAINS.items():
         if domain == "styles" and present:
             continue
-        rows = manifest[manifest["split"].isin(splits)].reset_index(drop=True)
-        if len(rows):
-            out[domain] = evaluate_domain(model, rows, images_root=images_root, ks=ks, captions=captions,
-                                          batch_size=batch_size)
-    return out
+        sets[domain] = manifest[manifest["split"].isin(splits)]
+    return {name: rows.reset_index(drop=True) for name, rows in sets.items() if len(rows)}
+
+
+def evaluate_domains(model, manifest: pd.DataFrame, *, images_root: str | Path | None = None,
+                     ks: Iterable[int] = (1, 5, 10), captions: bool = True, batch_size: int = 32,
+                     styles: Sequence[str] | None = HELD_OUT_STYLES) -> dict[str, dict]:
+    """{set: metrics} for every validation set of `validation_sets`, with the styles' mean as "styles"."""
+    results = {name: evaluate_domain(model, rows, images_root=images_root, ks=ks, captions=captions,
+                                     batch_size=batch_size)
+               for name, rows in validation_sets(manifest, styles).items()}
+    per_style = {name: r for name, r in results.items() if name.startswith("style:")}
+    if not per_style:
+        return results
+    rest = {name: r for name, r in results.items() if name not in per_style}
+    return {**per_style, "styles": mean_of(list(per_style.values())), **rest}
 
 
 def mean_of(results: list[dict]) -> dict:

@@ -59,10 +59,11 @@ class LabelExamples:
 def imagenet_label_texts(config: TrainConfig) -> tuple[list[str], list[list[str]]]:
     """(one prompt per ImageNet class, "a photo of a NAME.", in classifier order; each class's label texts:
     its first lemmas and nearest hypernyms)."""
+    from mammut_search.eval.bridge import class_prompts
     from mammut_search.train.corpus.imagenet import imagenet_classes
 
     classes = imagenet_classes(Path(config.imagenet_cache))
-    prompts = [f"a photo of a {c.lemmas[0]}." for c in classes]
+    prompts = class_prompts([c.lemmas[0] for c in classes])
     texts = [list(dict.fromkeys([*c.lemmas[:config.label_names], *label_hypernyms(c.hypernyms,
                                                                                   config.label_hypernyms)]))
              for c in classes]
