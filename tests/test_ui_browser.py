@@ -114,3 +114,26 @@ def test_a_click_replaces_the_upload_and_a_long_query_keeps_the_layout(browser, 
     page.locator("#detail").get_by_text("File:").first.wait_for(state="attached")
     page.locator("#upload img").first.wait_for(state="detached")  # the clicked image's detail, not the upload's
     page.close()
+
+
+def test_failures_outside_the_handlers_reach_the_page_as_sentences(browser, served, tmp_path, monkeypatch):
+    from ui import app as ui_app
+    from ui.errors import SERVER_ERROR
+
+    url, _ = served
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    toasts = page.get_by_test_id("toast-body")
+
+    big = tmp_path / "big.png"  # over the default upload limit: refused before it is sent, with the limit and name
+    with open(big, "wb") as f:
+        f.truncate(11 << 20)
+    page.locator("#upload input[type=file]").set_input_files(str(big))
+    toasts.get_by_text('maximum allowed size of 10.0 Mb: "big.png"').wait_for(state="attached")
+
+    monkeypatch.setattr(ui_app, "gallery", lambda searcher, answer: [(object(), "x")])  # Gradio cannot show it
+    page.locator("#query").get_by_role("textbox").fill("a red circle")
+    page.locator("#query").get_by_role("textbox").press("Enter")
+    toasts.get_by_text(SERVER_ERROR).wait_for(state="attached")  # not a bare "Error" badge
+    page.close()

@@ -159,6 +159,8 @@ def test_uploads_over_the_size_limit_are_refused(served):
     with httpx.Client(base_url=served["base"], timeout=60) as client:
         response = client.post("/gradio_api/upload", files={"files": ("big.png", big.getvalue(), "image/png")})
     assert response.status_code == 413
+    assert response.text == ("The image is larger than this server's upload limit of 204,800 bytes; "
+                             "choose a smaller image.")
 
 
 def test_a_password_protects_the_page_and_the_files(served):
@@ -348,3 +350,53 @@ def test_wrong_passwords_are_answered_ever_more_slowly(served):
         assert login("e") == 400 and time.monotonic() - started < 2 * ui_app.LOGIN_FIRST_DELAY + 1  # reset
     finally:
         app.close()
+
+
+def is_sentence(text: object) -> bool:
+    """One line that starts with a capital and ends with a full stop, naming no server path or internals."""
+    return (isinstance(text, str) and "\n" not in text and text[:1].isupper() and text.endswith(".")
+            and not any(s in text for s in ("/tmp", "gradio", "Traceback", "Error:", "null")))
+
+
+MALFORMED = [  # (method, path, request arguments, status): requests a browser never sends, or sends to a stale page
+    ("POST", "/gradio_api/upload", {}, 400),
+    ("POST", "/gradio_api/upload", {"content": b"x", "headers": {"Content-Type": "multipart/form-data; boundary=b"}},
+     400),
+    ("POST", "/gradio_api/queue/join", {"content": b"{bad", "headers": {"Content-Type": "application/json"}}, 422),
+    ("POST", "/gradio_api/queue/join", {"json": {"data": 5}}, 422),
+    ("POST", "/gradio_api/queue/join", {"json": {"data": [], "fn_index": 0}}, 400),
+    ("POST", "/gradio_api/call/search", {"json": {"x": 1}}, 422),
+    ("POST", "/gradio_api/call/no_such_endpoint", {"json": {"data": []}}, 404),
+    ("POST", "/gradio_api/run/search", {"json": {"data": ["a red circle"]}}, 500),  # too few values
+    ("POST", "/gradio_api/cancel", {"json": {}}, 422),
+    ("DELETE", "/gradio_api/upload", {}, 405),
+    ("GET", "/no/such/page", {}, 404),
+    ("GET", "/gradio_api/file=/tmp/gradio/none.png", {}, 403),
+]
+
+
+@pytest.mark.parametrize("method, path, arguments, status", MALFORMED, ids=[f"{m} {p} {s}" for m, p, _, s in MALFORMED])
+def test_malformed_requests_are_answered_with_a_sentence(served, method, path, arguments, status):
+    response = httpx.request(method, served["base"] + path, timeout=60, **arguments)
+    assert response.status_code == status
+    if path == "/gradio_api/upload":  # plain text, as Gradio's: its browser client shows it after "HTTP 400:"
+        assert is_sentence(response.text), response.text
+    else:
+        body = response.json()
+        assert is_sentence(body["error"]) and body["detail"] == body["error"], body
+
+
+def test_a_failure_around_a_handler_reaches_the_page_as_a_sentence(served, monkeypatch):
+    from ui.errors import BAD_VALUES, SERVER_ERROR
+
+    event, data = call(served["base"], "search", ["a red circle"])  # too few values: Gradio refuses them
+    assert event == "error" and data["error"] == BAD_VALUES and data["visible"], data
+    monkeypatch.setattr(ui_app, "gallery", lambda searcher, answer: [(object(), "x")])  # Gradio cannot show it
+    event, data = call(served["base"], "search", ["a red circle", 3, False])
+    assert event == "error" and data["error"] == SERVER_ERROR and data["visible"], data
+
+
+def test_the_result_of_an_unknown_event_is_a_sentence(served):  # asked after a restart, or read twice
+    text = httpx.get(f"{served['base']}/gradio_api/call/search/no-such-event", timeout=60).text
+    assert text.startswith("event: error\ndata: ")
+    assert is_sentence(json.loads(text.splitlines()[1][len("data: "):])), text

@@ -19,6 +19,7 @@ from PIL import Image
 
 from mammut_search.errors import ImageLoadError, UserError
 from mammut_search.search import SearchResults, Searcher
+from ui.errors import SERVER_ERROR, SentenceErrors, speak_plainly, upload_limit_sentence
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ THUMBNAIL_SIDE = 320
 THUMBNAIL_CACHE = 512  # thumbnails kept in memory (at most ~300 kB each)
 MARKDOWN_SPECIALS = set("\\`*_{}[]()<>#+-.!|~")
 LOGIN_FIRST_DELAY, LOGIN_MAX_DELAY = 0.25, 8.0  # seconds a wrong password waits: doubling from the first
-SERVER_ERROR = "Something went wrong on the server; the details are in its log."
 
 CSS = """
 #message p { margin: 0.3em 0; }
@@ -70,7 +70,7 @@ def data_url_bytes(url: str, max_bytes: int | None) -> bytes:
     if not comma or not header.endswith(";base64"):
         raise UserError("the pasted image is not a base64 data: URL; upload the image file instead")
     if max_bytes is not None and len(body) > (max_bytes + 2) // 3 * 4:
-        raise UserError(f"the image is larger than this server's upload limit of {max_bytes:,} bytes")
+        raise UserError(upload_limit_sentence(max_bytes))
     try:
         return base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
@@ -260,14 +260,20 @@ def upload_bytes(size: str | int | None) -> int | None:
 def launch(searcher: Searcher | None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
            auth: tuple[str, str] | None = None, max_file_size: str | int = DEFAULT_MAX_UPLOAD,
            index_error: str = "", block: bool = True, quiet: bool = False) -> gr.Blocks:
-    """Serve the app; `block=False` returns at once (for tests; call `.close()` on the result)."""
+    """Serve the app; `block=False` returns at once (for tests; call `.close()` on the result). Every failure
+    reaches the page as a sentence (ui.errors); show_error stays off, so no exception's own text ever does."""
+    from starlette.middleware import Middleware
+
     app = build_app(searcher, index_error=index_error, max_upload=max_file_size)
     app.queue(default_concurrency_limit=4)
+    speak_plainly(app)
     blocked = blocked_paths(searcher) if searcher is not None else []
     try:
-        app.launch(server_name=host, server_port=port, auth=throttled_login(*auth) if auth else None, max_file_size=max_file_size,
-                   blocked_paths=blocked, allowed_paths=[], ssr_mode=False, show_error=False, quiet=True,
-                   prevent_thread_lock=True, footer_links=[], inbrowser=False, share=False, css=CSS)
+        app.launch(server_name=host, server_port=port, auth=throttled_login(*auth) if auth else None,
+                   max_file_size=max_file_size, blocked_paths=blocked, allowed_paths=[], ssr_mode=False,
+                   show_error=False, quiet=True, prevent_thread_lock=True, footer_links=[], inbrowser=False,
+                   share=False, css=CSS,
+                   app_kwargs={"middleware": [Middleware(SentenceErrors, max_upload=upload_bytes(max_file_size))]})
     except OSError as e:  # Gradio's words for a port in use or an address not of this machine
         raise UserError(f"cannot serve on {host}:{port} ({str(e).split('.')[0]}); choose another --port "
                         "or --host") from None
