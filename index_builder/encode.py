@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -98,9 +100,9 @@ def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: i
     loader = DataLoader(
         DecodeDataset(jobs, config), batch_size=batch_size, num_workers=workers,
         collate_fn=functools.partial(collate, config=config), pin_memory=on_cuda,
-        prefetch_factor=4 if workers > 0 else None, persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None, persistent_workers=False, worker_init_fn=_decoding_worker,
     )
-    for batch in loader:
+    for batch in _started(loader):
         samples, pixels = batch["samples"], batch["pixels"]
         latents, tokens, texts = None, None, None
         if pixels is not None:
@@ -111,6 +113,27 @@ def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: i
             if captions:
                 texts = model.captions_from_tokens(decoder_tokens, beam_width=beam_width, max_len=caption_max_len)
         yield list(_results(samples, latents, tokens, texts))
+
+
+def _started(loader: DataLoader):
+    """iter(loader), its decoding processes started with Ctrl+C held back (they ignore it from their first
+    instruction on; see _decoding_worker); one pressed meanwhile reaches this process right after."""
+    if loader.num_workers == 0:
+        return iter(loader)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _decoding_worker(worker_id: int) -> None:
+    """Set up a decoding process. Ctrl+C (which signals the whole process group) is the main process's to
+    handle: it stops and shuts its workers down in order. And a hand-over of a decoded batch that the main
+    process abandoned when Ctrl+C came is no error: multiprocessing's helper thread would print a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    sys.excepthook = lambda kind, error, trace: log.debug("decoding worker %d: %s", worker_id, error)
 
 
 def _results(samples: list[dict], latents: np.ndarray | None, tokens: np.ndarray | None,

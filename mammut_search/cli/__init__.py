@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl+C: one line, no traceback; a subcommand may say what became of its work
+        print(getattr(args, "_interrupted", "interrupted"), file=sys.stderr)
         return 130
 
 

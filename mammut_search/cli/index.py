@@ -8,7 +8,12 @@ import logging
 import sys
 
 
+INTERRUPTED = ("interrupted: the index is as it was; run the same command again to go on (images encoded so far "
+               "are kept)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(_interrupted=INTERRUPTED)  # what `mammut` says on Ctrl+C
     actions = parser.add_subparsers(dest="index_command", metavar="ACTION", required=True)
 
     build = actions.add_parser("build", help="index every image under some folders",
