@@ -2,7 +2,7 @@
 default, its levers, the previous default and the ImageNet bridge alone (no training), side by side.
 
     python benchmarks/photo_knowledge.py --checkpoint data/checkpoints/default [--previous OLD_CHECKPOINT]
-        [--label NAME=CHECKPOINT ...] [--weights 0 0.5 1 2] [--gates 0 10] [--rerank] [--image-size 224]
+        [--label NAME=CHECKPOINT ...] [--weights 0 0.5 1 2] [--gates 0 10] [--rerank] [--oracle-query] [--styles-apart] [--image-size 224]
 
 Each image is decoded and encoded once per checkpoint; the fusion weight and the query gate only change how
 the cached encoder tokens and the queries become retrieval vectors, so every setting of them is scored on the
@@ -54,8 +54,13 @@ def recall(image_latents: torch.Tensor, references: list[list[str]], encode_text
     return domain_metrics(image_latents, [r[0] for r in references], encode_text)["t2i"]
 
 
+STYLES_APART = False  # --styles-apart: each held-out style its own column instead of the styles' mean
+
+
 def by_domain(per_set: dict[str, dict]) -> dict[str, dict]:
-    """Sets -> domains: the styles' mean, objects, photos."""
+    """Sets -> domains: the styles' mean (or each style), objects, photos."""
+    if STYLES_APART:
+        return {k.removeprefix("style:"): v for k, v in per_set.items()}
     styles = [v for k, v in per_set.items() if k.startswith("style:")]
     out = {"styles": {k: float(np.mean([s[k] for s in styles])) for k in styles[0]}} if styles else {}
     out.update({k: v for k, v in per_set.items() if not k.startswith("style:")})
@@ -107,6 +112,27 @@ def score_bridge(model: MammutModel, sets: dict, features: dict) -> dict:
         top1 = probabilities.argmax(dim=-1)
         per_set[name]["named"] = float(caption_hits([names[i] for i in top1], sets[name][1]).mean())
     return by_domain(per_set)
+
+
+@torch.no_grad()
+def score_query_oracle(model: MammutModel, sets: dict, features: dict) -> dict:
+    """The model at its shipped fusion setting, but each query's semantic part is MiniLM's own embedding of the
+    query instead of the text CLS's estimate of it (the gate still reads the estimate): how far a perfect query
+    estimate could take the fused vectors."""
+    import torch.nn.functional as F
+
+    from mammut_search.train.text_init import MiniLMSentenceEncoder
+
+    net, minilm = model.net, MiniLMSentenceEncoder()
+    latent_dim, weight = net.config.dim_latents, net.config.fusion_weight
+
+    def encode_text(texts):
+        latents = F.normalize(model.encode_text(texts)[:, :latent_dim], dim=-1)
+        gate = net.query_gate(net.text_semantic(latents))
+        semantic = F.normalize(minilm.encode(list(texts), progress=False).float(), dim=-1)
+        return F.normalize(torch.cat([latents, weight * gate * semantic], dim=-1), dim=-1)
+
+    return by_domain({n: recall(model.latents_from_features(f), sets[n][1], encode_text) for n, f in features.items()})
 
 
 @torch.no_grad()
@@ -166,8 +192,13 @@ def main() -> None:
     parser.add_argument("--centers", nargs="*", type=float, default=[0.5], help="the query gate's centre")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rerank", action="store_true", help="also score the Searcher's re-ranking")
+    parser.add_argument("--oracle-query", action="store_true",
+                        help="also score queries whose semantic part is MiniLM's own embedding (an upper bound)")
+    parser.add_argument("--styles-apart", action="store_true", help="a column per held-out style, not their mean")
     parser.add_argument("--image-size", type=int, default=0, help="feed the checkpoint's encoder this input size")
     args = parser.parse_args()
+    global STYLES_APART
+    STYLES_APART = args.styles_apart
     torch.set_num_threads(args.threads)
     sets = validation_sets(args.manifest)
     print({k: len(v[0]) for k, v in sets.items()})
@@ -186,6 +217,9 @@ def main() -> None:
         for label, r in score_model(other, sets, encode_sets(other, sets), [other.config.fusion_weight],
                                     [other.config.fusion_gate], [other.config.fusion_gate_center]):
             rows.append((f"{name}, {label}" if label else name, r))
+    if args.oracle_query and model.net.config.semantic_dim:
+        rows.append(("new default, query's semantic part from MiniLM itself (upper bound)",
+                     score_query_oracle(model, sets, features)))
     if args.rerank:
         per_set = {n: {**rerank_recall(model, f, sets[n][1])} for n, f in features.items()}
         rows.append(("new default, re-ranked (top 50 by log p(query | image))", by_domain(per_set)))

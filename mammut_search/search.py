@@ -48,7 +48,7 @@ RERANK_WEIGHT = 0.1
 # query's concept; when no candidate does better, the user is told. Calibrated for the bundled checkpoint on the
 # demo index, on 30 concepts present and 30 absent, and tested on 30 more of each (benchmarks/RESULTS.md,
 # "Nothing matches"); other checkpoints may need another margin.
-NO_MATCH_MARGIN = -0.0105
+NO_MATCH_MARGIN = 0.031
 NO_MATCH_CANDIDATES = 50
 NO_MATCH_NEIGHBOURS = 10
 REFERENCE_WORDS = 800

@@ -82,3 +82,22 @@ def test_held_out_styles_are_each_a_set_of_all_their_images_and_their_mean_is_th
     assert results["style:fx"]["images"] == 2 and results["style:mono"]["images"] == 1  # whatever their split
     mean = (results["style:fx"]["t2i"]["R@1"] + results["style:mono"]["t2i"]["R@1"]) / 2
     assert results["styles"]["t2i"]["R@1"] == pytest.approx(mean)
+
+
+def test_eval_cli_marks_the_styles_a_checkpoint_trained_on(manifest, tmp_path, capsys):
+    import json
+
+    from mammut_search.cli import main
+
+    tiny_model().save(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    config["training"] = {"data": {"styles_per_split": {"train": ["openmoji-black", "google"]}}}
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    styles = ["iconify-fxemoji", "openmoji-black", "openmoji-black", "x", "x", "x", "google"]
+    manifest = manifest.assign(name="x", concept_id=[str(i) for i in range(len(manifest))], style=styles)
+    manifest.to_parquet(tmp_path / "manifest.parquet", index=False)
+    assert main(["eval", "--domains", str(tmp_path / "manifest.parquet"), "--checkpoint", str(tmp_path / "ckpt"),
+                 "--no-captions", "--device", "cpu"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "(trained on)" in rows["style:openmoji-black"]
+    assert "(trained on)" not in rows["style:iconify-fxemoji"]

@@ -28,8 +28,9 @@ from PIL import Image
 from mammut_search.eval.metrics import recall_from_ranks, retrieval_ranks, tokenize
 
 DOMAINS = {"styles": ("val", "val_unseen"), "objects": ("val_objects",), "photos": ("val_photos",)}
-# the emoji styles that the default recipe keeps out of training, each one a validation set of every image it
-# has (seen and unseen concepts together); the styles domain is their mean
+# the emoji styles that the validation recipe (data/recipes/validation.toml) keeps out of training, each one a
+# validation set of every image it has (seen and unseen concepts together); the styles domain is their mean. The
+# bundled checkpoint keeps only FxEmoji out; `trained_styles` tells which of them a checkpoint saw.
 HELD_OUT_STYLES = ("iconify-fxemoji", "openmoji-black", "iconify-emojione-monotone")
 STOP_WORDS = frozenset(
     "a an the of with and or in on at to for by from is are it its this that these those his her their "
@@ -154,14 +155,27 @@ def mean_of(results: list[dict]) -> dict:
     return out
 
 
-def format_domains_table(results: dict[str, dict]) -> str:
-    """A plain-text table: one row per domain, its counts, recall and caption hit rate."""
+def trained_styles(checkpoint_dir: str | Path) -> set[str]:
+    """The styles a checkpoint was trained on, from its training card (empty when it has none)."""
+    import json
+
+    try:
+        card = json.loads((Path(checkpoint_dir) / "config.json").read_text()).get("training", {})
+    except (OSError, ValueError):
+        return set()
+    return set(card.get("data", {}).get("styles_per_split", {}).get("train", []))
+
+
+def format_domains_table(results: dict[str, dict], trained: set[str] = frozenset()) -> str:
+    """A plain-text table: one row per domain, its counts, recall and caption hit rate. A style set whose style
+    is in `trained` is marked: it measures a style the checkpoint saw (with concepts it may not have)."""
     ks = sorted({k for r in results.values() for k in r.get("t2i", {})}, key=lambda k: int(k[2:]))
     header = ["domain", "images", "queries"] + [f"t2i {k}" for k in ks] + ["i2t R@1", "caption hit"]
     lines = [header]
     for domain, r in results.items():
         hit = r.get("caption_hit")
-        lines.append([domain, str(r["images"]), str(r["queries"])]
+        seen = domain.startswith("style:") and domain.removeprefix("style:") in trained
+        lines.append([domain + (" (trained on)" if seen else ""), str(r["images"]), str(r["queries"])]
                      + [f"{r['t2i'][k]:.3f}" if "t2i" in r else "-" for k in ks]
                      + [f"{r['i2t']['R@1']:.3f}" if "i2t" in r else "-", "-" if hit is None else f"{hit:.3f}"])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

@@ -21,7 +21,7 @@ from mammut_search.errors import UserError
 DEFAULT_MODEL: dict[str, Any] = {
     "dim": 256, "depth": 2, "heads": 4, "dim_head": 64, "ff_mult": 2, "num_img_queries": 16, "dim_latents": 256,
     "max_text_len": 32, "image_grid_latent": True,
-    "semantic_dim": 384, "semantic_top_k": 10, "fusion_weight": 1.5, "fusion_gate": 20.0, "fusion_gate_center": 0.6,
+    "semantic_dim": 384, "semantic_top_k": 10, "fusion_weight": 1.5, "fusion_gate": 20.0, "fusion_gate_center": 0.7,
     "image_encoder": {"kind": "efficientnet_lite0", "image_size": 160, "grid": 3, "classifier_token": True},
 }
 
@@ -43,15 +43,14 @@ class TrainConfig:
     # validation that measures generalisation, one figure per domain (the checkpoint is chosen on their mean):
     # whole styles kept out of training (every image of each, seen and unseen concepts), and manifest splits of
     # other domains (objects, photos). When set, val_split/val_unseen_split are not used.
-    val_styles: list[str] = field(
-        default_factory=lambda: ["iconify-fxemoji", "openmoji-black", "iconify-emojione-monotone"])
+    val_styles: list[str] = field(default_factory=lambda: ["iconify-fxemoji"])
     val_domains: list[str] = field(default_factory=lambda: ["val_objects", "val_photos"])
     cache_dir: str = "data/cache/train"
     # the training cache of encoder inputs: "memory", "disk" (one file per image, read per batch), or "auto" = on
     # disk when it would not fit in half of the free memory
     stream: str = "auto"
-    # styles of the training splits left out: twins of the validation styles' designs, and a third Noto
-    exclude_styles: list[str] = field(default_factory=lambda: ["openmoji-color", "iconify-twemoji", "iconify-noto"])
+    # styles of the training splits left out (data/recipes/validation.toml: twins of its held-out styles' designs)
+    exclude_styles: list[str] = field(default_factory=list)
     # share of each batch's concepts drawn from a style (the rest are balanced over the other styles' concepts):
     # a style of thousands of one-image concepts (OpenClipart) would otherwise fill every batch
     style_shares: dict[str, float] = field(default_factory=lambda: {"openclipart": 0.3})
