@@ -2,7 +2,8 @@
 default, its levers, the previous default and the ImageNet bridge alone (no training), side by side.
 
     python benchmarks/photo_knowledge.py --checkpoint data/checkpoints/default [--previous OLD_CHECKPOINT]
-        [--label NAME=CHECKPOINT ...] [--weights 0 0.5 1 2] [--gates 0 10] [--rerank] [--oracle-query] [--styles-apart] [--image-size 224]
+        [--label NAME=CHECKPOINT ...] [--weights 0 0.5 1 2] [--gates 0 10] [--rerank] [--oracle-query]
+        [--styles-apart] [--image-size 224]
 
 Each image is decoded and encoded once per checkpoint; the fusion weight and the query gate only change how
 the cached encoder tokens and the queries become retrieval vectors, so every setting of them is scored on the
