@@ -31,3 +31,20 @@ def tiny_model(seed: int = 0, device: str = "cpu", **overrides) -> MammutModel:
     config = tiny_config(tokenizer.vocab_size, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id,
                          eos_id=tokenizer.eos_id, **overrides)
     return MammutModel(MaMMUT(config), tokenizer, device=device)
+
+
+def end_rank() -> None:
+    """End a test's torch.distributed worker process once its work is done: wait for every rank, leave the
+    group, and exit without interpreter finalization, where gloo's threads can still abort the process
+    ("terminate called without an active exception") and fail a test whose ranks all succeeded."""
+    import os
+    import sys
+
+    import torch.distributed as dist
+
+    dist.barrier()  # no rank tears the group down while another still uses it
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+

@@ -18,6 +18,7 @@ from mammut_search.model.contrastive import (
     contrastive_loss,
     word_image_loss,
 )
+from mammut_search.testing import end_rank
 from mammut_search.train.loop import train
 from mammut_search.train.recipe import TrainConfig
 
@@ -90,8 +91,7 @@ def worker(rank, world, init_file, frame_path, recipe, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     train(TrainConfig.from_dict(recipe), out_dir, frame=pd.read_pickle(frame_path), progress=False)
-    dist.barrier()  # no rank tears the group down while another still uses it
-    dist.destroy_process_group()
+    end_rank()
 
 
 @pytest.mark.slow

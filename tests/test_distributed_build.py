@@ -10,7 +10,7 @@ from index_builder.build import BuildOptions, build_index
 from index_builder.distributed import build_index_distributed
 from mammut_search import load_model
 from mammut_search.index.store import IndexStore
-from mammut_search.testing import tiny_model
+from mammut_search.testing import end_rank, tiny_model
 
 OPTIONS = BuildOptions(batch_size=4, workers=0, shard_size=3, progress=False)
 
@@ -28,8 +28,7 @@ def worker(rank, world, init_file, checkpoint, images, out):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     model = load_model(checkpoint, device="cpu")
     build_index_distributed([images], out, model, checkpoint_dir=checkpoint, options=OPTIONS)
-    dist.barrier()
-    dist.destroy_process_group()
+    end_rank()
 
 
 def contents(index_dir):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 SUBCOMMANDS = {
@@ -51,9 +52,27 @@ def _module(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mammut` console script."""
+    code = _run(sys.argv[1:] if argv is None else argv)
+    if argv is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _leave_rank(code)
+    return code
+
+
+def _leave_rank(code: int) -> None:
+    """A torchrun rank whose command has finished exits without interpreter finalization: there, gloo's threads
+    can still abort the process ("terminate called without an active exception") after the process group was
+    destroyed, and torchrun would report a finished rank as failed."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run(argv: list[str]) -> int:
     from mammut_search.errors import UserError
 
-    argv = sys.argv[1:] if argv is None else argv
     wanted = {a for a in argv if a in SUBCOMMANDS}
     parser = build_parser(wanted)
     args = parser.parse_args(argv)
