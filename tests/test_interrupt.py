@@ -17,9 +17,11 @@ from test_index_build import write_good_images
 
 REPO = Path(__file__).resolve().parent.parent
 
-# the real CLI, with the model slowed down so that the build is still encoding when Ctrl+C comes
+# the real CLI, with the model slowed down so that the build is still encoding when Ctrl+C comes; Ctrl+C raises
+# KeyboardInterrupt as in a terminal even where the tests run with SIGINT ignored (a background job inherits that)
 SLOW_CLI = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from mammut_search.cli import main
     from mammut_search.inference import MammutModel
     features = MammutModel.image_features
