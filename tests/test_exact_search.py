@@ -41,3 +41,27 @@ def test_fewer_candidates_than_k_fill_with_minus_one():
     scores, rows = exact_knn(vectors, vectors[:1], 5, allowed=np.array([True, False, True]))
     assert rows.tolist() == [[0, 2, -1, -1, -1]]
     assert scores[0, 0] == 1 and np.isneginf(scores[0, 2:]).all()
+
+
+@pytest.mark.parametrize("n, k", [(7, 10), (900, 10), (30_011, 10), (30_011, 700)])
+@pytest.mark.parametrize("layout", ["shuffled", "sorted"])
+def test_one_query_is_the_true_top_k_with_ties_to_the_lower_row(n, k, layout):
+    """One query's own path (candidates above a bound from block maxima) against a stable brute-force sort, on
+    small integer vectors: every score is exact in float32 and many are tied, at and across the k-th place."""
+    rng = np.random.default_rng(n + k)
+    vectors = rng.integers(-2, 3, (n, 8)).astype(np.float32)
+    query = rng.integers(-2, 3, (1, 8)).astype(np.float32)
+    if layout == "sorted":  # the best rows side by side at the end, as in a collection of near-duplicates
+        vectors = vectors[np.argsort(vectors @ query[0], kind="stable")]
+    allowed = rng.random(n) > 0.3
+    few = np.zeros(n, bool)
+    few[rng.integers(0, n, 3)] = True  # fewer allowed rows than k
+    exclude = np.array([int(np.argmax(vectors @ query[0]))])
+    for kwargs in ({}, {"allowed": allowed, "exclude_rows": exclude}, {"allowed": few}):
+        scores, rows = exact_knn(vectors, query, k, **kwargs)
+        want_scores, want_rows = brute_force(vectors, query, k, **kwargs)
+        missing = k - want_rows.shape[1]  # fewer vectors than k
+        want_scores = np.pad(want_scores, ((0, 0), (0, missing)), constant_values=-np.inf)
+        want_rows = np.pad(want_rows, ((0, 0), (0, missing)))
+        want_rows[np.isneginf(want_scores)] = -1
+        assert np.array_equal(rows, want_rows) and np.array_equal(scores, want_scores)

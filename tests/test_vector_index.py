@@ -49,8 +49,9 @@ def test_flat_search_is_exact_with_the_given_ids():
 
 def test_missing_results_are_minus_one_with_minus_infinity():
     index, _, _ = build("flat", 3)
-    scores, found = index.search(unit_vectors(2, seed=9), 5)
-    assert (found[:, 3:] == -1).all() and np.isneginf(scores[:, 3:]).all() and (found[:, :3] >= 0).all()
+    for queries in (2, 1):  # a batch, and one query (a path of its own)
+        scores, found = index.search(unit_vectors(queries, seed=9), 5)
+        assert (found[:, 3:] == -1).all() and np.isneginf(scores[:, 3:]).all() and (found[:, :3] >= 0).all()
 
     empty = build_vector_index(np.zeros((0, DIM), np.float32), np.zeros(0, np.int64))
     assert empty.ntotal == 0 and empty.dim == DIM
@@ -185,6 +186,8 @@ def test_searches_during_updates_see_a_whole_index():
         while not stop.is_set():
             try:
                 _, found = index.search(vectors[:4], 5)
+                assert (found >= 0).all()
+                _, found = index.search(vectors[:1], 5)  # one query takes a path of its own
                 assert (found >= 0).all()
             except Exception as e:  # reported below, so that a failure shows its cause
                 errors.append(e)

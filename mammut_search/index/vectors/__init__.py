@@ -70,7 +70,7 @@ class VectorIndex:
         self._gpu_lock = threading.Lock()  # guards the GPU copy: its creation and its one-at-a-time searches
         self._gpu = None
         self._use_gpu = _gpu_wanted(use_gpu) and self._kind.gpu
-        self._row_ids: np.ndarray | None = None  # flat: the id of each stored row, until the next change
+        self._row_ids: np.ndarray | None = None  # flat: the id of each stored row and -1, until the next change
         self._flat_copy: np.ndarray | None = None  # flat: the stored vectors in numpy memory, until the next change
 
     # ----- what it holds -----
@@ -127,7 +127,6 @@ class VectorIndex:
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, not {k!r}")
         k = int(k)
-        params = {**self._description.get("params", {}), **(search_params or {})}
         with self._lock.reading():
             if self.ntotal == 0 or len(queries) == 0:
                 return (np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64))
@@ -135,8 +134,9 @@ class VectorIndex:
                 scores, ids = self._search_gpu(queries, k)
             elif self._kind.exact:  # a matrix product: faster than FAISS's flat search on a CPU
                 scores, rows = exact_knn(self._flat_vectors(), queries, k)
-                ids = np.where(rows >= 0, self._flat_row_ids()[rows], -1)
+                return scores, self._flat_row_ids()[rows]  # row -1 (no result) reads the -1 kept at the end
             else:
+                params = {**self._description.get("params", {}), **(search_params or {})}
                 scores, ids = self._index.search(queries, k, params=self._kind.search_params(params))
         ids = ids.astype(np.int64, copy=False)
         scores[ids < 0] = -np.inf
@@ -242,10 +242,11 @@ class VectorIndex:
         return vectors
 
     def _flat_row_ids(self) -> np.ndarray:
-        """The id of each row of a flat index (cached until the next change; callers hold the read lock)."""
+        """The id of each row of a flat index, then -1, so that row -1 maps to id -1 (cached until the next
+        change; callers hold the read lock)."""
         row_ids = self._row_ids
         if row_ids is None:
-            row_ids = self._row_ids = self._kind.stored_ids(self._index)
+            row_ids = self._row_ids = np.append(self._kind.stored_ids(self._index), np.int64(-1))
         return row_ids
 
     def _search_gpu(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -392,24 +393,15 @@ class _ReadWriteLock:
     """Many readers at once, or one writer; a waiting writer holds back new readers so it is not starved."""
 
     def __init__(self):
-        self._condition = threading.Condition()
+        self._condition = threading.Condition(threading.Lock())
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
+        self._reading = _Reading(self)
 
-    @contextmanager
-    def reading(self) -> Iterator[None]:
-        with self._condition:
-            while self._writer or self._writers_waiting:
-                self._condition.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._condition.notify_all()
+    def reading(self) -> "_Reading":
+        """`with lock.reading():` runs the block alongside other readers."""
+        return self._reading
 
     @contextmanager
     def writing(self) -> Iterator[None]:
@@ -425,3 +417,27 @@ class _ReadWriteLock:
             with self._condition:
                 self._writer = False
                 self._condition.notify_all()
+
+
+class _Reading:
+    """The read side of a _ReadWriteLock as a context manager. Every search passes through it, so it is a plain
+    object rather than a generator-based one: half the time (12 against 24 µs) when the caches are cold."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: _ReadWriteLock):
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        lock = self._lock
+        with lock._condition:
+            while lock._writer or lock._writers_waiting:
+                lock._condition.wait()
+            lock._readers += 1
+
+    def __exit__(self, *exc_info) -> None:
+        lock = self._lock
+        with lock._condition:
+            lock._readers -= 1
+            if lock._readers == 0 and lock._writers_waiting:  # only a writer waits for the readers to leave
+                lock._condition.notify_all()
