@@ -55,12 +55,9 @@ def recall(image_latents: torch.Tensor, references: list[list[str]], encode_text
     return domain_metrics(image_latents, [r[0] for r in references], encode_text)["t2i"]
 
 
-STYLES_APART = False  # --styles-apart: each held-out style its own column instead of the styles' mean
-
-
-def by_domain(per_set: dict[str, dict]) -> dict[str, dict]:
-    """Sets -> domains: the styles' mean (or each style), objects, photos."""
-    if STYLES_APART:
+def by_domain(per_set: dict[str, dict], styles_apart: bool = False) -> dict[str, dict]:
+    """Sets -> domains: the styles' mean (or, styles_apart, each style), objects, photos."""
+    if styles_apart:
         return {k.removeprefix("style:"): v for k, v in per_set.items()}
     styles = [v for k, v in per_set.items() if k.startswith("style:")]
     out = {"styles": {k: float(np.mean([s[k] for s in styles])) for k in styles[0]}} if styles else {}
@@ -71,7 +68,8 @@ def by_domain(per_set: dict[str, dict]) -> dict[str, dict]:
 @torch.no_grad()
 def score_model(model: MammutModel, sets: dict, features: dict, weights, gates,
                 centers=(0.5,)) -> list[tuple[str, dict]]:
-    """One row per fusion setting (just one for a model without the semantic token), plus captions."""
+    """One row of per-set figures per fusion setting (just one for a model without the semantic token), plus
+    captions."""
     net, rows = model.net, []
     settings = ([(w, g, c) for w in weights for g in (gates if w else [0.0]) for c in (centers if w and g else [0.5])]
                 if net.config.semantic_dim else [(None, None, None)])
@@ -88,7 +86,7 @@ def score_model(model: MammutModel, sets: dict, features: dict, weights, gates,
         per_set = {n: {**recall(model.latents_from_features(f), sets[n][1], model.encode_text), "named": hits[n]}
                    for n, f in features.items()}
         label = "" if w is None else f"fusion {w:g}" + (f", gate {g:g} at {c:g}" if w and g else "")
-        rows.append((label, by_domain(per_set)))
+        rows.append((label, per_set))
     net.config.fusion_weight, net.config.fusion_gate, net.config.fusion_gate_center = shipped
     return rows
 
@@ -112,7 +110,7 @@ def score_bridge(model: MammutModel, sets: dict, features: dict) -> dict:
         per_set[name] = recall(bridge.latents_from_features(probabilities), sets[name][1], bridge.encode_text)
         top1 = probabilities.argmax(dim=-1)
         per_set[name]["named"] = float(caption_hits([names[i] for i in top1], sets[name][1]).mean())
-    return by_domain(per_set)
+    return per_set
 
 
 @torch.no_grad()
@@ -125,15 +123,13 @@ def score_query_oracle(model: MammutModel, sets: dict, features: dict) -> dict:
     from mammut_search.train.text_init import MiniLMSentenceEncoder
 
     net, minilm = model.net, MiniLMSentenceEncoder()
-    latent_dim, weight = net.config.dim_latents, net.config.fusion_weight
 
     def encode_text(texts):
-        latents = F.normalize(model.encode_text(texts)[:, :latent_dim], dim=-1)
-        gate = net.query_gate(net.text_semantic(latents))
+        latents = F.normalize(model.encode_text(texts)[:, :net.config.dim_latents], dim=-1)
         semantic = F.normalize(minilm.encode(list(texts), progress=False).float(), dim=-1)
-        return F.normalize(torch.cat([latents, weight * gate * semantic], dim=-1), dim=-1)
+        return net.fuse(latents, net.query_gate(net.text_semantic(latents)) * semantic)
 
-    return by_domain({n: recall(model.latents_from_features(f), sets[n][1], encode_text) for n, f in features.items()})
+    return {n: recall(model.latents_from_features(f), sets[n][1], encode_text) for n, f in features.items()}
 
 
 @torch.no_grad()
@@ -198,8 +194,6 @@ def main() -> None:
     parser.add_argument("--styles-apart", action="store_true", help="a column per held-out style, not their mean")
     parser.add_argument("--image-size", type=int, default=0, help="feed the checkpoint's encoder this input size")
     args = parser.parse_args()
-    global STYLES_APART
-    STYLES_APART = args.styles_apart
     torch.set_num_threads(args.threads)
     sets = validation_sets(args.manifest)
     print({k: len(v[0]) for k, v in sets.items()})
@@ -223,8 +217,8 @@ def main() -> None:
                      score_query_oracle(model, sets, features)))
     if args.rerank:
         per_set = {n: {**rerank_recall(model, f, sets[n][1])} for n, f in features.items()}
-        rows.append(("new default, re-ranked (top 50 by log p(query | image))", by_domain(per_set)))
-    text = table(rows)
+        rows.append(("new default, re-ranked (top 50 by log p(query | image))", per_set))
+    text = table([(label, by_domain(per_set, args.styles_apart)) for label, per_set in rows])
     print(text)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.with_name(f"{OUT.stem}-{Path(args.checkpoint).name}-{args.image_size or 'native'}.md").write_text(text + "\n")

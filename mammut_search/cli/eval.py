@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_domains(args: argparse.Namespace) -> int:
     from mammut_search.eval.domains import evaluate_domains, format_domains_table, trained_styles
-    from mammut_search.inference import default_checkpoint_dir, load_model
+    from mammut_search.inference import load_model
     from mammut_search.train.data import read_manifest
 
     manifest = read_manifest(args.domains)
@@ -133,5 +133,5 @@ def _run_domains(args: argparse.Namespace) -> int:
         print(f"{args.domains}: no validation splits (val, val_unseen, val_objects, val_photos); "
               "run `mammut corpus build --only validation`", file=sys.stderr)
         return 1
-    print(format_domains_table(results, trained_styles(args.checkpoint or default_checkpoint_dir())))
+    print(format_domains_table(results, trained_styles(model.config.training)))
     return 0

@@ -155,15 +155,10 @@ def mean_of(results: list[dict]) -> dict:
     return out
 
 
-def trained_styles(checkpoint_dir: str | Path) -> set[str]:
-    """The styles a checkpoint was trained on, from its training card (empty when it has none)."""
-    import json
-
-    try:
-        card = json.loads((Path(checkpoint_dir) / "config.json").read_text()).get("training", {})
-    except (OSError, ValueError):
-        return set()
-    return set(card.get("data", {}).get("styles_per_split", {}).get("train", []))
+def trained_styles(training_card: dict) -> set[str]:
+    """The styles a checkpoint was trained on, from its training card (`MammutConfig.training`; empty when it
+    says nothing of them)."""
+    return set(training_card.get("data", {}).get("styles_per_split", {}).get("train", []))
 
 
 def format_domains_table(results: dict[str, dict], trained: set[str] = frozenset()) -> str:
