@@ -23,7 +23,7 @@ MAX_UPLOAD = "200kb"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     index, checkpoint = build_test_index(tmp_path_factory.mktemp("collection"), readable_captions=True)
-    searcher = Searcher.open(index, device="cpu")
+    searcher = Searcher.open(index, device="cpu", no_match_margin=0.5)  # the tiny model's matches stay below
     port = free_port()
     app = ui_app.launch(searcher, port=port, max_file_size=MAX_UPLOAD, block=False, quiet=True)
     yield {"base": f"http://127.0.0.1:{port}", "port": port, "searcher": searcher, "index": index,
@@ -84,7 +84,7 @@ def test_messages_for_empty_long_and_unmatched_queries(served):
     _, (gallery, message, _) = call(served["base"], "search", ["a red circle " * 100, 6, False])
     assert "cut" in message and len(gallery) == 6
     _, (gallery, message, _) = call(served["base"], "search", ["an octopus", 6, True])
-    assert "Nothing in the index seems to match" in message and len(gallery) == 6  # tiny model: nothing fits
+    assert "Nothing in the index seems to match" in message and len(gallery) == 6  # no words, and below the cutoff
     event, data = call(served["base"], "search", ["a red circle", 0, False])  # below the slider's range
     assert event == "error" and "Traceback" not in json.dumps(data)
 
@@ -274,7 +274,7 @@ def test_query_images_are_decoded_a_few_at_a_time(served, monkeypatch):
     import time
 
     import mammut_search.images as images
-    from mammut_search.search import QUERY_DECODES
+    from mammut_search.image_access import QUERY_DECODES
 
     searcher, load_image = served["searcher"], images.load_image
     path = searcher.image_path(int(searcher.store.ok_items["id"].iloc[0]))
