@@ -30,9 +30,9 @@ class QueryTerm:
     weight: float = 1.0
 
 
-def parse_arithmetic(query: str) -> list[QueryTerm] | None:
+def parse_arithmetic(query: str, *, files: bool = True) -> list[QueryTerm] | None:
     """`a + b - c` -> its terms; None for a query without ` + ` or ` - ` (a plain text query). A term naming
-    an existing file is an image, any other a text; quotes around a term are dropped."""
+    an existing file is an image (unless `files` is False), any other a text; quotes around a term are dropped."""
     parts = _OPERATOR.split(" " + query.strip() + " ")
     if len(parts) < 3:
         return None
@@ -44,7 +44,7 @@ def parse_arithmetic(query: str) -> list[QueryTerm] | None:
         if not text:
             raise UserError(f"{query!r}: an empty term beside a {sign!r}; write terms like: horse + stripes")
         weight = 1.0 if sign == "+" else -1.0
-        is_image = os.path.isfile(os.path.expanduser(text))
+        is_image = files and os.path.isfile(os.path.expanduser(text))
         terms.append(QueryTerm(image=os.path.expanduser(text), weight=weight) if is_image
                      else QueryTerm(text=text, weight=weight))
     return terms

@@ -23,7 +23,7 @@ CANDIDATES = 50  # a query's top candidates compared with their usual words
 NEIGHBOURS = 10  # reference words that make a candidate's usual similarity
 REFERENCE_WORDS = 800
 CALIBRATION_WORDS = 400  # queries unrelated to the collection, taken between the reference words
-QUANTILE = 0.9
+QUANTILE = 0.85
 VERSION = 1
 NOTICE = ("nothing in the index seems to match this query; the closest images are shown, but they are probably "
           "not what you want")

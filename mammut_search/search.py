@@ -88,11 +88,12 @@ class Searcher:
         pass
 
     def search_text(self, query: str, k: int = DEFAULT_K, *, rerank: bool | None = None,
-                    vectors_only: bool = False) -> SearchResults:
+                    vectors_only: bool = False, files: bool = True) -> SearchResults:
         """Rank the indexed images by a text query, searching their latents and (unless `vectors_only`) their
         file names, folders and captions; `rerank` re-scores the top vector candidates by the likelihood of the
-        query given each image. A query like `horse + stripes - photo.jpg` combines terms (search_terms)."""
-        terms = q.parse_arithmetic(query) if isinstance(query, str) else None
+        query given each image. `horse + stripes - photo.jpg` combines terms (search_terms; image files only
+        when `files`)."""
+        terms = q.parse_arithmetic(query, files=files) if isinstance(query, str) else None
         if terms is not None:
             return self.search_terms(terms, k, vectors_only=vectors_only)
         gen, (text, shown, truncated), k = self.live.served(), q.prepare_text(self.model, query), q.check_k(k)
@@ -153,8 +154,7 @@ class Searcher:
         return SearchResults(hits, kind="item", query_caption=gen.store.item(item_id)["caption"])
 
     def duplicates(self, item_id: int, *, threshold: float = DUPLICATE_SIMILARITY) -> SearchResults:
-        """The near-identical images of an indexed image (latents at least `threshold` similar; byte copies
-        have the same latent)."""
+        """The near-identical images of an indexed image (latents at least `threshold` similar, copies too)."""
         return self.similar(item_id, q.MAX_K, min_similarity=threshold)
 
     def caption(self, image: Image.Image | str | os.PathLike | bytes, *, beam_width: int | None = None) -> str:
