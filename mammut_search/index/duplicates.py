@@ -29,7 +29,8 @@ def similar_pairs(vectors: np.ndarray, threshold: float) -> np.ndarray:
     pairs = []
     for start in range(0, len(vectors), BLOCK):
         lims, _, found = index.range_search(vectors[start:start + BLOCK], float(threshold))
-        rows = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims))
+        rows = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64))
+        found = found.astype(np.int64)
         keep = found > rows
         pairs.append(np.stack([rows[keep], found[keep]], axis=1))
     return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
