@@ -3,7 +3,7 @@
     mammut index build data/demo/images --out data/cache/demo.index
     python benchmarks/calibrate_no_match.py --index data/cache/demo.index                    # the demo's lists
     python benchmarks/calibrate_no_match.py --index data/cache/demo.index --tune              # choose QUANTILE
-    python benchmarks/calibrate_no_match.py --index G.index --concepts G/concepts.json --half all
+    python benchmarks/calibrate_no_match.py --index G.index --concepts benchmarks/no_match_concepts_google.json --half all
 
 Concept lists: `present` names things in the collection, `absent` things not in it. The demo's lists
 (no_match_concepts.json) are split by position: even positions tune (`--tune` shows the fires at each quantile

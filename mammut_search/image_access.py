@@ -13,7 +13,7 @@ from mammut_search.errors import UserError
 if TYPE_CHECKING:
     from PIL import Image
 
-QUERY_DECODES = 2  # query images decoded at once: a large upload may briefly take ~700 MB while it decodes
+QUERY_DECODES = 2  # query images decoded at once: a large upload takes much memory while it decodes (images.py)
 
 
 def indexed_image(store, item_id: int, *, min_side: int | None = None) -> "Image.Image":
