@@ -16,7 +16,7 @@ class SearchHit:
     path: str  # exact path as indexed (may hold surrogate escapes for non-UTF-8 names)
     score: float
     caption: str
-    similarity: float | None  # cosine similarity of the latents; None: found by its words alone
+    similarity: float  # cosine similarity of the query and image latents
     likelihood: float | None = None  # log p(query | image) per token above the index baseline; None if not scored
     name_words: tuple[str, ...] = ()  # words of the query found in its file or folder names
     caption_words: tuple[str, ...] = ()  # words of the query found in its caption
@@ -33,7 +33,7 @@ class SearchHit:
         """Why it was found, in a few words: "name: birthday; caption: cake; similarity 0.412"."""
         parts = [f"name: {' '.join(self.name_words)}"] if self.name_words else []
         parts += [f"caption: {' '.join(self.caption_words)}"] if self.caption_words else []
-        parts += [f"similarity {self.similarity:.3f}"] if self.similarity is not None else []
+        parts.append(f"similarity {self.similarity:.3f}")
         return "; ".join(parts)
 
 
