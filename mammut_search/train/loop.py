@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from mammut_search.atomic import swap_in
+from mammut_search.atomic import recover_swap, swap_in
 from mammut_search.errors import UserError
 from mammut_search.model.checkpoint import load_checkpoint, save_checkpoint
 from mammut_search.model.config import ImageEncoderConfig, MammutConfig
@@ -120,14 +120,20 @@ def lr_factor(config: TrainConfig, step: int) -> float:
 
 def save_run_checkpoint(directory: Path, net: MaMMUT, tokenizer: Tokenizer, state: dict | None,
                         dtype: torch.dtype = torch.float32) -> str:
-    """Write a checkpoint (and train_state.pt beside it, when given) to a fresh folder, then swap it in."""
+    """Write a checkpoint (and train_state.pt beside it, when given) to a fresh folder, then swap it in. A write
+    that fails (a full disk) leaves the previous checkpoint as it was, no partial folder, and says so in a line."""
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    sha = save_checkpoint(tmp, net, tokenizer, dtype=dtype)
-    if state is not None:
-        torch.save(state, tmp / TRAIN_STATE)
-    swap_in(tmp, directory)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        sha = save_checkpoint(tmp, net, tokenizer, dtype=dtype)
+        if state is not None:
+            torch.save(state, tmp / TRAIN_STATE)
+        swap_in(tmp, directory)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{directory}: cannot save the checkpoint ({e.strerror or e}); "
+                        "the one saved before is kept") from None
     return sha
 
 
@@ -139,10 +145,64 @@ def run_recipe(path: str | Path) -> TrainConfig:
 
 def find_resume_dir(path: Path) -> Path:
     """A run directory or its `last/` checkpoint -> the folder holding train_state.pt."""
-    for candidate in (path, path / "last", path / "last.old"):
+    recover_swap(path / "last")
+    for candidate in (path, path / "last"):
         if (candidate / TRAIN_STATE).is_file():
             return candidate
     raise UserError(f"{path}: no {TRAIN_STATE} found there or in its last/; give a run directory to resume")
+
+
+def run_root(resume: Path) -> Path:
+    """The run directory of a `--resume` argument (the run folder itself, or its `last/`)."""
+    resume_dir = find_resume_dir(resume)
+    return resume_dir.parent if resume_dir.name == "last" else resume_dir
+
+
+RUN_FILES = ("log.jsonl", "last", "best", "training_card.json")
+
+
+def claim_run_dir(out_dir: Path, resume: Path | None, *, overwrite: bool, main: bool = True) -> None:
+    """Make sure a run never writes over another: a new run needs an empty folder (or `overwrite`, which
+    clears the old run's files first); a resumed one writes only into the folder it resumes from."""
+    if resume is not None:
+        root = run_root(resume)
+        if out_dir.resolve() != root.resolve():
+            raise UserError(f"--resume {resume} continues that run in {root}; --out {out_dir} is another folder "
+                            f"(leave --out out, or copy the run there first)")
+        for name in ("last", "best"):
+            recover_swap(out_dir / name)
+        return
+    held = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if held and not overwrite:
+        raise UserError(f"{out_dir} holds a run ({run_progress(out_dir)}); pass --resume {out_dir} to continue it, "
+                        "or --overwrite to replace it")
+    if held and main:
+        for name in (*held, "last.old", "best.old"):
+            path = out_dir / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def run_progress(out_dir: Path) -> str:
+    """How far the run in `out_dir` got, for messages: from its last/train_state.pt, else its files."""
+    try:
+        state = torch.load(find_resume_dir(out_dir) / TRAIN_STATE, map_location="cpu", weights_only=False)
+        best = f", best at step {state['best_step']}" if state.get("best_step", -1) >= 0 else ""
+        return f"step {state['step']} of {state['recipe']['steps']}{best}"
+    except Exception:  # noqa: BLE001 - a damaged state file still means the folder is taken
+        return "its " + ", ".join(name for name in RUN_FILES if (out_dir / name).exists())
+
+
+def check_export(config: TrainConfig, *, overwrite: bool) -> None:
+    """An export never replaces a checkpoint (the bundled one above all) unless asked to."""
+    if not config.export:
+        return
+    from mammut_search.inference import default_checkpoint_dir
+
+    target = Path(config.export)
+    bundled = target.resolve() == default_checkpoint_dir().resolve()
+    if (bundled or (target / "config.json").exists()) and not overwrite:
+        what = "the bundled checkpoint" if bundled else "a checkpoint"
+        raise UserError(f"export = {config.export!r} is {what}; export elsewhere, or pass --overwrite to replace it")
 
 
 # ----- the loop -----
@@ -165,13 +225,17 @@ def hardware() -> dict[str, Any]:
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = None,
-          frame: pd.DataFrame | None = None, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+          frame: pd.DataFrame | None = None, progress: bool = True, stop_at: int | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
     """Run the recipe; returns the training card (empty when stopped at `stop_at` before the last step).
 
-    `frame` (a manifest DataFrame) replaces reading config.manifest; `stop_at` ends this process at that step
-    after saving `last/`, as an interruption would (a later `resume` carries on)."""
+    `out_dir` must hold no run, unless `resume` is that run or `overwrite` clears it (and lets `export` replace
+    a checkpoint). `frame` (a manifest DataFrame) replaces reading config.manifest; `stop_at` ends this process
+    at that step after saving `last/`, as an interruption would (a later `resume` carries on)."""
     out_dir = Path(out_dir)
     runtime = setup_runtime(config)
+    claim_run_dir(out_dir, Path(resume) if resume is not None else None, overwrite=overwrite, main=runtime.main)
+    check_export(config, overwrite=overwrite)
     autocast = training_autocast(config, runtime)
     if config.accum_steps < 1 or config.batch_size < config.accum_steps * runtime.world_size:
         raise UserError(f"accum_steps={config.accum_steps}: needs 1 ≤ accum_steps ≤ batch_size / processes "
@@ -227,6 +291,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: str | Path | None
             find_unused_parameters=some_loss_off)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    if runtime.main:  # folders of checkpoint saves that a kill interrupted
+        for leftover in out_dir.glob(".*.tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
     log_path = out_dir / "log.jsonl"
     seen_split = config.val_split if any(s.name == config.val_split for s in data.eval_splits) else None
     unseen_split = config.val_unseen_split or None

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from mammut_search.atomic import atomic_write
 from mammut_search.errors import UserError
@@ -140,6 +141,7 @@ def encoder_input_fn(net: MaMMUT, runtime: Runtime, cached_features: bool):
 def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime: Runtime, frame: pd.DataFrame,
                  cached_features: bool) -> PreparedData:
     """Encoder-input caches, caption tables, MiniLM targets, the sampler and the validation splits."""
+    validation = validation_rows(config, frame)  # a misnamed split is refused before any image is encoded
     cache_root = Path(config.cache_dir)
     encode = encoder_input_fn(net, runtime, cached_features)
     store = input_store(cache_root, net.image_encoder, net.config.image_encoder, cached_features)
@@ -155,6 +157,7 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
         paths, encode, views=config.views, seed=config.seed, progress=runtime.main, store=store,
         in_memory=not streamed)
     keep = train_cache.ok
+    unreadable = [paths[i] for i in np.flatnonzero(~keep)]
     if not keep.all():
         train = train[keep].reset_index(drop=True)
         train_cache = train_cache.subset(keep)
@@ -173,11 +176,12 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
                                         concept_weights=style_weights(config, train, image_concept, len(concepts)))
 
     eval_splits = []
-    for name, rows in validation_rows(config, frame).items():
+    for name, rows in validation.items():
         share_encoding(list(rows["path"]), encode, 1, config.seed, store, runtime)
         cache = td.build_input_cache(
             list(rows["path"]), encode, views=1, seed=config.seed, progress=runtime.main, store=store)
         ok = torch.from_numpy(cache.ok)
+        unreadable += [p for p, good in zip(rows["path"], cache.ok) if not good]
         eval_splits.append(te.EvalSplit(name, rows[cache.ok].reset_index(drop=True), cache.inputs[0][ok]))
 
     data_card = {
@@ -191,7 +195,7 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
         "views_per_image": config.views,
         "cache": {"bytes_per_image": entry_bytes, "bytes": config.views * len(train) * entry_bytes,
                   "streamed": streamed},
-        "source": frame.attrs.get("data", {}),  # format, and what reading left out
+        "source": with_unreadable(frame.attrs.get("data", {}), unreadable),  # format, and what was left out
     }
     extra_ids, extra_teacher = [], None
     if config.distill_weight > 0 and config.distill_words > 0:
@@ -216,6 +220,19 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
                         net.config.image_encoder.grid_tokens)
 
 
+def with_unreadable(source: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    """The reader's summary of what it left out, plus the images that turned out unreadable when encoded (counted,
+    the first few named)."""
+    if not paths:
+        return source
+    left_out = {**source.get("left_out", {}), UNREADABLE: source.get("left_out", {}).get(UNREADABLE, 0) + len(paths)}
+    shown = [*source.get("left_out_examples", []), *({"where": p, "reason": UNREADABLE} for p in paths[:5])]
+    return {**source, "left_out": left_out, "left_out_examples": shown}
+
+
+UNREADABLE = "unreadable image"
+
+
 def validation_rows(config: TrainConfig, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The validation sets by name: "style:NAME" (every image of a style kept out of training) and the recipe's
     domain splits; where the manifest has none of them, its val_split and val_unseen_split."""
@@ -227,10 +244,25 @@ def validation_rows(config: TrainConfig, frame: pd.DataFrame) -> dict[str, pd.Da
         sets[split] = frame[frame["split"] == split]
     sets = {name: rows for name, rows in sets.items() if not rows.empty}
     if not sets:  # a manifest without those sets (a captioned collection of one's own): its val splits
+        check_val_split(config, frame)
         for split in (config.val_split, config.val_unseen_split):
             if split:
                 sets[split] = frame[frame["split"] == split]
     return {name: rows.reset_index(drop=True) for name, rows in sets.items() if not rows.empty}
+
+
+def check_val_split(config: TrainConfig, frame: pd.DataFrame) -> None:
+    """A val_split the manifest lacks: refused when it has other held-out splits (a misspelt name), said in a
+    line when it has none (a collection of training images only: the last checkpoint is kept)."""
+    splits = set(frame["split"])
+    if not config.val_split or config.val_split in splits:
+        return
+    held_out = sorted(map(str, splits - set(config.train_splits)))
+    if held_out:
+        raise UserError(f"val_split = {config.val_split!r}: {config.manifest} has no such split (its held-out splits: "
+                        f"{', '.join(held_out)}); name one, or set val_split = \"\" to train without validation")
+    tqdm.write(f"{config.manifest}: no {config.val_split!r} split, so no validation: the last checkpoint is kept "
+               "(set val_split to a split of held-out images to choose the best)")
 
 
 def share_encoding(paths: list[str], encode, views: int, seed: int, store: Path, runtime: Runtime) -> None:

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import tomllib
+import typing
 
 from mammut_search.errors import UserError
+from mammut_search.train.recipe_checks import check_recipe
 
 
 # the model of the default recipe (MammutConfig fields; vocab size and special ids come from the tokenizer)
@@ -118,11 +120,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise UserError(f"unknown training setting(s) {unknown}; known: {sorted(names)}")
-        return cls(**data)
+        """A recipe from its settings, every one checked first (recipe_checks): one line names each bad one."""
+        return cls(**check_recipe(data, typing.get_type_hints(cls)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,12 +141,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     keys reach into tables: model.dim=384). Tables merge key by key, so a recipe names only what it changes."""
     data: dict[str, Any] = json.loads(json.dumps(base if base is not None else TrainConfig().to_dict()))
     if path is not None:
-        try:
-            merge(data, tomllib.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such recipe file") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"{path}: not valid TOML ({e})") from None
+        merge(data, read_recipe_file(Path(path)))
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -160,6 +154,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise UserError(f"override {item!r}: {table} is not a table")
         target[last] = parse_value(value.strip())
     return TrainConfig.from_dict(data)
+
+
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    """A TOML recipe file's tables, or a UserError naming the file and what is wrong with it."""
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a recipe file (give a .toml file, e.g. data/recipes/default.toml)")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such recipe file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); a recipe is a TOML file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML ({e})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the recipe ({e.strerror})") from None
 
 
 def merge(into: dict[str, Any], changes: dict[str, Any]) -> None:
