@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mammut_search.train.card import domain_of
+from mammut_search.train.validation import domain_of
 from mammut_search.train.loop import add_to_training_card, train
 from mammut_search.train.recipe import load_config
 

@@ -16,10 +16,10 @@ BAD_OVERRIDES = [
     ("model.image_encoder.image_size=7", "image_size"), ("model.image_encoder.kind=resnet", "kind"),
     ("model.max_text_len=2", "max_text_len"), ("train_splits=train", "train_splits"),
     ("train_splits=[]", "train_splits"),
-    ("views=0", "views"), ("images_per_concept=0", "images_per_concept"), ("eval_every=0", "eval_every"),
+("images_per_concept=0", "images_per_concept"), ("eval_every=0", "eval_every"),
     ("log_every=0", "log_every"), ("save_every=0", "save_every"), ("threads=-1", "threads"),
-    ("token_keep=0", "token_keep"), ("token_keep=1.5", "token_keep"), ("final_eval=yes", "final_eval"),
-    ("stream=ram", "stream"), ("precision=fp16", "precision"), ("device=tpu", "device"), ("bogus=1", "bogus"),
+    ("token_keep=0", "token_keep"), ("token_keep=1.5", "token_keep"), ("text_init=yes", "text_init"),
+    ("views=2", "views"), ("stream=ram", "stream"), ("precision=fp16", "precision"), ("device=tpu", "device"), ("bogus=1", "bogus"),
     ("style_shares={a=0.8, b=0.5}", "style_shares"), ("accum_steps=1000", "accum_steps"),
     ("model.image_encoder.classifier_token=false", "semantic_dim"), ("model.image_encoder.grid=-1", "grid"),
     ("targets={seen_recall='high'}", "targets"),
@@ -65,7 +65,7 @@ def test_the_shipped_recipes_pass():
         load_config(f"data/recipes/{name}.toml")
 
 
-def test_val_split_that_the_manifest_lacks_is_refused_before_encoding(tmp_path):
+def test_a_validation_split_that_the_manifest_lacks_is_refused_before_encoding(tmp_path):
     from test_train import tiny_recipe
     import pandas as pd
 
@@ -74,5 +74,5 @@ def test_val_split_that_the_manifest_lacks_is_refused_before_encoding(tmp_path):
     frame = pd.DataFrame({"path": [str(tmp_path / f"{i}.png") for i in range(4)], "concept_id": list("abcd"),
                           "name": list("abcd"), "captions": [[c] for c in "abcd"],
                           "split": ["train", "train", "val", "val"]})  # no image files: encoding would fail
-    with pytest.raises(UserError, match="val_split = 'nosuch'.*val"):
-        train(tiny_recipe(tmp_path, val_split="'nosuch'"), tmp_path / "run", frame=frame, progress=False)
+    with pytest.raises(UserError, match="val_splits: .* no split 'nosuch' .*held-out splits: val\\)"):
+        train(tiny_recipe(tmp_path, val_splits="['nosuch']"), tmp_path / "run", frame=frame, progress=False)

@@ -28,7 +28,7 @@ def weights_sha(checkpoint) -> str:
 
 def test_a_run_folder_that_holds_a_run_is_refused_saying_how_far_it_got(corpus, tmp_path):  # noqa: F811
     run = tmp_path / "run"
-    config = tiny_recipe(tmp_path, steps=6, eval_every=2, save_every=2, final_eval="false")
+    config = tiny_recipe(tmp_path, steps=6, eval_every=2, save_every=2)
     assert train(config, run, frame=corpus, progress=False, stop_at=4) == {}
     best = weights_sha(run / "best")
     log = (run / "log.jsonl").read_text()
@@ -44,7 +44,7 @@ def test_a_run_folder_that_holds_a_run_is_refused_saying_how_far_it_got(corpus, 
 
 
 def test_resume_writes_only_into_the_run_it_resumes(corpus, tmp_path):  # noqa: F811
-    config = tiny_recipe(tmp_path, steps=4, eval_every=2, save_every=2, final_eval="false")
+    config = tiny_recipe(tmp_path, steps=4, eval_every=2, save_every=2)
     a, b = tmp_path / "a", tmp_path / "b"
     train(config, a, frame=corpus, progress=False, stop_at=2)
     train(config, b, frame=corpus, progress=False)
@@ -64,7 +64,7 @@ def test_export_replaces_no_checkpoint_unless_asked(corpus, tmp_path):  # noqa: 
     shipped = weights_sha(bundled)
     for target in (bundled, tmp_path / "run-a" / "best"):
         if target != bundled:
-            train(tiny_recipe(tmp_path, steps=2, eval_every=2, final_eval="false"), tmp_path / "run-a",
+            train(tiny_recipe(tmp_path, steps=2, eval_every=2), tmp_path / "run-a",
                   frame=corpus, progress=False)
         with pytest.raises(UserError, match="export.*--overwrite"):
             train(tiny_recipe(tmp_path, steps=2, export=f"'{target}'"), tmp_path / "run-b", frame=corpus,
@@ -97,12 +97,12 @@ def test_a_kill_between_the_two_renames_of_a_swap_is_recovered(tmp_path, monkeyp
 
 def test_a_resume_after_a_killed_best_swap_keeps_the_best(corpus, tmp_path):  # noqa: F811
     run = tmp_path / "run"
-    config = tiny_recipe(tmp_path, steps=20, eval_every=5, save_every=100, final_eval="false")
+    config = tiny_recipe(tmp_path, steps=20, eval_every=5, save_every=100)
     train(config, run, frame=corpus, progress=False, stop_at=7)  # best from step 5, last from step 7
     best = load_file(str(run / "best" / WEIGHTS))
     os.rename(run / "best", run / "best.old")  # killed between best -> best.old and tmp -> best
     (run / ".best.tmp-99999").mkdir()
-    card = train(tiny_recipe(tmp_path, steps=7, eval_every=5, final_eval="false"), run, frame=corpus,
+    card = train(tiny_recipe(tmp_path, steps=7, eval_every=5), run, frame=corpus,
                  progress=False, resume=run)
     assert card["best_step"] == 5
     kept = load_file(str(run / "best" / WEIGHTS))

@@ -30,12 +30,11 @@ def one_of(*choices: str) -> Rule:
 
 # numeric settings default to "0 or more"; these are stricter, or are choices
 TRAINING_RULES: dict[str, Rule] = {
-    **{name: AT_LEAST_1 for name in ("steps", "batch_size", "accum_steps", "images_per_concept", "views", "log_every",
-                                     "eval_every", "save_every", "distill_words_batch", "word_batch", "label_batch")},
-    "lr": POSITIVE, "min_lr_ratio": SHARE, "token_keep": SHARE_ABOVE_0, "word_max_share": SHARE_ABOVE_0,
+    **{name: AT_LEAST_1 for name in ("steps", "batch_size", "accum_steps", "images_per_concept", "log_every",
+                                     "eval_every", "save_every")},
+    "lr": POSITIVE, "token_keep": SHARE_ABOVE_0, "word_max_share": SHARE_ABOVE_0,
     "stream": one_of("auto", "memory", "disk"), "precision": one_of("auto", "bf16", "fp32"),
-    "caption_target": one_of("name", "caption"), "tokenizer": one_of("minilm", "bpe"),
-    "export_dtype": one_of("float16", "bfloat16", "float32"),
+    "caption_target": one_of("name", "caption"),
 }
 MODEL_RULES: dict[str, Rule] = {
     **{name: AT_LEAST_1 for name in ("dim", "depth", "heads", "dim_head", "ff_mult", "num_img_queries",
@@ -125,7 +124,7 @@ def check_model(model: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     model = dict(model)
     types = {k: v for k, v in typing.get_type_hints(MammutConfig).items() if k not in MODEL_SET_BY_TRAINING}
     problems = check_table(model, types, MODEL_RULES, "model.")
-    image = model.get("image_encoder", {})
+    image = model.get("image_encoder")
     if isinstance(image, dict):
         image = dict(image)
         problems += check_table(image, typing.get_type_hints(ImageEncoderConfig), IMAGE_RULES, "model.image_encoder.")
