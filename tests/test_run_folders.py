@@ -4,9 +4,9 @@ unless asked, a killed checkpoint swap is recovered, and a full disk during a sa
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,21 +111,30 @@ def test_a_resume_after_a_killed_best_swap_keeps_the_best(corpus, tmp_path):  # 
 
 
 def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_leaves_no_partial_folder(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
     model = tiny_model()
     best = tmp_path / "best"
     save_run_checkpoint(best, model.net, model.tokenizer, None)
     before = weights_sha(best)
 
-    def disk_full(tensors, path, metadata=None):
+    def weights_disk_full(tensors, path, metadata=None):  # what safetensors raises when the disk fills
         with open(path, "wb") as f:
             f.write(b"partial")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr("mammut_search.model.checkpoint.save_file", disk_full)
-    with pytest.raises(UserError, match="No space left on device") as refused:
-        save_run_checkpoint(best, model.net, model.tokenizer, None)
-    assert "\n" not in str(refused.value) and str(best) in str(refused.value)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"] and weights_sha(best) == before
+    def state_disk_full(state, path):  # what torch.save raises when the disk fills
+        Path(path).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    for target, fake, says in (("mammut_search.model.checkpoint.save_file", weights_disk_full, "No space left"),
+                               ("torch.save", state_disk_full, "disk full")):
+        with monkeypatch.context() as patch:
+            patch.setattr(target, fake)
+            with pytest.raises(UserError, match=says) as refused:
+                save_run_checkpoint(best, model.net, model.tokenizer, {"step": 1})
+        assert "\n" not in str(refused.value) and str(best) in str(refused.value)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["best"] and weights_sha(best) == before
 
 
 def test_checkpoint_files_have_the_modes_of_any_file_the_user_writes(tmp_path):

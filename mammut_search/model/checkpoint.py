@@ -56,8 +56,12 @@ def save_checkpoint(
 
 
 def save_weights(tensors: dict[str, torch.Tensor], path: str) -> None:
-    """model.safetensors, readable like any file the user writes (safetensors itself creates it mode 0600)."""
-    save_file(tensors, path, metadata={"format": "pt"})
+    """model.safetensors, readable like any file the user writes (safetensors itself creates it mode 0600).
+    A failed write (a full disk) is an OSError, as for every other file."""
+    try:
+        save_file(tensors, path, metadata={"format": "pt"})
+    except SafetensorError as e:  # safetensors reports I/O errors as its own
+        raise OSError(str(e)) from None
     os.chmod(path, 0o666 & ~current_umask())
 
 

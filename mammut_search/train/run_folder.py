@@ -30,13 +30,21 @@ def save_run_checkpoint(directory: Path, net: MaMMUT, tokenizer: Tokenizer, stat
             shutil.rmtree(tmp)
         sha = save_checkpoint(tmp, net, tokenizer, dtype=dtype)
         if state is not None:
-            torch.save(state, tmp / TRAIN_STATE)
+            save_train_state(state, tmp / TRAIN_STATE)
         swap_in(tmp, directory)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"{directory}: cannot save the checkpoint ({e.strerror or e}); "
                         "the one saved before is kept") from None
     return sha
+
+
+def save_train_state(state: dict, path: Path) -> None:
+    """torch.save, whose failed writes (a full disk) are RuntimeErrors, failing with an OSError like any file."""
+    try:
+        torch.save(state, path)
+    except RuntimeError as e:
+        raise OSError(f"{path.name} not written in full, is the disk full? ({str(e).splitlines()[0]})") from None
 
 
 def run_recipe(path: str | Path) -> TrainConfig:
