@@ -101,6 +101,7 @@ def test_tiny_run_lowers_both_losses_and_writes_a_card(corpus, tmp_path):
     assert written["data"]["source"]["left_out"] == {"unreadable image": 1}  # broken.png
     assert written["data"]["source"]["left_out_examples"][0]["where"].endswith("broken.png")
     assert set(written["validation"]) == {"val", "val_unseen"}
+    assert "t2i_sentence_R@1" in written["validation"]["val"]  # concept names, also asked as sentences
     assert written["validation"] == card["validation"]
     assert 0.0 <= written["captions"]["val"]["exact_name"] <= 1.0
     assert model.checkpoint_sha256 and (tmp_path / "run" / "best" / "config.json").is_file()

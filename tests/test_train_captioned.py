@@ -111,6 +111,7 @@ def test_a_few_steps_from_captions_end_in_a_checkpoint_that_indexes_and_serves(t
     reason = "missing image file" if source == "karpathy" else "no caption"
     assert card["data"]["source"]["left_out"] == {reason: 1}
     assert set(card["validation"]) == {"val"}
+    assert "t2i_sentence_R@1" not in card["validation"]["val"]  # its "names" are captions: no "A picture of ..."
     model = load_model(tmp_path / "export", device="cpu")
     assert model.config.training["data"]["source"]["format"] == source
     index_and_serve(tmp_path / "export", images, tmp_path)

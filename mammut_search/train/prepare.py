@@ -158,7 +158,7 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
     eval_splits = []
     for name, rows in held_out.items():
         rows, cache, left_out = encode_rows(rows, encode, store, runtime)
-        eval_splits.append(validation.EvalSplit(name, rows, cache.inputs))
+        eval_splits.append(validation.EvalSplit(name, rows, cache.inputs, config.caption_target == "name"))
         unreadable += left_out
     max_len = net.config.max_text_len
     data_card = {

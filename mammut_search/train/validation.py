@@ -34,6 +34,9 @@ class EvalSplit:
     name: str
     frame: pd.DataFrame  # rows with readable images only
     inputs: torch.Tensor  # (i ...) float16 features or pixels
+    # names are concept names ("octopus"), also asked as "A picture of an octopus."; not where a set's "name"
+    # is just its first caption (a recipe that learns to write captions, not names)
+    sentence_queries: bool = True
 
     @property
     def concepts(self) -> list[str]:
@@ -84,8 +87,9 @@ def retrieval_scores(split: EvalSplit, images: torch.Tensor, text_fn: Callable[[
     out = {}
     for k, v in metrics.recall_at_k(name_latents, images, text_to_image, KS).items():
         out[f"t2i_{k}"] = v
-    for k, v in metrics.recall_at_k(text_fn([sentence_query(n) for n in names]), images, text_to_image, KS).items():
-        out[f"t2i_sentence_{k}"] = v
+    if split.sentence_queries:
+        sentences = text_fn([sentence_query(n) for n in names])
+        out.update({f"t2i_sentence_{k}": v for k, v in metrics.recall_at_k(sentences, images, text_to_image, KS).items()})
     for k, v in metrics.image_to_text_recall(images, name_latents, image_to_text, KS).items():
         out[f"i2t_{k}"] = v
     out["queries"], out["images"] = len(names), len(images)
