@@ -235,7 +235,7 @@ class VectorIndex:
         """A flat index's vectors (n d) as a numpy array of their own (made at the first search after a change;
         callers hold the read lock). Held twice, FAISS's copy and this one, for speed: numpy backs large arrays
         with transparent huge pages and FAISS's buffer has none, and a one-query search reads every vector, so
-        the same product ran 24 ms on a numpy array against 31.5 ms on FAISS's memory (1M x 256, this CPU)."""
+        the product runs faster on the numpy array (benchmarks/RESULTS.md, "Exact search")."""
         vectors = self._flat_copy
         if vectors is None:
             vectors = self._flat_copy = np.array(Flat.vectors(self._index))
@@ -421,7 +421,7 @@ class _ReadWriteLock:
 
 class _Reading:
     """The read side of a _ReadWriteLock as a context manager. Every search passes through it, so it is a plain
-    object rather than a generator-based one: half the time (12 against 24 µs) when the caches are cold."""
+    object rather than a generator-based one, which took twice as long with the caches cold."""
 
     __slots__ = ("_lock",)
 
