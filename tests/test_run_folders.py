@@ -153,4 +153,11 @@ def test_train_without_a_recipe_is_the_bundled_recipe(tmp_path, capsys):
     from mammut_search.train.recipe import TrainConfig
 
     assert main(["train", "--print-config"]) == 0
-    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(TrainConfig().to_dict()))
+    printed = json.loads(capsys.readouterr().out)
+    assert {k: v for k, v in printed.items() if k != "model"} == \
+        {k: v for k, v in json.loads(json.dumps(TrainConfig().to_dict())).items() if k != "model"}
+    assert printed["model"]["depth"] == 2 and printed["model"]["image_encoder"]["grid"] == 3  # spelled out
+    recipe = tmp_path / "printed.toml"  # and it reads back as the same recipe
+    recipe.write_text("[model]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in printed["model"].items()
+                                             if not isinstance(v, dict)))
+    assert json.loads(json.dumps(load_config(recipe).resolved()["model"])) == printed["model"]

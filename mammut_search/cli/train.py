@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"run directory (last/, best/, log.jsonl; default {DEFAULT_OUT}); it must hold no run yet")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run in --out, and let the recipe's export replace a checkpoint")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved recipe (the whole model spelled out) and exit")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     base = run_recipe(args.resume).to_dict() if args.config is None and args.resume is not None else None
     config = load_config(args.config, args.overrides, base=base)
     if args.print_config:
-        print(json.dumps(config.to_dict(), indent=2))
+        print(json.dumps(config.resolved(), indent=2))
         return 0
     out = args.out or (str(run_root(Path(args.resume))) if args.resume is not None else DEFAULT_OUT)
     card = train(config, out, resume=args.resume, overwrite=args.overwrite)

@@ -92,6 +92,15 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def resolved(self) -> dict[str, Any]:
+        """The recipe with its whole model spelled out (MammutConfig's defaults under the recipe's changes), as
+        `mammut train --print-config` shows it; it reads back as the same recipe."""
+        from mammut_search.train.recipe_checks import MODEL_SET_BY_TRAINING
+        from mammut_search.model.config import MammutConfig
+
+        model = MammutConfig(vocab_size=1, **self.model).to_dict()
+        return {**self.to_dict(), "model": {k: v for k, v in model.items() if k not in MODEL_SET_BY_TRAINING}}
+
 
 def parse_value(text: str) -> Any:
     """An override's value: TOML syntax (numbers, booleans, lists, quoted strings), else a plain string."""
