@@ -75,6 +75,9 @@ def recover_swap(final: Path) -> None:
         return
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    try:
         os.replace(old, final)
-        fsync_directory(final.parent)
+    except FileNotFoundError:  # another process (a torchrun rank) put it back first
+        return
+    fsync_directory(final.parent)
