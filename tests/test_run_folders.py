@@ -17,7 +17,8 @@ from mammut_search.errors import UserError
 from mammut_search.inference import default_checkpoint_dir
 from mammut_search.model.checkpoint import WEIGHTS, file_sha256, save_checkpoint
 from mammut_search.testing import tiny_model
-from mammut_search.train.loop import save_run_checkpoint, train
+from mammut_search.train.loop import train
+from mammut_search.train.run_folder import save_run_checkpoint
 from mammut_search.train.recipe import load_config
 from test_train import corpus, tiny_recipe  # noqa: F401  (a fixture, used by name)
 
@@ -53,6 +54,9 @@ def test_resume_writes_only_into_the_run_it_resumes(corpus, tmp_path):  # noqa: 
         with pytest.raises(UserError, match="--resume"):
             train(config, out, frame=corpus, progress=False, resume=a)
     assert not (tmp_path / "new").exists()
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(UserError, match="a file, not a run folder"):
+        train(config, tmp_path / "a-file", frame=corpus, progress=False)
     assert {d: (weights_sha(d / "best"), (d / "log.jsonl").read_text()) for d in (a, b)} == before
     train(config, a, frame=corpus, progress=False, resume=a / "last")  # its last/ names the same run
 

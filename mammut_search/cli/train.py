@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Resolve the recipe and train."""
     from mammut_search.errors import UserError
-    from mammut_search.train.loop import run_recipe, run_root, train
+    from mammut_search.train.loop import train
+    from mammut_search.train.run_folder import run_recipe, run_root
     from mammut_search.train.recipe import load_config
 
     if args.resume is not None and args.overwrite:

@@ -53,13 +53,11 @@ from mammut_search.train.prepare import (
     training_rows,
 )
 from mammut_search.train.recipe import TrainConfig
-from mammut_search.train.run_folder import (  # noqa: F401 (TRAIN_STATE, run_recipe, run_root: part of the API)
+from mammut_search.train.run_folder import (
     TRAIN_STATE,
     check_export,
     claim_run_dir,
     find_resume_dir,
-    run_recipe,
-    run_root,
     save_run_checkpoint,
 )
 

@@ -74,6 +74,8 @@ RUN_FILES = ("log.jsonl", "last", "best", "training_card.json")
 def claim_run_dir(out_dir: Path, resume: Path | None, *, overwrite: bool, main: bool = True) -> None:
     """Make sure a run never writes over another: a new run needs an empty folder (or `overwrite`, which
     clears the old run's files first); a resumed one writes only into the folder it resumes from."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: a file, not a run folder; give --out a folder (new or empty)")
     if resume is not None:
         root = run_root(resume)
         if out_dir.resolve() != root.resolve():
