@@ -90,16 +90,7 @@ def build_app(searcher: Searcher | None, *, index_error: str = "",
             query = gr.Textbox(label="Describe the images you want", placeholder="a red apple", scale=5,
                                elem_id="query", autofocus=True, submit_btn=False, lines=1, max_lines=1)
             search = gr.Button("Search", variant="primary", scale=1, elem_id="search-button")
-        with gr.Row():
-            k = gr.Slider(1, SLIDER_MAX_K, value=min(12, SLIDER_MAX_K), step=1, label="How many results",
-                          elem_id="top-k")
-            image_weight = gr.Slider(-1, 1, value=0, step=0.1, elem_id="image-weight",
-                                     label="Add the image below to the words, with this weight (negative: away from it)")
-            with gr.Column():
-                rerank = gr.Checkbox(value=searcher.rerank_default, elem_id="rerank",
-                                     label="Re-rank with the caption decoder (likelihood of your words given each image)")
-                vectors_only = gr.Checkbox(value=False, elem_id="vectors-only",
-                                           label="Pictures only (leave file names, folders and captions out)")
+        k, image_weight, rerank, vectors_only = search_options(searcher.rerank_default)
         message = gr.Markdown(elem_id="message")
         results = gr.Gallery(label="Results", columns=6, height="auto", object_fit="contain",
                              allow_preview=True, elem_id="results")
@@ -140,6 +131,21 @@ def build_app(searcher: Searcher | None, *, index_error: str = "",
         upload.upload(on_upload, [upload, k], detail_outputs, api_name="search_by_image")
         upload.clear(lambda: ("", [], []), None, detail_outputs, api_visibility="private")
     return app
+
+
+def search_options(rerank_default: bool) -> tuple[gr.Slider, gr.Slider, gr.Checkbox, gr.Checkbox]:
+    """The row under the query: how many results, the uploaded image's weight, re-ranking, pictures only."""
+    with gr.Row():
+        k = gr.Slider(1, SLIDER_MAX_K, value=min(12, SLIDER_MAX_K), step=1, label="How many results",
+                      elem_id="top-k")
+        image_weight = gr.Slider(-1, 1, value=0, step=0.1, elem_id="image-weight",
+                                 label="Add the image below to the words, with this weight (negative: away from it)")
+        with gr.Column():
+            rerank = gr.Checkbox(value=rerank_default, elem_id="rerank",
+                                 label="Re-rank with the caption decoder (likelihood of your words given each image)")
+            vectors_only = gr.Checkbox(value=False, elem_id="vectors-only",
+                                       label="Pictures only (leave file names, folders and captions out)")
+    return k, image_weight, rerank, vectors_only
 
 
 # ----- event handlers: each returns a message instead of raising, so the page never shows a traceback -----
