@@ -479,7 +479,7 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     that a spreadsheet shows a caption such as "=cmd|' /C calc'!A0" as text instead of running it."""
     safe = frame.copy()
     for column in safe.columns:
-        if safe[column].dtype == object:
+        if not pd.api.types.is_numeric_dtype(safe[column]):
             safe[column] = [f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
                             for v in safe[column]]
     return safe
