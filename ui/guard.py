@@ -61,12 +61,12 @@ class RequestLimits:
         try:
             declared = _content_length(scope["headers"])
             if declared is not None and declared > self.max_body:
-                await self._refuse(send)
+                await self._refuse(scope, send)
                 return
             if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
                 receive = await self._held(receive)
                 if receive is None:
-                    await self._refuse(send)
+                    await self._refuse(scope, send)
                     return
             await self.app(scope, receive, send)
         finally:
@@ -93,8 +93,10 @@ class RequestLimits:
 
         return replay
 
-    async def _refuse(self, send) -> None:
-        body = json.dumps({"error": body_limit_sentence(self.max_body)}).encode()
+    async def _refuse(self, scope, send) -> None:
+        """413; on the upload route the sentence about the upload limit is SentenceErrors' to give."""
+        upload = scope.get("path", "").rstrip("/").endswith("/upload")
+        body = json.dumps({} if upload else {"error": body_limit_sentence(self.max_body)}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
