@@ -33,6 +33,7 @@ import json
 import os
 import re
 import stat
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -239,7 +240,7 @@ def _read_coco(path: Path, document: dict, images_root) -> CaptionedImages:
             continue
         image_id = entry.get("id")
         if not _is_id(image_id):
-            problems.append({"where": where, "reason": f"id is {_kind(image_id)}, not a number or text"})
+            problems.append({"where": where, "reason": f"id is {_kind(image_id)}, not a whole number or text"})
             continue
         if image_id in number_of_id:
             problems.append({"where": where, "reason": f"duplicate id {image_id!r} (images[{number_of_id[image_id]}] "
@@ -273,7 +274,7 @@ def _coco_captions(path: Path, annotations: list) -> tuple[dict[Any, list[str]],
         image_id = annotation["image_id"]
         text = _caption_text(annotation.get("caption"))
         if not _is_id(image_id):
-            problems.append({"where": where, "reason": f"image_id is {_kind(image_id)}, not a number or text"})
+            problems.append({"where": where, "reason": f"image_id is {_kind(image_id)}, not a whole number or text"})
         elif text is None:
             problems.append({"where": where, "reason": "caption is not text"})
         else:
@@ -371,8 +372,15 @@ def _read_table(path: Path) -> pd.DataFrame:
         if suffix in (".jsonl", ".ndjson", ".json"):
             return pd.read_json(path, lines=suffix != ".json", dtype=False)
         sep = "\t" if suffix in (".tsv", ".tab") else ","
-        # keep_default_na=False: a caption "NA" or "null" is text, not a missing value
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        with warnings.catch_warnings():  # a row longer than the header: refused, not shifted into an index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            # keep_default_na=False: a caption "NA" or "null" is text, not a missing value
+            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                               index_col=False)
+    except pd.errors.ParserWarning:
+        raise UserError(f"{path}: a row has more fields than the header; quote fields that hold the separator") from None
+    except TypeError:  # pandas' reading of a JSON line that is not an object
+        raise UserError(f"{path}: cannot read as {suffix.lstrip('.')} (every record must be a JSON object)") from None
     except FileNotFoundError:
         raise UserError(f"{path}: no such file; give a CSV, TSV or JSONL file of image-caption pairs") from None
     except RecursionError:
@@ -547,8 +555,10 @@ def _kind(value: Any) -> str:
         return "text"
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
         return "a number"
+    if isinstance(value, float):
+        return "a decimal number"
     return {list: "a list", dict: "an object"}.get(type(value), f"a {type(value).__name__}")
 
 

@@ -215,9 +215,9 @@ def test_coco_ids_of_the_wrong_type_orphans_and_duplicates_are_counted(tmp_path)
     assert found == [
         ("annotations (image_id 3)", "caption of no image in images[]"),
         ("annotations (image_id 9)", "caption of no image in images[]"),
-        ("annotations[1]", "image_id is a list, not a number or text"),
+        ("annotations[1]", "image_id is a list, not a whole number or text"),
         ("annotations[4]", "caption is not text"),
-        ("images[1]", "id is a list, not a number or text"),
+        ("images[1]", "id is a list, not a whole number or text"),
         ("images[2]", "no caption: images[].id '3' is text, annotations[].image_id 3 is not; ids must match in "
                       "type"),
         ("images[3]", "duplicate id 1 (images[0] has it too)")]
@@ -248,3 +248,15 @@ def test_printed_lines_escape_terminal_controls_in_file_names(tmp_path, capsys, 
     out = capsys.readouterr().out
     assert "bad\\x1b[2Jname.png: missing image file" in out and "nul\\x00.png" in out
     assert "\x1b" not in out and "\x00" not in out
+
+
+def test_table_rows_that_do_not_fit_are_one_line(tmp_path):
+    image(tmp_path / "a.png", None)
+    (tmp_path / "wide.tsv").write_text("image\tcaption\na.png\tx\ty\tz\n")  # pandas would shift it into an index
+    with pytest.raises(UserError, match="wide.tsv: a row has more fields than the header"):
+        read_captioned(tmp_path / "wide.tsv")
+    (tmp_path / "mixed.jsonl").write_text('{"image": "a.png", "caption": "x"}\n[1, 2]\n"text"\n')
+    with pytest.raises(UserError, match="mixed.jsonl: cannot read as jsonl"):
+        read_captioned(tmp_path / "mixed.jsonl")
+    (tmp_path / "bom.csv").write_bytes("\ufeffimage,caption\na.png,a caption\n".encode("utf-8"))
+    assert read_captioned(tmp_path / "bom.csv").frame["captions"].tolist() == [["a caption"]]
