@@ -10,7 +10,8 @@ inputs (--captions): a Karpathy split JSON (dataset_coco.json, dataset_flickr30k
   (captions_val2017.json; images beside it or in ../val2017/), a CSV/TSV/JSONL/parquet of image,caption rows
   (several rows per image, or a list of captions; optional split and concept_id columns), or a folder of
   images with NAME.txt beside each (one caption per line; subfolders train/val/test are splits).
-  Missing image files and images without a caption are listed and left out.
+  Missing image files and images without a caption are listed and left out, and so are image paths that
+  lead outside the images root and links in a folder that lead outside it (--allow-outside-root reads them).
 standard protocol (a Karpathy file; as in CLIP_benchmark and the papers' COCO 5k / Flickr30k 1k test):
   the test split, the first 5 captions of each image, every caption its own query: text->image ranks the
   caption's own image among all test images; image->text ranks the image's own captions among all test
