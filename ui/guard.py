@@ -21,9 +21,9 @@ from typing import Any, Callable, Sequence
 
 import gradio as gr
 
-# A query is a few words (the text encoder reads 32 tokens); 4,096 characters leaves room for pasted prose. Sixty
+# A query is a few words (the text encoder reads 32 tokens); 10,000 characters leaves room for pasted prose. Sixty
 # 10 MB queries held 700 MB of session state before this limit.
-MAX_TEXT_CHARS = 4096
+MAX_TEXT_CHARS = 10_000
 BODY_SLACK = 64 * 1024  # the JSON around a pasted image's base64 text
 DEFAULT_MAX_BODY = 1 << 20  # when uploads are not limited: text requests only need a few kB
 LOGIN_FIRST_DELAY, LOGIN_MAX_DELAY = 0.25, 8.0  # seconds a wrong password waits: doubling from the first
