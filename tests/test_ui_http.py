@@ -254,8 +254,8 @@ def test_pasted_data_urls_obey_the_upload_limit_and_the_safe_loader(served):
     assert event == "complete" and "**Caption:**" in text and len(gallery) == 3
 
     over = Image.fromarray(np.random.default_rng(0).integers(0, 256, (270, 270, 3), np.uint8))  # 219 kB > 200 kB
-    event, (text, gallery, _) = call(served["base"], "search_by_image", [data_url(over, "PNG"), 3])
-    assert event == "complete" and "larger than this server's upload limit" in text and gallery == []
+    event, data = call(served["base"], "search_by_image", [data_url(over, "PNG"), 3])  # kept nowhere: refused
+    assert event == "error" and "larger than this server's upload limit" in data["error"]
     big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), np.uint8))  # 480 kB
     response = httpx.post(f"{served['base']}/gradio_api/call/search_by_image", timeout=60,
                           json={"data": [data_url(big, "PNG"), 3]})  # refused at the door: the body is too large

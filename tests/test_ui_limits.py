@@ -47,6 +47,23 @@ def test_an_oversized_text_input_is_a_sentence_and_no_session_keeps_it(served): 
     assert event == "error" and is_sentence(data["error"]) and f"{guard.MAX_TEXT_CHARS:,}" in data["error"]
 
 
+def test_an_oversized_pasted_image_is_a_sentence_and_no_session_keeps_it(served):  # noqa: F811
+    import base64
+
+    limit = ui_app.upload_bytes("200kb")
+    payload = {"url": "data:image/png;base64," + base64.b64encode(b"\x89PNG" + b"x" * limit).decode(),
+               "meta": {"_type": "gradio.FileData"}}
+    number = next(i for i, fn in served["app"].fns.items() if fn.api_name == "search_by_image")
+    session = "oversized-image-session"
+    with httpx.Client(base_url=served["base"], timeout=60) as client:
+        joined = client.post("/gradio_api/queue/join", json={"data": [payload, 3], "fn_index": number,
+                                                             "session_hash": session})
+        assert joined.status_code == 200
+        stream = client.get("/gradio_api/queue/data", params={"session_hash": session}).text
+    assert "larger than this server's upload limit" in stream
+    assert payload["url"][-1000:] not in str(served["app"].state_holder[session].config_values)
+
+
 @pytest.mark.parametrize("route", ["/gradio_api/queue/join", "/gradio_api/run/predict"])
 def test_an_unknown_event_number_is_a_sentence(served, route):  # noqa: F811
     response = httpx.post(served["base"] + route, timeout=60,

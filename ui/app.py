@@ -266,7 +266,7 @@ def launch(searcher: Searcher | None, *, host: str = DEFAULT_HOST, port: int = D
 
     app = build_app(searcher, index_error=index_error, max_upload=max_file_size)
     app.queue(default_concurrency_limit=4)
-    speak_plainly(app)
+    speak_plainly(app, max_upload=upload_bytes(max_file_size))
     blocked = blocked_paths(searcher) if searcher is not None else []
     try:
         app.launch(server_name=host, server_port=port, auth=throttled_login(*auth) if auth else None,

@@ -22,7 +22,7 @@ from gradio import route_utils
 from gradio.route_utils import FnIndexInferError
 from starlette.exceptions import HTTPException
 
-from ui.guard import check_text_inputs
+from ui.guard import check_inputs
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,15 @@ def upload_limit_sentence(max_bytes: int | None) -> str:
     return f"The image is larger than this server's upload limit{limit}; choose a smaller image."
 
 
-def speak_plainly(blocks: gr.Blocks) -> None:
+def speak_plainly(blocks: gr.Blocks, max_upload: int | None = None) -> None:
     """Make any exception Gradio raises while it reads an event's values or shows its results a gr.Error with a
     sentence (the page shows those; any other exception reaches it as a bare "Error"). Our handlers never
-    raise; this is for what happens around them. (Instance attributes, as for the upload box: no subclass.)"""
+    raise; this is for what happens around them. (Instance attributes, as for the upload box: no subclass.)
+    Values too large to keep (ui.guard.check_inputs; `max_upload` bytes for a pasted image) are refused first."""
     preprocess, process = blocks.preprocess_data, blocks.process_api
 
     async def preprocess_data(block_fn, inputs, *args, **kwargs):
-        check_text_inputs(block_fn.inputs, inputs)  # before Gradio keeps a copy in the session's state
+        check_inputs(block_fn.inputs, inputs, max_upload)  # before Gradio keeps a copy in the session's state
         try:
             return await preprocess(block_fn, inputs, *args, **kwargs)
         except gr.Error:

@@ -4,7 +4,8 @@ guesses from one address.
 
 - `RequestLimits`, an ASGI middleware: a body over `max_body` bytes (declared, or counted as it arrives) is
   refused with 413 before any route reads it; it also notes each request's client address for the login check.
-- `check_text_inputs`: a text input over MAX_TEXT_CHARS becomes a sentence before Gradio stores it.
+- `check_inputs`: a text input over MAX_TEXT_CHARS, or a pasted image over the upload limit, becomes a sentence
+  before Gradio stores it.
 - `throttled_login`: wrong passwords are answered ever more slowly, per client address; one address's guesses
   never hold up another's login.
 """
@@ -113,13 +114,19 @@ def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-def check_text_inputs(inputs: Sequence[Any], values: Sequence[Any]) -> None:
-    """gr.Error with a sentence when a text box's value is longer than MAX_TEXT_CHARS (called before Gradio
-    copies the values into the session's state)."""
+def check_inputs(inputs: Sequence[Any], values: Sequence[Any], max_upload: int | None) -> None:
+    """gr.Error with a sentence for a text box's value longer than MAX_TEXT_CHARS, or a pasted image (a data:
+    URL) over the upload limit; called before Gradio copies the values into the session's state."""
     for block, value in zip(inputs, values):
         if isinstance(block, gr.Textbox) and isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
             raise gr.Error(f"The text is longer than {MAX_TEXT_CHARS:,} characters ({len(value):,}); describe the "
                            "images in fewer words.", print_exception=False)
+        url = value.get("url") if isinstance(value, dict) else None
+        if max_upload is not None and isinstance(url, str) and url.startswith("data:") and len(url) > (
+                max_upload + 2) // 3 * 4 + 100:  # base64 of max_upload bytes, and its "data:image/...;base64,"
+            from ui.errors import upload_limit_sentence
+
+            raise gr.Error(upload_limit_sentence(max_upload), print_exception=False)
 
 
 @dataclass
