@@ -51,7 +51,7 @@ def test_an_oversized_pasted_image_is_a_sentence_and_no_session_keeps_it(served)
     import base64
 
     limit = ui_app.upload_bytes("200kb")
-    payload = {"url": "data:image/png;base64," + base64.b64encode(b"\x89PNG" + b"x" * limit).decode(),
+    payload = {"url": "data:image/png;base64," + base64.b64encode(b"\x89PNG" + b"x" * (limit + 1000)).decode(),
                "meta": {"_type": "gradio.FileData"}}
     number = next(i for i, fn in served["app"].fns.items() if fn.api_name == "search_by_image")
     session = "oversized-image-session"
