@@ -20,7 +20,7 @@ from PIL import Image
 from mammut_search.errors import ImageLoadError, UserError
 from mammut_search.search import SearchResults, Searcher
 from ui.errors import SERVER_ERROR, SentenceErrors, speak_plainly, upload_limit_sentence
-from ui.guard import LOGIN_FIRST_DELAY, LOGIN_MAX_DELAY, RequestLimits, body_limit, throttled_login  # noqa: F401
+from ui.guard import RequestLimits, body_limit, throttled_login
 
 log = logging.getLogger(__name__)
 
