@@ -424,6 +424,8 @@ def _read_folder(folder: Path, allow_outside: bool) -> CaptionedImages:
     rows, problems, outside = [], [], []
     for entry in entries:
         if not has_image_extension(entry):
+            if entry.is_symlink() and entry.is_dir():  # the folder walk does not follow linked folders: say so
+                problems.append({"where": str(entry), "reason": "a linked folder, not searched"})
             continue
         reason = _not_readable_here(entry, root, allow_outside, outside)
         if reason:

@@ -85,11 +85,12 @@ def test_links_out_of_the_folder_are_followed_only_when_allowed_and_always_liste
     (folder / "far.txt").write_text("a far square\n")
     (folder / "near.png").symlink_to(folder / "good.png")  # a link inside the folder is fine
     (folder / "near.txt").write_text("a near square\n")
+    (folder / "more").symlink_to(outside)  # a linked folder is not walked, and said so
 
     read = read_captioned(folder)
     assert sorted(Path(p).name for p in read.frame["path"]) == ["good.png", "near.png"]
     assert reasons(read) == {"leak.txt": "caption file is a link to outside the folder",
-                             "far.png": "a link to outside the folder"}
+                             "far.png": "a link to outside the folder", "more": "a linked folder, not searched"}
     assert read.outside == []
 
     allowed = read_captioned(folder, allow_outside=True)
