@@ -101,16 +101,10 @@ class CaptionedImages:
         if group_column is not None:
             column = self.columns.get(group_column, group_column)
             if column not in frame.columns or column in ("path", "captions"):
-                names = [n for n, c in self.group_columns().items()]
                 raise UserError(f"{self.source}: no column '{group_column}' to group by (columns there: "
-                                f"{', '.join(names) or 'none'})")
+                                f"{', '.join(self.group_columns()) or 'none'})")
             pairs["group"] = np.repeat(frame[column].astype(str).to_numpy(), [len(c) for c in captions])
         return pairs
-
-    def went_outside(self) -> bool:
-        """Whether something was left out for lying outside the root (see OUTSIDE_HINT)."""
-        return any(p["reason"] in (OUTSIDE_ROOT, LINK_OUTSIDE) or p["reason"].endswith(LINK_OUTSIDE)
-                   for p in self.problems)
 
     def group_columns(self) -> dict[str, str]:
         """The columns images can be grouped by, as the source names them -> the frame's column."""
@@ -155,8 +149,14 @@ def read_captioned(source: str | os.PathLike, *, images_root: str | os.PathLike 
     if result.frame.empty:
         first = f" (first: {describe_problems(result.problems, 1)})" if result.problems else ""
         raise UserError(f"{path}: no usable captioned images; {len(result.problems)} left out{first}"
-                        f"{'; ' + OUTSIDE_HINT if result.went_outside() else ''}")
+                        f"{'; ' + OUTSIDE_HINT if went_outside(p['reason'] for p in result.problems) else ''}")
     return result
+
+
+def went_outside(reasons: Iterable[str]) -> bool:
+    """Whether any of these reasons for leaving something out is that it lies outside the root (then OUTSIDE_HINT
+    says how to read it)."""
+    return any(reason == OUTSIDE_ROOT or reason.endswith(LINK_OUTSIDE) for reason in reasons)
 
 
 def describe_problems(problems: Sequence[dict[str, str]], shown: int = 5) -> str:

@@ -23,8 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mammut_search.atomic import atomic_write
-from mammut_search.captioned import (LINK_OUTSIDE, OUTSIDE_HINT, OUTSIDE_ROOT, CaptionedImages, describe_problems,
-                                     printable)
+from mammut_search.captioned import OUTSIDE_HINT, CaptionedImages, describe_problems, printable, went_outside
 from mammut_search.eval import metrics
 from mammut_search.errors import ImageLoadError, UserError
 from mammut_search.inference import auto_batch_size
@@ -413,8 +412,7 @@ def format_table(result: EvalResult) -> str:
         lines.append(f"left out while reading {printable(data['source'])}: "
                      + ", ".join(f"{n} {reason}" for reason, n in data["left_out"].items())
                      + f" ({describe_problems(data['left_out_examples'])})"
-                     + (f"; {OUTSIDE_HINT}" if {OUTSIDE_ROOT, "caption file is " + LINK_OUTSIDE, LINK_OUTSIDE}
-                        & set(data["left_out"]) else ""))
+                     + (f"; {OUTSIDE_HINT}" if went_outside(data["left_out"]) else ""))
     outside = data.get("outside_root", {})
     if outside.get("files"):
         names = ", ".join(printable(p) for p in outside["examples"][:3])
