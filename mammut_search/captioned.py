@@ -378,7 +378,8 @@ def _read_table(path: Path) -> pd.DataFrame:
             return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig",
                                index_col=False)
     except pd.errors.ParserWarning:
-        raise UserError(f"{path}: a row has more fields than the header; quote fields that hold the separator") from None
+        raise UserError(f"{path}: a row has more fields than the header; quote fields that hold the "
+                        "separator") from None
     except TypeError:  # pandas' reading of a JSON line that is not an object
         raise UserError(f"{path}: cannot read as {suffix.lstrip('.')} (every record must be a JSON object)") from None
     except FileNotFoundError:

@@ -266,15 +266,16 @@ def launch(searcher: Searcher | None, *, host: str = DEFAULT_HOST, port: int = D
 
     app = build_app(searcher, index_error=index_error, max_upload=max_file_size)
     app.queue(default_concurrency_limit=4)
-    speak_plainly(app, max_upload=upload_bytes(max_file_size))
+    max_upload = upload_bytes(max_file_size)
+    speak_plainly(app, max_upload=max_upload)
     blocked = blocked_paths(searcher) if searcher is not None else []
     try:
         app.launch(server_name=host, server_port=port, auth=throttled_login(*auth) if auth else None,
                    max_file_size=max_file_size, blocked_paths=blocked, allowed_paths=[], ssr_mode=False,
                    show_error=False, quiet=True, prevent_thread_lock=True, footer_links=[], inbrowser=False,
                    share=False, css=CSS,
-                   app_kwargs={"middleware": [Middleware(SentenceErrors, max_upload=upload_bytes(max_file_size)),
-                                              Middleware(RequestLimits, max_body=body_limit(upload_bytes(max_file_size)))]})
+                   app_kwargs={"middleware": [Middleware(SentenceErrors, max_upload=max_upload),
+                                              Middleware(RequestLimits, max_body=body_limit(max_upload))]})
     except OSError as e:  # Gradio's words for a port in use or an address not of this machine
         raise UserError(f"cannot serve on {host}:{port} ({str(e).split('.')[0]}); choose another --port "
                         "or --host") from None
