@@ -94,3 +94,16 @@ def test_decoding_options_out_of_range_are_a_sentence(option, value, tmp_path, c
     with pytest.raises(SystemExit):
         main(["eval", "--folder", str(tmp_path), option, value])
     assert "whole number from" in capsys.readouterr().err
+
+
+def test_caption_lines_escape_terminal_controls(model, tmp_path, capsys, monkeypatch):
+    from mammut_search import inference
+
+    model.save(tmp_path / "ckpt")
+    name = tmp_path / "evil\x1b[2Jname.png"
+    Image.new("RGB", (8, 8)).save(name)
+    monkeypatch.setattr(inference.MammutModel, "caption", lambda self, pixels, **_: ["a \x1b]0;owned\x07 caption"])
+    assert main(["caption", str(name), "--checkpoint", str(tmp_path / "ckpt"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "evil\\x1b[2Jname.png\ta \\x1b]0;owned\\x07 caption" in out

@@ -63,5 +63,7 @@ def run(args: argparse.Namespace) -> int:
             failures += 1
             continue
         caption = model.caption(pixels, beam_width=args.beam_width, max_len=args.max_len)[0]
-        print(json.dumps({"path": path, "caption": caption}) if args.json else f"{printable(path)}\t{caption}")
+        # a file name, or a caption of byte-level tokens, may hold terminal escapes: shown escaped
+        print(json.dumps({"path": path, "caption": caption}) if args.json
+              else f"{printable(path)}\t{printable(caption)}")
     return 1 if failures else 0
