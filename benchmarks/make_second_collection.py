@@ -6,7 +6,8 @@ positions (the first 30 of each kind drawn) are held out.
 
     python benchmarks/make_second_collection.py --packages DIR --out data/cache/google-collection
 
-Files are named by code point, as in the demo, so that the keyword index cannot give the answers away.
+Its concepts.json is benchmarks/no_match_concepts_google.json. Files are named by code point, as in the demo,
+so that the keyword index cannot give the answers away.
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ def main() -> None:
     present = [e["name"].lower() for e in chosen[:2 * LISTED]]
     absent = [e["name"].lower() for e in rest if not content_words(e["name"].lower()) & inside][:2 * LISTED]
     present, absent = (interleave(names[LISTED:], names[:LISTED]) for names in (present, absent))
-    (args.out / "concepts.json").write_text(json.dumps({"present": present, "absent": absent}, indent=1))
+    about = ("Names of Google emoji in the second collection (present) and not in it (absent), for the 'nothing "
+             "matches' notice: even positions tune its quantile, odd positions test it.")
+    (args.out / "concepts.json").write_text(json.dumps({"about": about, "present": present, "absent": absent},
+                                                       indent=1) + "\n")
     print(f"{len(chosen)} images in {images}; {len(present)} present and {len(absent)} absent concepts")
 
 
