@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "train": ("train a MaMMUT checkpoint", "train"),
     "corpus": ("fetch and render the offline training corpus and the demo collection", "corpus"),
     "ui": ("start the browser interface for an index", "ui"),
+    "convert": ("turn another format's weights (open_clip MaMMUT: LAION's openMaMMUT) into a checkpoint", "convert"),
 }
 
 

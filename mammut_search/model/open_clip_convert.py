@@ -132,8 +132,15 @@ def open_clip_network(tensors: dict[str, torch.Tensor], config: OpenMammutConfig
 
 
 def _listed(names: list[str], most: int = 6) -> str:
+    """Sorted names, those within one numbered block folded into 'block.N.*', at most `most` shown."""
     if not names:
         return "none"
+    folded = {}
+    for name in names:
+        parts = name.split(".")
+        number = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+        folded[".".join(parts[: number + 1]) + ".*" if number is not None else name] = None
+    names = list(folded)
     more = f" and {len(names) - most} more" if len(names) > most else ""
     return "[" + ", ".join(names[:most]) + "]" + more
 

@@ -54,6 +54,11 @@ class OpenClipVisionConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
 
     @property
+    def kind(self) -> str:
+        """The encoder's name, as our own encoders' configs give it."""
+        return "open_clip_vit"
+
+    @property
     def heads(self) -> int:
         return self.width // self.head_width
 
