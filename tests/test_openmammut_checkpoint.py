@@ -107,3 +107,33 @@ def test_images_are_resized_and_cut_to_the_centre_square_as_open_clip_does():
     pixels = preprocess_images([Image.fromarray(wide)], config)[0]  # (3 10 10), the blue middle third
     assert pixels.shape == (3, 10, 10)
     assert pixels[2, :, 2:8].min() > 0.9 and pixels[0, :, 2:8].max() < 0.1 and pixels[1].max() < 0.1
+
+
+def test_from_hub_downloads_the_two_files_then_converts(tmp_path, monkeypatch, capsys):
+    import sys
+    import types
+
+    weights, config = write_open_clip_mammut(tmp_path / "hub")
+    asked = []
+
+    def hf_hub_download(repo, filename):
+        asked.append((repo, filename))
+        if filename == "open_clip_model.safetensors":
+            raise FileNotFoundError(filename)  # a repository with only the pickle
+        return str({"open_clip_config.json": config, "open_clip_pytorch_model.bin": pickle}[filename])
+
+    pickle = tmp_path / "hub" / "open_clip_pytorch_model.bin"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(weights)), pickle)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(hf_hub_download=hf_hub_download))
+    out = tmp_path / "ckpt"
+    assert main(["convert", "open-clip", "--from-hub", "laion/some-mammut", "--out", str(out)]) == 0
+    assert [name for _, name in asked] == ["open_clip_config.json", "open_clip_model.safetensors",
+                                           "open_clip_pytorch_model.bin"]
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
+    assert main(["convert", "open-clip", "--from-hub", "laion/some-mammut", "--out", str(tmp_path / "c2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "huggingface_hub" in err and "\n" not in err
