@@ -138,3 +138,26 @@ def test_preprocessing_comes_from_the_hub_config():
                                  source="bare")
     assert bare.image_encoder.std == (0.26862954, 0.26130258, 0.27577711)  # open_clip's default
     assert not bare.has_mlp and bare.cross_step == 2
+
+
+def test_preprocessing_equals_open_clips_transform():
+    """Images whose short side is under four times the square: open_clip's resize, centre crop and normalisation
+    (the fixture was made with this project's Pillow, and matches exactly; another Pillow's bicubic may round a
+    pixel one grey level apart, allowed here). A larger image is first box-reduced by a power of two, as for every
+    checkpoint here: within three grey levels."""
+    from PIL import Image
+
+    from mammut_search.inference import preprocess_images
+    from mammut_search.model.openmammut import OpenClipVisionConfig
+
+    folder = FIXTURES / "preprocess"
+    reference = load_file(str(folder / "reference.safetensors"))
+    config = OpenClipVisionConfig(image_size=32, patch_size=16)  # open_clip's default mean and std
+    grey_level = 1.01 / 255 / min(config.std)  # one step of a uint8 pixel, normalised
+    for name, expected in reference.items():
+        image = Image.open(folder / f"{name}.png")
+        ours = preprocess_images([image], config)[0]
+        reduced = min(image.size) >= 4 * config.image_size  # our pipeline box-reduces these first
+        atol = (3 if reduced else 1) * grey_level
+        torch.testing.assert_close(ours, expected, atol=atol, rtol=0, msg=f"{name}.png")
+    assert any(min(Image.open(folder / f"{n}.png").size) >= 4 * config.image_size for n in reference)

@@ -1,15 +1,16 @@
 """Make the test fixtures that hold our open_clip MaMMUT to the reference: LAION's open_clip fork that trained
 openMaMMUT, run at a pinned commit with random weights on small configs of the B/32 and L/14 layouts.
 
-Run it with a Python that has torch, numpy, safetensors, ftfy and regex (not this project's package: the fork is
-imported from a temporary copy and never enters the repository):
+Run it with a Python that has torch, torchvision, numpy, pillow, safetensors, ftfy and regex (not this project's
+package: the fork is imported from a temporary copy and never enters the repository):
 
     python tools/openmammut_fixtures.py --fork-git PATH/TO/open_clip_mammut/.git --bpe-vocab bpe_simple_vocab_16e6.txt.gz
 
 It writes tests/fixtures/openmammut/: per layout the open_clip weights (fp16, so that they stay small; the
 reference runs on the same values in float32), the config as the fork or the hub spells it, and inputs with the
-reference's outputs (image latents, text latents, caption logits, greedy caption ids); and tokenizer.json, the
-reference tokenizer's ids for the strings of TOKENIZER_STRINGS.
+reference's outputs (image latents, text latents, caption logits, greedy caption ids); tokenizer.json, the
+reference tokenizer's ids for the test strings; and preprocess/, images with open_clip's inference transform of
+each.
 """
 
 from __future__ import annotations
@@ -63,14 +64,13 @@ def import_fork(git_dir: Path, workdir: Path):
                              check=True, capture_output=True).stdout
     tarfile.open(fileobj=io.BytesIO(archive)).extractall(workdir)
     (workdir / "src" / "open_clip" / "__init__.py").write_text("")
-    misc = types.ModuleType("torchvision.ops.misc")
-    misc.FrozenBatchNorm2d = type("FrozenBatchNorm2d", (torch.nn.Module,), {})
-    for name, module in {"torchvision": types.ModuleType("torchvision"), "torchvision.ops":
-                         types.ModuleType("torchvision.ops"), "torchvision.ops.misc": misc}.items():
-        sys.modules.setdefault(name, module)
+    # torchvision's meta kernels are for its compiled ops, which a torchvision built for another torch lacks; the
+    # transforms used here are plain PIL code
+    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
     sys.path.insert(0, str(workdir / "src"))
     import open_clip.mammut_model
     import open_clip.tokenizer
+    import open_clip.transform
     return open_clip
 
 
@@ -211,6 +211,32 @@ def make_tokenizer_fixture(open_clip, bpe_vocab: Path) -> None:
     print(f"tokenizer: {len(strings)} strings")
 
 
+# (width, height) of the preprocessing test images, for a PREPROCESS_SIZE square: landscape, portrait, square,
+# smaller than the square (enlarged), odd offsets; the last is large enough for our pipeline's power-of-two
+# reduction before the resize (the others are not)
+PREPROCESS_SIZE = 32
+PREPROCESS_IMAGES = [(60, 40), (37, 90), (45, 45), (21, 17), (99, 33), (53, 41), (260, 200)]
+
+
+def make_preprocess_fixture(open_clip) -> None:
+    """Smooth random RGB images and open_clip's inference transform of each (resize shortest, centre crop)."""
+    from PIL import Image
+
+    out = OUT / "preprocess"
+    out.mkdir(parents=True, exist_ok=True)
+    transform = open_clip.transform.image_transform(PREPROCESS_SIZE, is_train=False)
+    generator = torch.Generator().manual_seed(7)
+    tensors = {}
+    for i, (w, h) in enumerate(PREPROCESS_IMAGES):
+        coarse = (torch.rand(3, max(2, h // 12), max(2, w // 12), generator=generator) * 255).byte()
+        image = Image.fromarray(coarse.permute(1, 2, 0).numpy()).resize((w, h), Image.Resampling.BILINEAR)
+        image.save(out / f"{i}.png")
+        tensors[f"{i}"] = transform(Image.open(out / f"{i}.png")).contiguous()
+    save_file(tensors, str(out / "reference.safetensors"), metadata={"commit": PINNED_COMMIT,
+                                                                      "size": str(PREPROCESS_SIZE)})
+    print(f"preprocess: {len(tensors)} images")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fork-git", type=Path, required=True, help="git directory of a clone of the fork")
@@ -227,6 +253,7 @@ def main() -> None:
                 except NearTie as e:
                     print(f"{name}, seed {seed}: {e}; next seed")
         make_tokenizer_fixture(open_clip, args.bpe_vocab)
+        make_preprocess_fixture(open_clip)
 
 
 if __name__ == "__main__":
