@@ -91,8 +91,8 @@ def collate(samples: list[dict], config: ImageEncoderConfig) -> dict:
 
 
 # The decoder tokens of an image are stored with the index (re-ranking then decodes no file) only up to this size:
-# the bundled model's take 9 KB an image (17 x 256 in float16), a converted openMaMMUT-B/32's (50 x 512 in float16) 51 KB, an L/14's
-# (257 x 768) 395 KB, 4 GB for 10,000 photos. Such an index re-ranks by decoding the candidates' files instead.
+# float16, the bundled model's (17 x 256) take 9 KB an image, a converted openMaMMUT-B/32's (50 x 512) 51 KB, an
+# L/14's (257 x 768) 395 KB, 4 GB for 10,000 photos. Such an index re-ranks by decoding the candidates' files.
 MAX_RERANK_TOKEN_BYTES = 64 * 1024
 
 
