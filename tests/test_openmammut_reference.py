@@ -161,3 +161,13 @@ def test_preprocessing_equals_open_clips_transform():
         atol = (3 if reduced else 1) * grey_level
         torch.testing.assert_close(ours, expected, atol=atol, rtol=0, msg=f"{name}.png")
     assert any(min(Image.open(folder / f"{n}.png").size) >= 4 * config.image_size for n in reference)
+
+
+def test_a_training_checkpoint_of_the_fork_reads_as_its_state_dict(tmp_path):
+    """open_clip's training writes {"epoch", "state_dict" (names prefixed "module." under DDP), "optimizer"}."""
+    weights = FIXTURES / "l14_small" / "open_clip_model.safetensors"
+    tensors = load_file(str(weights))
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in tensors.items()}, "optimizer": {}},
+               tmp_path / "epoch_3.pt")
+    read = read_open_clip_weights(tmp_path / "epoch_3.pt")
+    assert read.keys() == tensors.keys() and all(torch.equal(read[k], tensors[k]) for k in tensors)

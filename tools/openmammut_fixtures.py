@@ -4,7 +4,7 @@ openMaMMUT, run at a pinned commit with random weights on small configs of the B
 Run it with a Python that has torch, torchvision, numpy, pillow, safetensors, ftfy and regex (not this project's
 package: the fork is imported from a temporary copy and never enters the repository):
 
-    python tools/openmammut_fixtures.py --fork-git PATH/TO/open_clip_mammut/.git --bpe-vocab bpe_simple_vocab_16e6.txt.gz
+    python tools/openmammut_fixtures.py --fork-git CLONE/.git --bpe-vocab bpe_simple_vocab_16e6.txt.gz
 
 It writes tests/fixtures/openmammut/: per layout the open_clip weights (fp16, so that they stay small; the
 reference runs on the same values in float32), the config as the fork or the hub spells it, and inputs with the
