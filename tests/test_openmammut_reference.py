@@ -171,3 +171,20 @@ def test_a_training_checkpoint_of_the_fork_reads_as_its_state_dict(tmp_path):
                tmp_path / "epoch_3.pt")
     read = read_open_clip_weights(tmp_path / "epoch_3.pt")
     assert read.keys() == tensors.keys() and all(torch.equal(read[k], tensors[k]) for k in tensors)
+
+
+def test_an_input_not_a_multiple_of_the_patch_drops_the_remainder_as_open_clip_does():
+    """openMaMMUT-L/14 at 512 px has 36 x 36 patches of 14 (504 px read): the convolution drops the rest."""
+    from mammut_search.model.openmammut import OpenMammut
+    from mammut_search.testing import TINY_OPEN_CLIP_CONFIG
+
+    def network(image_size):
+        cfg = {**TINY_OPEN_CLIP_CONFIG, "vision_cfg": {**TINY_OPEN_CLIP_CONFIG["vision_cfg"], "image_size": image_size}}
+        return OpenMammut(config_from_open_clip(cfg, {}, source="tiny")).eval()
+
+    torch.manual_seed(0)
+    wide, exact = network(40), network(32)  # patch 16: 2 x 2 patches for both
+    exact.load_state_dict(wide.state_dict())
+    pixels = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(wide.image_features(pixels), exact.image_features(pixels[:, :, :32, :32]))

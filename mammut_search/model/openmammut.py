@@ -50,8 +50,6 @@ class OpenClipVisionConfig:
 
     def __post_init__(self) -> None:
         self.mean, self.std, self.background = tuple(self.mean), tuple(self.std), tuple(self.background)
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
 
     @property
     def kind(self) -> str:
@@ -64,6 +62,7 @@ class OpenClipVisionConfig:
 
     @property
     def grid_tokens(self) -> int:
+        """Patches: the convolution drops a remainder, as open_clip's does (512 px at patch 14: 36 x 36)."""
         return (self.image_size // self.patch_size) ** 2
 
 
