@@ -30,7 +30,7 @@ VISION_FIXED = {"pool_type": "avg_all", "final_ln_after_pool": True, "output_tok
                 "attentional_pool": False, "no_ln_pre": False, "pos_embed_type": "learnable", "act_kwargs": None,
                 "norm_kwargs": None, "timm_model_name": None}
 TEXT_FIXED = {"does_full_decoding": True, "output_tokens": True, "ls_init_value": None, "hf_model_name": None,
-              "hf_tokenizer_name": None, "tokenizer_kwargs": None}
+              "hf_tokenizer_name": None, "tokenizer_kwargs": None, "act_kwargs": None, "norm_kwargs": None}
 TOP_FIXED = {"quick_gelu": False, "custom_text": True, "init_logit_bias": None}
 INERT = {"patch_dropout", "timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias", "timm_drop",
          "timm_drop_path", "attn_pooler_queries", "attn_pooler_heads", "dim_head", "n_queries",
