@@ -157,3 +157,20 @@ def test_an_index_of_a_model_with_large_decoder_tokens_reranks_without_storing_t
     for query in ("a red square", "a blue square"):
         a, b = (s.search_text(query, 4, rerank=True) for s in (stored, decoded))
         assert a.reranked and b.reranked and a.ids == b.ids
+
+
+@pytest.mark.parametrize("problem", ["missing weights", "garbage weights", "missing config", "not a config"])
+def test_unreadable_inputs_are_one_line_errors_naming_the_file(tmp_path, capsys, problem):
+    weights, config = write_open_clip_mammut(tmp_path / "hub")
+    if problem == "missing weights":
+        weights = tmp_path / "nowhere.safetensors"
+    elif problem == "garbage weights":
+        weights.write_bytes(b"\x00" * 100)
+    elif problem == "missing config":
+        config = tmp_path / "nowhere.json"
+    else:
+        config.write_text('{"layers": 3}')
+    assert main(["convert", "open-clip", str(weights), "--config", str(config), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    culprit = config if "config" in problem else weights
+    assert err.startswith("error: ") and str(culprit) in err and "\n" not in err
