@@ -6,6 +6,9 @@ package: the fork is imported from a temporary copy and never enters the reposit
 
     python tools/openmammut_fixtures.py --fork-git CLONE/.git --bpe-vocab bpe_simple_vocab_16e6.txt.gz
 
+The committed fixtures were made in a virtual environment outside the repository with torch 2.13.0 (CPU),
+torchvision 0.28.0 (--no-deps), pillow 12.3.0 (this project's), ftfy 6.3.1, regex, numpy and safetensors.
+
 It writes tests/fixtures/openmammut/: per layout the open_clip weights (fp16, so that they stay small; the
 reference runs on the same values in float32), the config as the fork or the hub spells it, and inputs with the
 reference's outputs (image latents, text latents, caption logits, greedy caption ids); tokenizer.json, the
@@ -59,13 +62,13 @@ CAPTION_MAX_LEN, CAPTION_MIN_LEN, NO_REPEAT_NGRAM = 12, 2, 3
 
 def import_fork(git_dir: Path, workdir: Path):
     """The fork's open_clip package at PINNED_COMMIT, imported from a copy with an empty __init__ (the real one
-    pulls in the whole factory); torchvision, needed only by unused ResNet helpers, is stubbed."""
+    pulls in the whole factory, with hub and timm imports)."""
     archive = subprocess.run(["git", f"--git-dir={git_dir}", "archive", PINNED_COMMIT, "src/open_clip"],
                              check=True, capture_output=True).stdout
     tarfile.open(fileobj=io.BytesIO(archive)).extractall(workdir)
     (workdir / "src" / "open_clip" / "__init__.py").write_text("")
-    # torchvision's meta kernels are for its compiled ops, which a torchvision built for another torch lacks; the
-    # transforms used here are plain PIL code
+    # torchvision's meta kernels are for its compiled ops, which a torchvision built for another torch lacks (the
+    # one on PyPI beside torch 2.13 CPU, installed --no-deps); the transforms used here are plain PIL code
     sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
     sys.path.insert(0, str(workdir / "src"))
     import open_clip.mammut_model
