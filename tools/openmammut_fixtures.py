@@ -185,6 +185,7 @@ HANDWRITTEN = [
     "The quick brown fox jumps over the lazy dog.", "ÀÉÎÕÜ àéîõü", "Ωmega and µ", "½ ¼ ¾ ² ³",
     "(parentheses) [brackets] {braces}", "under_score and-hyphen", "#hashtag @mention", "$100 €50 £20 ¥1000",
     "50% off", "°C and °F", "x² + y² = z²", "\u200bzero width", "non\u00a0breaking", "soft\u00adhyphen",
+    "wow!😀 great", "yes!« no »", "go!→ there", "!^",  # "!" before a character it does not merge with: id 0
 ]
 WORDS = ("a photo of the cat dog car tree house person man woman child red blue green big small on in with at "
          "sitting standing running beach mountain city street food pizza flower bird sky water night "

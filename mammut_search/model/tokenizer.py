@@ -38,6 +38,8 @@ class Tokenizer:
                                  "special tokens")
             # open_clip pads with id 0, a real token ("!"): the pad id only fills rows after <end_of_text>
             self.pad_id, (self.bos_id, self.eos_id), self.clean = 0, clip, clip_clean
+        # ids that decoding drops (it stops at <eos>, after which CLIP's pads come)
+        self.not_text = {self.bos_id} if self.clean is clip_clean else {self.bos_id, self.pad_id}
         self.hf.no_padding()
         self.hf.no_truncation()
 
@@ -77,7 +79,7 @@ class Tokenizer:
             i = int(i)
             if i == self.eos_id:
                 break
-            if i not in (self.bos_id, self.pad_id):
+            if i not in self.not_text:
                 words.append(i)
         return self.hf.decode(words, skip_special_tokens=True).strip()
 
