@@ -188,3 +188,14 @@ def test_an_input_not_a_multiple_of_the_patch_drops_the_remainder_as_open_clip_d
     pixels = torch.randn(1, 3, 40, 40)
     with torch.no_grad():
         torch.testing.assert_close(wide.image_features(pixels), exact.image_features(pixels[:, :, :32, :32]))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_beam_search_with_the_cache_equals_it_without(layout):
+    """Beams reorder the self-attention cache at every step: the result is the same as recomputing each prefix."""
+    net, ref, meta = converted(layout)
+    with torch.no_grad():
+        _, image_tokens = net.pool_image(net.image_features(ref["pixels"].float()))
+    cached, recomputed = (generate(net, image_tokens, beam_width=3, max_len=int(meta["caption_max_len"]),
+                                   use_cache=use_cache) for use_cache in (True, False))
+    assert torch.equal(cached, recomputed)
