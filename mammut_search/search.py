@@ -588,13 +588,8 @@ def _describe(image: Any) -> str:
 
 
 def reference_words(tokenizer, count: int) -> list[str]:
-    """`count` words spread evenly over the tokenizer's whole-word vocabulary (lower-case letters, 4 or more;
-    in CLIP's vocabulary the tokens that close a word, '</w>' dropped), the same ones every time."""
-    import re
-
-    vocab = tokenizer.hf.get_vocab()
-    pattern = r"([a-z]{4,})</w>" if any(w.endswith("</w>") for w in vocab) else r"([a-z]{4,})"
-    words = sorted(m[1] for w in vocab if (m := re.fullmatch(pattern, w)))
+    """`count` words spread evenly over the tokenizer's whole-word vocabulary, the same ones every time."""
+    words = tokenizer.whole_words()
     if len(words) <= count:
         return words
     return [words[i] for i in np.linspace(0, len(words) - 1, count).round().astype(np.int64)]

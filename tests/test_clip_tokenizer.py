@@ -54,3 +54,10 @@ def test_without_the_vocabulary_conversion_says_where_to_get_it(monkeypatch, tmp
     (tmp_path / "vocab.txt.gz").write_bytes(b"not gzip")
     with pytest.raises(CheckpointError, match="vocab.txt.gz"):
         clip_tokenizer(tmp_path / "vocab.txt.gz")
+
+
+def test_whole_words_are_the_tokens_that_close_a_word(tokenizer):
+    """What the relevance cut-off encodes as unrelated queries: whole words, not the pieces words start with."""
+    words = tokenizer.whole_words()
+    assert len(words) > 10_000 and {"photo", "house", "absence"} <= set(words)
+    assert "accommod" not in words and not any("</w>" in w for w in words)

@@ -6,6 +6,7 @@ Three framings are recognised by their special tokens: our own BPE's, BERT's (Mi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -71,6 +72,13 @@ class Tokenizer:
     def token_count(self, text: str) -> int:
         """Number of word-piece tokens in a text, without the frame."""
         return len(self.hf.encode(self.clean(text), add_special_tokens=False).ids)
+
+    def whole_words(self) -> list[str]:
+        """The vocabulary's whole words of lower-case letters, 4 or more, sorted (in CLIP's vocabulary the tokens
+        that close a word, '</w>' dropped; elsewhere the tokens that are such words)."""
+        vocab = self.hf.get_vocab()
+        pattern = r"([a-z]{4,})</w>" if self.clean is clip_clean else r"([a-z]{4,})"
+        return sorted(m[1] for w in vocab if (m := re.fullmatch(pattern, w)))
 
     def decode(self, ids: Iterable[int]) -> str:
         """ids -> text, stopping at <eos> and dropping special tokens."""
