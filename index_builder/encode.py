@@ -115,8 +115,7 @@ def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: i
             features = model.image_features(pixels)  # pinned by the loader on a GPU: copied asynchronously
             latents = model.latents_from_features(features).numpy().astype(np.float32, copy=False)
             decoder_tokens = model.decoder_tokens(features)
-            if decoder_tokens[0].numel() * 2 <= MAX_RERANK_TOKEN_BYTES:
-                tokens = decoder_tokens.to(torch.float16).cpu().numpy()
+            tokens = decoder_tokens.to(torch.float16).cpu().numpy()
             if captions:
                 texts = model.captions_from_tokens(decoder_tokens, beam_width=beam_width, max_len=caption_max_len)
         yield list(_results(samples, latents, tokens, texts))
@@ -152,6 +151,7 @@ def _results(samples: list[dict], latents: np.ndarray | None, tokens: np.ndarray
             yield Encoded(job.sha256, s["status"])
             continue
         width, height = s["size"]
+        kept = tokens is not None and tokens[k].nbytes <= MAX_RERANK_TOKEN_BYTES
         yield Encoded(job.sha256, "ok", int(width), int(height), texts[k] if texts else "", latents[k],
-                      tokens[k] if tokens is not None else None)
+                      tokens[k] if kept else None)
         k += 1
