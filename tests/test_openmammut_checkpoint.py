@@ -174,3 +174,15 @@ def test_unreadable_inputs_are_one_line_errors_naming_the_file(tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     culprit = config if "config" in problem else weights
     assert err.startswith("error: ") and str(culprit) in err and "\n" not in err
+
+
+def test_ctrl_c_during_a_conversion_says_what_to_do_with_the_partial_folder(tmp_path, monkeypatch, capsys):
+    from mammut_search.model import open_clip_convert
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(open_clip_convert, "convert_open_clip", interrupted)
+    assert main(["convert", "open-clip", "w.safetensors", "--config", "c.json", "--out", str(tmp_path / "c")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert "partial checkpoint" in err and "\n" not in err

@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Convert open_clip MaMMUT weights, such as LAION's openMaMMUT-ViT-L-14, into a checkpoint "
                     "directory (config.json, model.safetensors, tokenizer.json) for index build, search, caption, "
                     "eval and the UI. Nothing is downloaded unless --from-hub is given.")
+    open_clip.set_defaults(_interrupted="interrupted: the output folder may hold a partial checkpoint (it has no "
+                                        "config.json, so nothing loads it); delete it and convert again")
     open_clip.add_argument("weights", nargs="?", metavar="WEIGHTS",
                            help="open_clip_model.safetensors or open_clip_pytorch_model.bin (read without "
                                 "running code)")
