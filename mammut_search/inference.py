@@ -23,6 +23,7 @@ from mammut_search.model.checkpoint import load_checkpoint, save_checkpoint
 from mammut_search.model.config import CAPTION_BEAM_WIDTH, CAPTION_MAX_LEN, ImageEncoderConfig, MammutConfig
 from mammut_search.model.decoding import generate, score_texts
 from mammut_search.model.mammut import MaMMUT
+from mammut_search.model.retrieval import image_retrieval_vectors, query_retrieval_vectors
 from mammut_search.model.tokenizer import Tokenizer
 
 ImageBatch = Sequence[Image.Image] | torch.Tensor
@@ -196,9 +197,9 @@ class MammutModel:
 
     @torch.no_grad()
     def latents_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        """image tokens (b j c) -> unit-norm image latents (b l), float32 on the CPU."""
+        """image tokens (b j c) -> unit-norm retrieval vectors of the images (b r), float32 on the CPU."""
         with self._autocast():
-            return self.net.image_latents(features).float().cpu()
+            return image_retrieval_vectors(self.net, features).float().cpu()
 
     @torch.no_grad()
     def decoder_tokens(self, features: torch.Tensor) -> torch.Tensor:
@@ -252,10 +253,10 @@ class MammutModel:
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Strings -> unit-norm query vectors (b r) from the decoder's contrastive pass (CLS token)."""
+        """Strings -> unit-norm retrieval vectors of the queries (b r), from the decoder's contrastive pass."""
         ids = self.tokenizer.encode(list(texts), self.config.max_text_len).to(self.device)
         with self._autocast():
-            return self.net.query_latents(ids).float().cpu()
+            return query_retrieval_vectors(self.net, ids).float().cpu()
 
     def save(self, directory: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
         """Write a checkpoint directory; remembers and returns its sha256."""

@@ -43,7 +43,7 @@ def test_latents_and_logits_equal_the_reference(layout):
     with torch.no_grad():
         features = net.image_features(ref["pixels"].float())
         image_latents = net.image_latents(features)
-        text_latents = net.query_latents(ref["texts"])
+        text_latents = net.text_latents(ref["texts"])
         _, image_tokens = net.pool_image(features)
         paired = ref["texts"][: len(image_tokens)]
         logits, _ = net.decode(paired, net.cross_attention_kv(image_tokens))
@@ -59,7 +59,7 @@ def test_text_latents_average_every_context_position(layout):
     texts = ref["texts"]
     shortest = int((texts != 0).sum(dim=1).min())
     with torch.no_grad():
-        short = net.query_latents(texts[:1, :shortest])
+        short = net.text_latents(texts[:1, :shortest])
     torch.testing.assert_close(short, ref["text_latents"][:1], atol=TOLERANCE, rtol=0)
 
 

@@ -219,10 +219,6 @@ class OpenMammut(nn.Module):
             x, _ = block(x)
         return F.normalize(self.text.ln_final(x).mean(dim=1), dim=-1)
 
-    def query_latents(self, text: torch.Tensor) -> torch.Tensor:
-        """ids (b n) -> the vectors queries search with (b e): the text latents."""
-        return self.text_latents(text)
-
     # ----- captioning pass -----
 
     def cross_attention_kv(self, image_tokens: torch.Tensor) -> list[KV | None]:
