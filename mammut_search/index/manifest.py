@@ -230,7 +230,8 @@ def summary_rows(directory: Path, manifest: Manifest, *, search: str, model_devi
                     f"{manifest.faiss_version or '?'}"),
         ("search", search),
         ("re-ranking", "from the stored decoder tokens" if manifest.rerank_tokens else
-                       "by decoding the candidates' files (rebuild the index to store their tokens)"),
+                       "by decoding the candidates' files (no stored tokens: an index from before they were stored, "
+                       "or a model whose tokens are too large to store)"),
     ]
     if model_device is not None:
         rows.append(("model device", model_device))
