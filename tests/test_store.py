@@ -88,6 +88,12 @@ def test_refuses_another_schema_version_missing_and_damaged_indexes(tmp_path):
     path.write_text(json.dumps({**data, "schema_version": 999}))
     with pytest.raises(IndexStoreError, match="schema version 999"):
         IndexStore.open(tmp_path / "i")
+    for wrong, shown in (("1", '"1"'), (None, "null"), (1.5, "1.5"), (True, "true")):
+        path.write_text(json.dumps({**data, "schema_version": wrong}))
+        with pytest.raises(IndexStoreError) as refused:
+            IndexStore.open(tmp_path / "i")
+        assert f"'schema_version' is {shown}, not a whole number" in str(refused.value)
+        assert "this program reads version" not in str(refused.value)
     path.write_text("{not json")
     with pytest.raises(IndexStoreError, match="unreadable manifest"):
         IndexStore.open(tmp_path / "i")

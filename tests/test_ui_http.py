@@ -16,6 +16,7 @@ from mammut_search.cli import build_parser
 from mammut_search.search import Searcher
 from search_testkit import build_test_index, free_port, one_torch_thread  # noqa: F401 (autouse fixture)
 from ui import app as ui_app
+from ui import guard
 
 MAX_UPLOAD = "200kb"
 
@@ -253,9 +254,13 @@ def test_pasted_data_urls_obey_the_upload_limit_and_the_safe_loader(served):
     event, (text, gallery, _) = call(served["base"], "search_by_image", [data_url(small, "PNG"), 3])
     assert event == "complete" and "**Caption:**" in text and len(gallery) == 3
 
-    big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), np.uint8))  # > 200 kB
-    event, (text, gallery, _) = call(served["base"], "search_by_image", [data_url(big, "PNG"), 3])
-    assert event == "complete" and "larger than this server's upload limit" in text and gallery == []
+    over = Image.fromarray(np.random.default_rng(0).integers(0, 256, (270, 270, 3), np.uint8))  # 219 kB > 200 kB
+    event, data = call(served["base"], "search_by_image", [data_url(over, "PNG"), 3])  # kept nowhere: refused
+    assert event == "error" and "larger than this server's upload limit" in data["error"]
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), np.uint8))  # 480 kB
+    response = httpx.post(f"{served['base']}/gradio_api/call/search_by_image", timeout=60,
+                          json={"data": [data_url(big, "PNG"), 3]})  # refused at the door: the body is too large
+    assert response.status_code == 413 and is_sentence(response.json()["error"])
 
     event, (text, gallery, _) = call(served["base"], "search_by_image", [data_url(small, "TGA"), 3])
     assert event == "complete" and "The uploaded image cannot be used: not an image" in text and gallery == []
@@ -344,10 +349,10 @@ def test_wrong_passwords_are_answered_ever_more_slowly(served):
         with ThreadPoolExecutor(4) as pool:  # guessing in parallel is no faster
             assert list(pool.map(login, ["a", "b", "c", "d"])) == [400] * 4
         waited = time.monotonic() - started
-        assert waited >= sum(ui_app.LOGIN_FIRST_DELAY * 2 ** i for i in range(4)) - 0.05, waited
+        assert waited >= sum(guard.LOGIN_FIRST_DELAY * 2 ** i for i in range(4)) - 0.05, waited
         assert login("s3cret") == 200
         started = time.monotonic()
-        assert login("e") == 400 and time.monotonic() - started < 2 * ui_app.LOGIN_FIRST_DELAY + 1  # reset
+        assert login("e") == 400 and time.monotonic() - started < 2 * guard.LOGIN_FIRST_DELAY + 1  # reset
     finally:
         app.close()
 

@@ -20,6 +20,7 @@ from PIL import Image
 from mammut_search.errors import ImageLoadError, UserError
 from mammut_search.search import SearchResults, Searcher
 from ui.errors import SERVER_ERROR, SentenceErrors, speak_plainly, upload_limit_sentence
+from ui.guard import RequestLimits, body_limit, throttled_login
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ SLIDER_MAX_K = 48
 THUMBNAIL_SIDE = 320
 THUMBNAIL_CACHE = 512  # thumbnails kept in memory (at most ~300 kB each)
 MARKDOWN_SPECIALS = set("\\`*_{}[]()<>#+-.!|~")
-LOGIN_FIRST_DELAY, LOGIN_MAX_DELAY = 0.25, 8.0  # seconds a wrong password waits: doubling from the first
 
 CSS = """
 #message p { margin: 0.3em 0; }
@@ -266,14 +266,16 @@ def launch(searcher: Searcher | None, *, host: str = DEFAULT_HOST, port: int = D
 
     app = build_app(searcher, index_error=index_error, max_upload=max_file_size)
     app.queue(default_concurrency_limit=4)
-    speak_plainly(app)
+    max_upload = upload_bytes(max_file_size)
+    speak_plainly(app, max_upload=max_upload)
     blocked = blocked_paths(searcher) if searcher is not None else []
     try:
         app.launch(server_name=host, server_port=port, auth=throttled_login(*auth) if auth else None,
                    max_file_size=max_file_size, blocked_paths=blocked, allowed_paths=[], ssr_mode=False,
                    show_error=False, quiet=True, prevent_thread_lock=True, footer_links=[], inbrowser=False,
                    share=False, css=CSS,
-                   app_kwargs={"middleware": [Middleware(SentenceErrors, max_upload=upload_bytes(max_file_size))]})
+                   app_kwargs={"middleware": [Middleware(SentenceErrors, max_upload=max_upload),
+                                              Middleware(RequestLimits, max_body=body_limit(max_upload))]})
     except OSError as e:  # Gradio's words for a port in use or an address not of this machine
         raise UserError(f"cannot serve on {host}:{port} ({str(e).split('.')[0]}); choose another --port "
                         "or --host") from None
@@ -282,29 +284,6 @@ def launch(searcher: Searcher | None, *, host: str = DEFAULT_HOST, port: int = D
     if block:
         app.block_thread()
     return app
-
-
-def throttled_login(user: str, password: str) -> Callable:
-    """Gradio's login check for one user name and password, slowed down after wrong ones: each wrong try
-    waits LOGIN_FIRST_DELAY seconds, doubling up to LOGIN_MAX_DELAY, and tries are answered one at a time, so
-    guessing in parallel is no faster (200 guesses took 3.4 s without this). A right login resets the delay."""
-    import asyncio
-    import hmac
-
-    lock, failures = asyncio.Lock(), [0]
-
-    async def check(username: str, given: str) -> bool:  # a coroutine function: Gradio awaits it
-        async with lock:
-            right = hmac.compare_digest(username.encode(), user.encode()) & hmac.compare_digest(
-                given.encode(), password.encode())
-            if right:
-                failures[0] = 0
-                return True
-            failures[0] += 1
-            await asyncio.sleep(min(LOGIN_MAX_DELAY, LOGIN_FIRST_DELAY * 2 ** (failures[0] - 1)))
-            return False
-
-    return check
 
 
 def blocked_paths(searcher: Searcher) -> list[str]:

@@ -84,6 +84,9 @@ class Manifest:
         for key, value in data.items():
             (known if key in hints and key != "extra" else extra)[key] = value
         version = known.get("schema_version")
+        if not isinstance(version, int) or isinstance(version, bool):  # "1" is not version 1: a damaged file
+            raise IndexStoreError(f"{source}: damaged manifest ('schema_version' is {json.dumps(version)}, not a "
+                                  f"whole number); rebuild with {rebuild_command(Path(source).parent, data)}")
         if version != SCHEMA_VERSION:
             raise IndexStoreError(f"{source}: index schema version {version}, this program reads version "
                                   f"{SCHEMA_VERSION}; rebuild with {rebuild_command(Path(source).parent, data)}")
