@@ -87,9 +87,10 @@ def test_index_search_rerank_caption_and_ui(converted, tmp_path, capsys):
     capsys.readouterr()
     assert main(["search", "a green square", "--index", str(index), "--json", "--device", "cpu"]) == 0
     assert len(json.loads(capsys.readouterr().out)["hits"]) == 4
-    assert main(["caption", str(images / "red.png"), "--checkpoint", str(checkpoint), "--device", "cpu"]) == 0
-    path, caption = capsys.readouterr().out.strip().split("\t")
-    assert path.endswith("red.png") and caption == items.set_index("path").loc[path, "caption"]
+    assert main(["caption", str(images / "red.png"), "--checkpoint", str(checkpoint), "--device", "cpu",
+                 "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)  # the exact text (plain lines escape control characters)
+    assert answer["caption"] == items.set_index("path").loc[str(images / "red.png"), "caption"]
 
 
 def test_eval_reads_a_captioned_folder_with_it(converted, tmp_path):
