@@ -90,12 +90,6 @@ def collate(samples: list[dict], config: ImageEncoderConfig) -> dict:
     return {"samples": samples, "pixels": pixels_tensor(pixels, config) if pixels else None}
 
 
-# The decoder tokens of an image are stored with the index (re-ranking then decodes no file) only up to this size:
-# float16, the bundled model's (17 x 256) take 9 KB an image, a converted openMaMMUT-B/32's (50 x 512) 51 KB, an
-# L/14's (257 x 768) 395 KB, 4 GB for 10,000 photos. Such an index re-ranks by decoding the candidates' files.
-MAX_RERANK_TOKEN_BYTES = 64 * 1024
-
-
 def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: int = 1, captions: bool = True,
            beam_width: int = CAPTION_BEAM_WIDTH, caption_max_len: int = CAPTION_MAX_LEN) -> Iterator[list[Encoded]]:
     """Yield, batch by batch, one Encoded per job. Decoding (workers > 0: in worker processes) overlaps the model."""
@@ -151,7 +145,5 @@ def _results(samples: list[dict], latents: np.ndarray | None, tokens: np.ndarray
             yield Encoded(job.sha256, s["status"])
             continue
         width, height = s["size"]
-        kept = tokens is not None and tokens[k].nbytes <= MAX_RERANK_TOKEN_BYTES
-        yield Encoded(job.sha256, "ok", int(width), int(height), texts[k] if texts else "", latents[k],
-                      tokens[k] if kept else None)
+        yield Encoded(job.sha256, "ok", int(width), int(height), texts[k] if texts else "", latents[k], tokens[k])
         k += 1

@@ -141,42 +141,6 @@ def test_from_hub_downloads_the_two_files_then_converts(tmp_path, monkeypatch, c
     assert "huggingface_hub" in err and "\n" not in err
 
 
-def test_an_index_of_a_model_with_large_decoder_tokens_reranks_without_storing_them(converted, tmp_path,
-                                                                                      monkeypatch):
-    """Above the size cap (an openMaMMUT-L/14's tokens are 395 KB an image) the index stores no re-ranking
-    tokens and re-ranks by decoding the candidates' files, to the same order."""
-    from index_builder import encode
-    from mammut_search.search import Searcher
-
-    checkpoint, images = converted
-    build = ["index", "build", str(images), "--checkpoint", str(checkpoint), "--workers", "0", "--device", "cpu"]
-    assert main([*build, "--out", str(tmp_path / "small.index")]) == 0
-    monkeypatch.setattr(encode, "MAX_RERANK_TOKEN_BYTES", 32 * 5 * 2 - 1)  # one byte under this model's (5 x 32)
-    assert main([*build, "--out", str(tmp_path / "large.index")]) == 0
-    stored, decoded = (Searcher.open(tmp_path / name, device="cpu") for name in ("small.index", "large.index"))
-    assert stored.store.manifest.rerank_tokens and not decoded.store.manifest.rerank_tokens
-    for query in ("a red square", "a blue square"):
-        a, b = (s.search_text(query, 4, rerank=True) for s in (stored, decoded))
-        assert a.reranked and b.reranked and a.ids == b.ids
-
-
-@pytest.mark.parametrize("problem", ["missing weights", "garbage weights", "missing config", "not a config"])
-def test_unreadable_inputs_are_one_line_errors_naming_the_file(tmp_path, capsys, problem):
-    weights, config = write_open_clip_mammut(tmp_path / "hub")
-    if problem == "missing weights":
-        weights = tmp_path / "nowhere.safetensors"
-    elif problem == "garbage weights":
-        weights.write_bytes(b"\x00" * 100)
-    elif problem == "missing config":
-        config = tmp_path / "nowhere.json"
-    else:
-        config.write_text('{"layers": 3}')
-    assert main(["convert", "open-clip", str(weights), "--config", str(config), "--out", str(tmp_path / "c")]) == 2
-    err = capsys.readouterr().err.strip()
-    culprit = config if "config" in problem else weights
-    assert err.startswith("error: ") and str(culprit) in err and "\n" not in err
-
-
 def test_ctrl_c_during_a_conversion_says_what_to_do_with_the_partial_folder(tmp_path, monkeypatch, capsys):
     from mammut_search.model import open_clip_convert
 

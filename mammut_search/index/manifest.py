@@ -70,6 +70,7 @@ class Manifest:
     files: dict[str, int] = field(default_factory=dict)  # data file -> size in bytes
     checksums: dict[str, str] = field(default_factory=dict)  # data file -> sha256; empty in old indexes
     rerank_tokens: dict[str, Any] = field(default_factory=dict)  # the stored decoder tokens (index/tokens.py); {}: none
+    relevance: dict[str, Any] = field(default_factory=dict)  # the "nothing matches" calibration (relevance.py); {}: none
     created: str | None = None
     updated: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know, kept as they were
@@ -233,8 +234,11 @@ def summary_rows(directory: Path, manifest: Manifest, *, search: str, model_devi
                     f"{manifest.faiss_version or '?'}"),
         ("search", search),
         ("re-ranking", "from the stored decoder tokens" if manifest.rerank_tokens else
-                       "by decoding the candidates' files (no stored tokens: an index from before they were stored, "
-                       "or a model whose tokens are too large to store)"),
+                       "not possible: the index stores no decoder tokens (rebuild it)"),
+        ("keywords", "file names, folders and captions" if "keywords.sqlite" in manifest.files else
+                     "none (update or rebuild the index to search names and captions)"),
+        ("nothing-matches cutoff", f"{manifest.relevance['cutoff']:.4f}, calibrated on this index"
+                                   if "cutoff" in manifest.relevance else "none (update or rebuild the index)"),
     ]
     if model_device is not None:
         rows.append(("model device", model_device))
