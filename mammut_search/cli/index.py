@@ -165,21 +165,29 @@ def _duplicates(args: argparse.Namespace) -> int:
 
 
 def _similarity(text: str) -> float:
-    value = float(text)
+    value = _number(float, text, "a cosine similarity, a number between -1 and 1")
     if not -1.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"a cosine similarity lies between -1 and 1, got {text}")
     return value
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _number(int, text, "a whole number, at least 1")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
 
 
 def _non_negative(text: str) -> int:
-    value = int(text)
+    value = _number(int, text, "a whole number, 0 or more")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
+
+
+def _number(kind: type, text: str, expected: str):
+    """`text` as an int or a float, or an argparse error saying what was expected (not the parser's name)."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
