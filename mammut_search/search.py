@@ -16,7 +16,7 @@ import numpy as np
 from mammut_search import hybrid, query as q, ranking, relevance, rerank as rr
 from mammut_search.errors import UserError
 from mammut_search.image_access import indexed_image
-from mammut_search.index.duplicates import DUPLICATE_SIMILARITY
+from mammut_search.index.duplicates import DUPLICATE_SIMILARITY, check_threshold
 from mammut_search.index.manifest import rebuild_command
 from mammut_search.live_index import LiveIndex
 from mammut_search.query import DEFAULT_K, QueryTerm
@@ -155,7 +155,7 @@ class Searcher:
 
     def duplicates(self, item_id: int, *, threshold: float = DUPLICATE_SIMILARITY) -> SearchResults:
         """The near-identical images of an indexed image (latents at least `threshold` similar, copies too)."""
-        return self.similar(item_id, q.MAX_K, min_similarity=threshold)
+        return self.similar(item_id, q.MAX_K, min_similarity=check_threshold(threshold))
 
     def caption(self, image: Image.Image | str | os.PathLike | bytes, *, beam_width: int | None = None) -> str:
         """The generated caption of one image (a PIL image, a file path or the file's bytes), decoded as the

@@ -105,3 +105,26 @@ def test_number_options_say_what_they_expect(index, capsys, argv, expected):
         main(argv)
     err = capsys.readouterr().err
     assert expected in err and "invalid" not in err
+
+
+@pytest.mark.parametrize("k, weight, expected", [
+    (4.0, float("nan"), "The uploaded image has the weight nan; a weight is a finite number"),
+    (4, "abc", "The uploaded image has the weight 'abc'"), (4, [1], "The uploaded image has the weight [1]"),
+    (float("nan"), 0.5, "K must be a whole number from 1 to 1000, got nan"),
+    ("x", 0.0, "K must be a whole number from 1 to 1000, got 'x'"), (2.5, 0.0, "got 2.5")])
+def test_the_pages_odd_numbers_get_a_message_naming_them(searcher, index, k, weight, expected):
+    from ui import app
+
+    image = str(next((index.parent / "images").iterdir()))
+    gallery, message, ids = app.search_text(searcher, "a red circle", k, False, False, image, weight)
+    assert (gallery, ids) == ([], []) and message.startswith("⚠️ ") and expected in message
+
+
+def test_odd_ids_and_thresholds_of_duplicates_are_named(searcher):
+    for item_id in (1.5, float("inf"), float("nan"), True, "x", 10**9):
+        with pytest.raises(UserError, match=re.escape(repr(item_id) if item_id != 10**9 else str(item_id))):
+            searcher.duplicates(item_id)
+    for threshold in (float("nan"), float("inf"), "0.9", None, True):
+        with pytest.raises(UserError, match="a near-duplicate threshold is a cosine similarity, a number, got"):
+            searcher.duplicates(0, threshold=threshold)
+    assert searcher.similar(0, 3.0).ids == searcher.similar(0, 3).ids  # a slider's whole float
