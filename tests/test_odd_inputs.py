@@ -128,3 +128,17 @@ def test_odd_ids_and_thresholds_of_duplicates_are_named(searcher):
         with pytest.raises(UserError, match="a near-duplicate threshold is a cosine similarity, a number, got"):
             searcher.duplicates(0, threshold=threshold)
     assert searcher.similar(0, 3.0).ids == searcher.similar(0, 3).ids  # a slider's whole float
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "", "meta"])
+@pytest.mark.parametrize("command", [["search", "red", "--index", "INDEX"], ["caption", "IMAGE"],
+                                     ["eval", "--folder", "IMAGES"], ["index", "build", "IMAGES", "--out", "OUT"],
+                                     ["ui", "--index", "INDEX"]])
+def test_a_device_torch_cannot_use_is_refused_before_any_work(index, capsys, command, device):
+    image = str(next((index.parent / "images").iterdir()))
+    names = {"INDEX": str(index), "IMAGE": image, "IMAGES": str(index.parent / "images"), "OUT": str(index.parent / "o")}
+    with pytest.raises(SystemExit) as exited:
+        main([names.get(a, a) for a in command] + ["--device", device])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"argument --device: {device!r} is not a device" in err
+    assert "Traceback" not in err and not (index.parent / "o").exists()

@@ -8,6 +8,8 @@ import json
 import logging
 import sys
 
+from mammut_search.cli.options import DEVICE_HELP, device_option
+
 
 INTERRUPTED = ("interrupted: the index is as it was; run the same command again to go on (images encoded so far "
                "are kept)")
@@ -52,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--device", type=device_option, help=DEVICE_HELP)
     parser.add_argument("--batch-size", type=_positive,
                         help="images per model batch (default: chosen for the device and its memory)")
     parser.add_argument("--workers", type=_non_negative, default=None,
