@@ -136,7 +136,8 @@ def test_odd_ids_and_thresholds_of_duplicates_are_named(searcher):
                                      ["ui", "--index", "INDEX"]])
 def test_a_device_torch_cannot_use_is_refused_before_any_work(index, capsys, command, device):
     image = str(next((index.parent / "images").iterdir()))
-    names = {"INDEX": str(index), "IMAGE": image, "IMAGES": str(index.parent / "images"), "OUT": str(index.parent / "o")}
+    names = {"INDEX": str(index), "IMAGE": image, "IMAGES": str(index.parent / "images"),
+             "OUT": str(index.parent / "o")}
     with pytest.raises(SystemExit) as exited:
         main([names.get(a, a) for a in command] + ["--device", device])
     err = capsys.readouterr().err
