@@ -119,7 +119,7 @@ class CpuImageEncoder:
         """Export the encoder and check the runtime's output on a probe batch against PyTorch's."""
         probe = torch.rand(PROBE_BATCH, 3, self.image_size, self.image_size,
                            generator=torch.Generator().manual_seed(0)) * 2 - 1
-        module = ExportedPart(self.encoder).eval()
+        module = ExportedPart(self.encoder)  # used in eval mode only (image_features)
         graph = export_graph(module, probe)
         try:
             session = make_session(self.ort, graph, self.threads)
