@@ -11,8 +11,8 @@ The photos are made from real ones (scikit-image's and scikit-learn's sample pho
 fetched with pip / apt-get into data/cache): 4:3 crops at random places and scales, mirrored every other
 pass, resized to 1024x768, written under benchmarks/out/ (git-ignored).
 
-    python benchmarks/bench_photo_build.py                       # this tree, the bundled checkpoint
-    python benchmarks/bench_photo_build.py --before b636e0b     # and the code of an earlier commit, interleaved
+    python benchmarks/bench_photo_build.py                           # this tree, the bundled checkpoint
+    python benchmarks/bench_photo_build.py --code b636e0b HEAD      # the code of commits instead, interleaved
 """
 
 from __future__ import annotations
@@ -104,11 +104,12 @@ def bare_encoder_rate(checkpoint: Path, folder: Path, batch_size: int) -> float:
     return len(pixels) / (time.perf_counter() - start)
 
 
-def timed_build(code: Path, checkpoint: Path, folder: Path, captions: bool) -> float:
-    """Images/s of one `build_index` run with the project at `code`, in a fresh process."""
+def timed_build(code: Path, checkpoint: Path, folder: Path, captions: bool, keep: Path) -> float:
+    """Images/s of one `build_index` run with the project at `code`, in a fresh process; its captions and
+    latents are kept in `keep` (.npz)."""
     env = {**os.environ, "MAMMUT_BENCH_CODE": str(code)}
     command = [sys.executable, __file__, "--child", str(folder), "--checkpoint", str(checkpoint),
-               "--captions", "on" if captions else "off"]
+               "--captions", "on" if captions else "off", "--keep", str(keep)]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"build with {code} failed:\n{done.stderr[-3000:]}")
@@ -116,8 +117,10 @@ def timed_build(code: Path, checkpoint: Path, folder: Path, captions: bool) -> f
     return result["images"] / result["seconds"]
 
 
-def child_build(folder: Path, checkpoint: Path, captions: bool) -> None:
-    """(In the child process) load the model, warm its encoder up, time build_index, print the result."""
+def child_build(folder: Path, checkpoint: Path, captions: bool, keep: Path) -> None:
+    """(In the child process) load the model, warm its encoder up, time build_index, print the result and
+    keep the index's captions and latents by file name."""
+    import numpy as np
     import torch
 
     from index_builder.build import BuildOptions, build_index
@@ -132,16 +135,38 @@ def child_build(folder: Path, checkpoint: Path, captions: bool) -> None:
     store = build_index([folder], out, model, options=BuildOptions(captions=captions, progress=False))
     seconds = time.perf_counter() - start
     images = int(store.manifest.count)
+    items = store.items.sort_values("path")
+    np.savez(keep, names=np.array([Path(p).name for p in items["path"]]), captions=np.array(items["caption"]),
+             latents=store.vectors.reconstruct(items["id"].to_numpy(np.int64)))
     shutil.rmtree(out)
     print(json.dumps({"images": images, "seconds": seconds}))
 
 
+def kept(name: str) -> Path:
+    """Where the captions and latents of the last captions-on build of `name` are kept."""
+    return OUT / f"latest-on-{name.replace(' ', '-')}.npz"
+
+
+def agreement(a: Path, b: Path) -> str:
+    """How far two builds of the same photos agree: identical captions, and the cosine of their latents."""
+    import numpy as np
+
+    x, y = np.load(a), np.load(b)
+    assert (x["names"] == y["names"]).all()
+    same = int((x["captions"] == y["captions"]).sum())
+    cosine = (x["latents"] * y["latents"]).sum(axis=1)  # unit vectors
+    return (f"identical captions {same}/{len(cosine)}, latent cosine min {cosine.min():.6f} "
+            f"(mean {cosine.mean():.6f})")
+
+
 def code_of(revision: str) -> Path:
     """The project's files at a git revision, unpacked under benchmarks/out/code-REVISION."""
-    folder = OUT / f"code-{revision}"
+    commit = subprocess.run(["git", "rev-parse", "--short", revision], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    folder = OUT / f"code-{commit}"
     if not (folder / "mammut_search").is_dir():
         folder.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", revision, "mammut_search", "index_builder"], cwd=REPO,
+        archive = subprocess.run(["git", "archive", commit, "mammut_search", "index_builder"], cwd=REPO,
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
@@ -152,13 +177,15 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="checkpoint directory (default: the bundled one)")
     parser.add_argument("--images", type=int, default=384, help="photos to index (default 384)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
-    parser.add_argument("--before", help="also time the builds of the code at this git revision")
+    parser.add_argument("--code", nargs="+", metavar="REVISION",
+                        help="time the builds of the code at these git revisions (default: this working tree)")
     parser.add_argument("--cache-dir", default=str(REPO / "data" / "cache"), help="where photo packages go")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--captions", choices=["on", "off"], help=argparse.SUPPRESS)
+    parser.add_argument("--keep", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child_build(Path(args.child), Path(args.checkpoint), args.captions == "on")
+        return child_build(Path(args.child), Path(args.checkpoint), args.captions == "on", Path(args.keep))
 
     import onnxruntime
     import torch
@@ -169,7 +196,7 @@ def main() -> None:
     folder = make_photos(args.images, Path(args.cache_dir))
     model = load_model(checkpoint, device="cpu")
     encoder, batch = model.config.image_encoder, auto_batch_size(model)
-    codes = {"this": REPO, **({f"before ({args.before})": code_of(args.before)} if args.before else {})}
+    codes = {revision: code_of(revision) for revision in args.code} if args.code else {"this tree": REPO}
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"onnxruntime {onnxruntime.__version__}, {torch.get_num_threads()} threads; {encoder.kind} at "
           f"{encoder.image_size} px, batch {batch}; {args.images} photos 1024x768 JPEG; load average "
@@ -180,8 +207,8 @@ def main() -> None:
     for round_ in range(1, args.rounds + 1):
         bare = bare_encoder_rate(checkpoint, folder, batch)
         for name, code in codes.items():
-            on = timed_build(code, checkpoint, folder, captions=True)
-            off = timed_build(code, checkpoint, folder, captions=False)
+            on = timed_build(code, checkpoint, folder, captions=True, keep=kept(name))
+            off = timed_build(code, checkpoint, folder, captions=False, keep=OUT / "latest-off.npz")
             ratios.setdefault((name, True), []).append(on / bare)
             ratios.setdefault((name, False), []).append(off / bare)
             print(f"| {round_} | {bare:.1f} | {name} | {on:.1f} | {on / bare:.2f} | {off:.1f} | {off / bare:.2f} |",
@@ -189,6 +216,9 @@ def main() -> None:
     for name in codes:
         print(f"median ratio, {name}: captions on {statistics.median(ratios[name, True]):.2f}, "
               f"captions off {statistics.median(ratios[name, False]):.2f}")
+    first, *others = codes
+    for name in others:
+        print(f"{name} against {first}: {agreement(kept(first), kept(name))}")
     print(f"load average {os.getloadavg()[0]:.1f} at end")
 
 

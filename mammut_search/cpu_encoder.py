@@ -2,7 +2,7 @@
 identity, checked against PyTorch before first use. PyTorch runs it on a GPU, while it trains, and wherever
 the runtime is missing or refuses (one line says why).
 
-    pixels (b 3 H W) ─ONNX Runtime: the backbone─▶ feature map ─PyTorch: the cheap rest (pooling)─▶ tokens (b j c)
+    pixels (b 3 H W) ─ONNX Runtime: the backbone─▶ feature map ─PyTorch: the cheap rest─▶ tokens (b j c)
 
 Cache: <XDG_CACHE_HOME or ~/.cache>/mammut-search/onnx/image-encoder-KEY.onnx and KEY.json, KEY a sha256 of
 the encoder's weights and config, the input size and the torch and onnxruntime versions. The .json, written
@@ -250,7 +250,8 @@ def verified_graph(graph_path: Path, meta_path: Path, key: str) -> bytes | None:
         graph = graph_path.read_bytes()
     except (OSError, ValueError):
         return None
-    if not isinstance(meta, dict) or meta.get("key") != key or meta.get("sha256") != hashlib.sha256(graph).hexdigest():
+    whole = isinstance(meta, dict) and meta.get("sha256") == hashlib.sha256(graph).hexdigest()
+    if not whole or meta.get("key") != key:
         log.info("%s: damaged or stale; exporting the image encoder again", graph_path)
         return None
     return graph
