@@ -8,7 +8,6 @@ import functools
 import logging
 import signal
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -24,7 +23,6 @@ from mammut_search.model.config import CAPTION_BEAM_WIDTH, CAPTION_MAX_LEN, Imag
 log = logging.getLogger(__name__)
 
 
-OVERLAP_CAPTIONS = True  # (measuring)
 # The file's bytes changed between hashing and decoding; its row is retried by the next update.
 CHANGED = "unreadable (changed while it was being indexed; run mammut index update)"
 
@@ -104,51 +102,17 @@ def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: i
         collate_fn=functools.partial(collate, config=config), pin_memory=on_cuda,
         prefetch_factor=4 if workers > 0 else None, persistent_workers=False, worker_init_fn=_decoding_worker,
     )
-    caption = functools.partial(model.captions_from_tokens, beam_width=beam_width, max_len=caption_max_len)
-    with _captioner(model, captions) as captioner:
-        pending = None
-        for batch in _started(loader):
-            samples, pixels = batch["samples"], batch["pixels"]
-            latents, tokens, texts = None, None, None
-            if pixels is not None:
-                features = model.image_features(pixels)  # pinned by the loader on a GPU: copied asynchronously
-                latents = model.latents_from_features(features).numpy().astype(np.float32, copy=False)
-                decoder_tokens = model.decoder_tokens(features)
-                tokens = decoder_tokens.to(torch.float16).cpu().numpy()
-                if captions:
-                    texts = captioner.submit(caption, decoder_tokens)
-            if pending is not None:
-                yield _finished(*pending)
-            pending = (samples, latents, tokens, texts)
-        if pending is not None:
-            yield _finished(*pending)
-
-
-def _captioner(model, captions: bool):
-    """Where captions are written: a thread of their own on a CPU model running single-threaded, so that a
-    batch's captions overlap the next batch's encoder (two single-threaded stages, as on 2 cores); else inline."""
-    if OVERLAP_CAPTIONS and captions and model.device.type == "cpu" and torch.get_num_threads() == 1:
-        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="captions")
-    return _Inline()
-
-
-class _Inline:
-    """The executor interface, running each job at once."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def submit(self, fn, *args):
-        future = Future()
-        future.set_result(fn(*args))
-        return future
-
-
-def _finished(samples: list[dict], latents, tokens, texts: Future | None) -> list[Encoded]:
-    return list(_results(samples, latents, tokens, texts.result() if texts is not None else None))
+    for batch in _started(loader):
+        samples, pixels = batch["samples"], batch["pixels"]
+        latents, tokens, texts = None, None, None
+        if pixels is not None:
+            features = model.image_features(pixels)  # pinned by the loader on a GPU: copied asynchronously
+            latents = model.latents_from_features(features).numpy().astype(np.float32, copy=False)
+            decoder_tokens = model.decoder_tokens(features)
+            tokens = decoder_tokens.to(torch.float16).cpu().numpy()
+            if captions:
+                texts = model.captions_from_tokens(decoder_tokens, beam_width=beam_width, max_len=caption_max_len)
+        yield list(_results(samples, latents, tokens, texts))
 
 
 def _started(loader: DataLoader):
