@@ -1,11 +1,12 @@
 """Index build speed on camera-sized photos against the bare image encoder under ONNX Runtime, on a CPU.
 
 Builds an index of N distinct 1024x768 JPEG photos with a checkpoint (captions on, then off) and, in the same
-run, times the bare encoder backbone of the same kind and input size under ONNX Runtime (a session with the
-runtime's default options and PyTorch's thread count) on the same photos already decoded. A build's figure
-is images / seconds of `build_index` (scan, sha256, decoding, encoder, latents, captions, shards, commit),
-the model loaded and warmed beforehand. Rounds alternate the three timings; each round's ratios are taken at
-the same moment, and the table gives every round and the medians.
+run, times the bare encoder backbone of the same kind and input size under ONNX Runtime (the runtime's
+default options, 1 thread and PyTorch's thread count) on the same photos already decoded. A build's figure
+is images / seconds of `build_index` (scan, sha256, decoding, encoder, latents, captions, shards, commit) in
+a fresh process, the model loaded and warmed beforehand; its ratio is to the better bare-encoder figure timed
+just before it. The table gives every build and the median ratios; builds of different code agree on
+captions and latents or the last lines say where not.
 
 The photos are made from real ones (scikit-image's and scikit-learn's sample photos and GCompris's photos,
 fetched with pip / apt-get into data/cache): 4:3 crops at random places and scales, mirrored every other
@@ -79,29 +80,42 @@ def make_photos(count: int, cache_dir: Path) -> Path:
     return folder
 
 
-def bare_encoder_rate(checkpoint: Path, folder: Path, batch_size: int) -> float:
-    """Images/s of the encoder's backbone alone under ONNX Runtime, on the photos already decoded."""
-    import numpy as np
-    import onnxruntime
-    import torch
+class BareEncoder:
+    """The encoder's backbone alone under ONNX Runtime (sessions with the runtime's default options, 1 thread
+    and PyTorch's thread count), on the photos already decoded and preprocessed, in batches of the build's size."""
 
-    from mammut_search.cpu_encoder import cpu_encoder
-    from mammut_search.inference import load_model
+    def __init__(self, checkpoint: Path, folder: Path, batch_size: int):
+        import numpy as np
+        import onnxruntime
+        import torch
 
-    model = load_model(checkpoint, device="cpu")
-    encoder = cpu_encoder(model.net)
-    if encoder is None:
-        raise SystemExit("ONNX Runtime does not run this encoder here; see the line above")
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(encoder.graph, options, providers=["CPUExecutionProvider"])
-    pixels = model.preprocess_files(sorted(folder.glob("*.jpg"))).numpy()
-    batches = [np.ascontiguousarray(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
-    session.run(None, {"pixels": batches[0]})  # warm-up
-    start = time.perf_counter()
-    for batch in batches:
-        session.run(None, {"pixels": batch})
-    return len(pixels) / (time.perf_counter() - start)
+        from mammut_search.cpu_encoder import cpu_encoder
+        from mammut_search.inference import load_model
+
+        model = load_model(checkpoint, device="cpu")
+        encoder = cpu_encoder(model.net)
+        if encoder is None:
+            raise SystemExit("ONNX Runtime does not run this encoder here; see the line above")
+        pixels = model.preprocess_files(sorted(folder.glob("*.jpg"))).numpy()
+        self.count = len(pixels)
+        self.batches = [np.ascontiguousarray(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
+        self.sessions = {}
+        for threads in sorted({1, torch.get_num_threads()}):
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            self.sessions[threads] = onnxruntime.InferenceSession(encoder.graph, options,
+                                                                  providers=["CPUExecutionProvider"])
+
+    def rates(self) -> dict[int, float]:
+        """threads -> images/s, now."""
+        rates = {}
+        for threads, session in self.sessions.items():
+            session.run(None, {"pixels": self.batches[0]})  # warm-up
+            start = time.perf_counter()
+            for batch in self.batches:
+                session.run(None, {"pixels": batch})
+            rates[threads] = self.count / (time.perf_counter() - start)
+        return rates
 
 
 def timed_build(code: Path, checkpoint: Path, folder: Path, captions: bool, keep: Path) -> float:
@@ -201,18 +215,22 @@ def main() -> None:
           f"onnxruntime {onnxruntime.__version__}, {torch.get_num_threads()} threads; {encoder.kind} at "
           f"{encoder.image_size} px, batch {batch}; {args.images} photos 1024x768 JPEG; load average "
           f"{os.getloadavg()[0]:.1f} at start")
-    print("| round | bare encoder (ONNX Runtime) img/s | code | build, captions on | ratio | captions off | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    bare = BareEncoder(checkpoint, folder, batch)
+    threads = list(bare.sessions)
+    print("| round | code | captions | " + " | ".join(f"bare encoder, {t} thread{'s' * (t > 1)}" for t in threads)
+          + " | build img/s | ratio to the best bare |")
+    print("|---" * (4 + len(threads)) + "|")
     ratios: dict[tuple[str, bool], list[float]] = {}
     for round_ in range(1, args.rounds + 1):
-        bare = bare_encoder_rate(checkpoint, folder, batch)
         for name, code in codes.items():
-            on = timed_build(code, checkpoint, folder, captions=True, keep=kept(name))
-            off = timed_build(code, checkpoint, folder, captions=False, keep=OUT / "latest-off.npz")
-            ratios.setdefault((name, True), []).append(on / bare)
-            ratios.setdefault((name, False), []).append(off / bare)
-            print(f"| {round_} | {bare:.1f} | {name} | {on:.1f} | {on / bare:.2f} | {off:.1f} | {off / bare:.2f} |",
-                  flush=True)
+            for captions in (True, False):
+                rates = bare.rates()  # just before the build, so both see the same load
+                build = timed_build(code, checkpoint, folder, captions,
+                                    keep=kept(name) if captions else OUT / "latest-off.npz")
+                ratio = build / max(rates.values())
+                ratios.setdefault((name, captions), []).append(ratio)
+                print(f"| {round_} | {name} | {'on' if captions else 'off'} | "
+                      + " | ".join(f"{rates[t]:.1f}" for t in threads) + f" | {build:.1f} | {ratio:.2f} |", flush=True)
     for name in codes:
         print(f"median ratio, {name}: captions on {statistics.median(ratios[name, True]):.2f}, "
               f"captions off {statistics.median(ratios[name, False]):.2f}")
