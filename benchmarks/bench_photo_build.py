@@ -150,7 +150,8 @@ def child_build(folder: Path, checkpoint: Path, captions: bool, keep: Path) -> N
     seconds = time.perf_counter() - start
     images = int(store.manifest.count)
     items = store.items.sort_values("path")
-    np.savez(keep, names=np.array([Path(p).name for p in items["path"]]), captions=np.array(items["caption"]),
+    np.savez(keep, names=np.array([Path(p).name for p in items["path"]], dtype=str),
+             captions=np.array(items["caption"].tolist(), dtype=str),
              latents=store.vectors.reconstruct(items["id"].to_numpy(np.int64)))
     shutil.rmtree(out)
     print(json.dumps({"images": images, "seconds": seconds}))
@@ -219,7 +220,7 @@ def main() -> None:
     threads = list(bare.sessions)
     print("| round | code | captions | " + " | ".join(f"bare encoder, {t} thread{'s' * (t > 1)}" for t in threads)
           + " | build img/s | ratio to the best bare |")
-    print("|---" * (4 + len(threads)) + "|")
+    print("|---" * (5 + len(threads)) + "|")
     ratios: dict[tuple[str, bool], list[float]] = {}
     for round_ in range(1, args.rounds + 1):
         for name, code in codes.items():
