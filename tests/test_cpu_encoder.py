@@ -239,3 +239,13 @@ def test_a_cpu_build_gives_each_decoding_process_a_core(cache, tmp_path, monkeyp
         assert set(seen) == {1}
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_environment_can_keep_the_encoder_in_pytorch(cache, monkeypatch, caplog):
+    monkeypatch.setenv(cpu_encoder.RUNTIME_ENV, "torch")
+    model = tiny_model(seed=0)
+    x = pixels()
+    with caplog.at_level(logging.WARNING, logger="mammut_search.cpu_encoder"):
+        assert torch.equal(model.encode_image(x), pytorch_latents(model, x))
+    assert cpu_encoder.cpu_encoder(model.net) is None and not caplog.records
+    assert not list(cache.glob("*"))
