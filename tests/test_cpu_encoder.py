@@ -3,7 +3,6 @@ the weights' identity that is never trusted when damaged or stale, PyTorch with 
 missing or refuses, and one owner of the compute threads."""
 
 import logging
-import os
 import sys
 from pathlib import Path
 
