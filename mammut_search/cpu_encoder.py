@@ -53,13 +53,18 @@ def image_features(net: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     if pixels.device.type == "cpu" and not net.image_encoder.training and not torch.is_grad_enabled():
         encoder = cpu_encoder(net)
         if encoder is not None:
-            return encoder(pixels)
+            try:
+                return encoder(pixels)
+            except RuntimeRefused as e:  # new weights whose export the runtime refuses
+                log.warning("the image encoder runs in PyTorch on this CPU from now on: %s", e)
+                _encoders[net] = None
     return net.image_features(pixels)
 
 
 def cpu_encoder(net: nn.Module) -> "CpuImageEncoder | None":
-    """The network's encoder under ONNX Runtime (made once per network), or None where it cannot run there."""
-    if net in _encoders:
+    """The network's encoder under ONNX Runtime (made once per network and encoder module), or None where it
+    cannot run there."""
+    if net in _encoders and (_encoders[net] is None or _encoders[net].encoder is net.image_encoder):
         return _encoders[net]
     encoder = None
     if os.environ.get(RUNTIME_ENV, "").lower() != "torch":

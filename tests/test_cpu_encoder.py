@@ -248,3 +248,16 @@ def test_the_environment_can_keep_the_encoder_in_pytorch(cache, monkeypatch, cap
         assert torch.equal(model.encode_image(x), pytorch_latents(model, x))
     assert cpu_encoder.cpu_encoder(model.net) is None and not caplog.records
     assert not list(cache.glob("*"))
+
+
+def test_an_unwritable_cache_costs_a_line_not_the_runtime(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "xdg"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    model = tiny_model(seed=0)
+    x = pixels()
+    with caplog.at_level(logging.WARNING, logger="mammut_search.cpu_encoder"):
+        latents = model.encode_image(x)
+    assert cpu_encoder.cpu_encoder(model.net) is not None
+    assert F.cosine_similarity(latents, pytorch_latents(model, x)).min() >= 0.9999
+    assert len(caplog.records) == 1 and "cannot keep" in caplog.records[0].getMessage()
