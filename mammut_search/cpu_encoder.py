@@ -124,7 +124,7 @@ class CpuImageEncoder:
         """Export the encoder and check the runtime's output on a probe batch against PyTorch's."""
         probe = torch.rand(PROBE_BATCH, 3, self.image_size, self.image_size,
                            generator=torch.Generator().manual_seed(0)) * 2 - 1
-        module = ExportedPart(self.encoder)  # used in eval mode only (image_features)
+        module = ExportedPart(self.encoder)
         graph = export_graph(module, probe)
         try:
             session = make_session(self.ort, graph, self.threads)
@@ -147,6 +147,9 @@ class ExportedPart(nn.Module):
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder
+        # the encoder's mode, set without recursing: the exporter puts this module back into the mode it had,
+        # recursively, and a default (training) wrapper would leave the encoder in training mode
+        self.training = encoder.training
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         if hasattr(self.encoder, "feature_map"):

@@ -55,6 +55,7 @@ def test_latents_through_the_runtime_equal_pytorchs(cache):
     x = pixels()
     latents = model.encode_image(x)
     assert cpu_encoder.cpu_encoder(model.net) is not None  # the runtime ran, not PyTorch
+    assert not model.net.image_encoder.training  # the export left the encoder as it was
     assert F.cosine_similarity(latents, pytorch_latents(model, x)).min() >= 0.9999
     assert len(list(cache.glob("*.onnx"))) == 1 and len(list(cache.glob("*.json"))) == 1
 
