@@ -53,6 +53,8 @@ def default_model(device: str | None) -> tuple[MammutModel, str]:
 
     tokenizer = train_bpe(TINY_TEXTS * 4, vocab_size=300, min_frequency=1)
     config = MammutConfig(vocab_size=8192, dim=384, depth=3, heads=6, num_img_queries=64, dim_latents=256,
+                          ff_mult=4, image_grid_latent=False, semantic_dim=0, fusion_weight=0.0,
+                          image_encoder={"grid": 0, "classifier_token": False},
                           pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
     torch.manual_seed(0)
     return (MammutModel(MaMMUT(config), tokenizer, device=device),
@@ -124,18 +126,13 @@ def measure_latencies(searcher: Searcher, queries: int, cold: int, on_thread) ->
             out.append(time.perf_counter() - start)
         samples[name] = out
 
-    def cold_rerank(text: str) -> None:
-        searcher.clear_cache()
-        searcher.search_text(text, 10, rerank=True)
-
     def run() -> None:
         each("text encoding", lambda t: model.encode_text([t]), texts)
         each(f"FAISS top-{RERANK_CANDIDATES}", lambda t: vectors.search(latent, RERANK_CANDIDATES), texts)
-        each("query, no re-ranking (k=10)", lambda t: searcher.search_text(t, 10, rerank=False), texts)
-        each(f"query, re-ranking {RERANK_CANDIDATES}, cold cache", cold_rerank, texts[:cold])
-        searcher.search_text(texts[0], 10, rerank=True)
-        each(f"query, re-ranking {RERANK_CANDIDATES}, cached image tokens",
-             lambda t: searcher.search_text(texts[0], 10, rerank=True), texts[:queries])
+        each("query, vectors only (k=10)", lambda t: searcher.search_text(t, 10, vectors_only=True), texts)
+        each("query, vectors and keywords (k=10)", lambda t: searcher.search_text(t, 10, rerank=False), texts)
+        each(f"query, re-ranking {RERANK_CANDIDATES} from stored tokens",
+             lambda t: searcher.search_text(t, 10, rerank=True), texts[:cold])
 
     on_thread(run)
     return samples
@@ -193,7 +190,6 @@ def main() -> None:
                 rows.append((size, name, percentile(values, 50), percentile(values, 95), len(values)))
                 print(f"  {name:45s} p50 {rows[-1][2] * 1000:8.1f} ms  p95 {rows[-1][3] * 1000:8.1f} ms")
             for rerank in (False, True):
-                searcher.clear_cache()
                 qps, p50, p95 = measure_throughput(searcher, args.clients, args.seconds, rerank)
                 throughput.append((size, rerank, qps, p50, p95))
                 print(f"  {args.clients} clients, re-ranking {'on ' if rerank else 'off'}: {qps:6.1f} queries/s, "

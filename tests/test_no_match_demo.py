@@ -1,6 +1,8 @@
-"""The "nothing matches" notice of the bundled checkpoint on the demo collection, on concepts its margin was not
-calibrated on (benchmarks/no_match_concepts.json, odd positions): it fires for most concepts the collection
-lacks, and almost never where the first result is right."""
+"""The bundled checkpoint on the demo collection. The "nothing matches" notice, with the cutoff calibrated on the
+demo index itself, on concepts its quantile was not chosen on (benchmarks/no_match_concepts.json, odd
+positions): it fires for at least half the concepts the collection lacks, for few it holds, and almost never
+where the first result is right.
+Query arithmetic: a concept plus a colour."""
 
 import csv
 import json
@@ -10,6 +12,7 @@ import pytest
 
 from index_builder.build import BuildOptions, build_index
 from mammut_search.eval.domains import content_words
+from mammut_search import relevance
 from mammut_search.inference import default_checkpoint_dir, load_model
 from mammut_search.search import Searcher
 
@@ -26,15 +29,32 @@ def demo_searcher(tmp_path_factory):
         yield searcher
 
 
-@pytest.mark.slow
-def test_the_notice_fires_for_absent_concepts_and_not_over_right_results(demo_searcher):
+def true_captions() -> dict[str, str]:
     with open(REPO / "data" / "demo" / "captions.csv", newline="") as f:
-        caption_of = {Path(image).name: caption for image, caption in csv.reader(f)}
+        return {Path(image).name: caption for image, caption in csv.reader(f)}
+
+
+@pytest.mark.slow
+def test_the_notice_fires_for_absent_concepts_and_seldom_for_present_ones(demo_searcher):
+    caption_of = true_captions()
+    assert demo_searcher.store.manifest.relevance["cutoff"] == relevance.cutoff(
+        demo_searcher.store.manifest)  # the index's own calibration decides
     absent = [demo_searcher.search_text(q, 1, rerank=False) for q in CONCEPTS["absent"][1::2]]
-    assert sum(r.nothing_matches for r in absent) >= 16  # most of 30
-    flagged_over_a_right_result = 0
-    for query in CONCEPTS["present"][1::2]:
-        results = demo_searcher.search_text(query, 1, rerank=False)
-        first = caption_of[Path(results[0].path).name]
-        flagged_over_a_right_result += results.nothing_matches and bool(content_words(first) & content_words(query))
-    assert flagged_over_a_right_result <= 1  # of the 30 present concepts
+    assert sum(r.nothing_matches for r in absent) >= 15  # of 30
+    present = {q: demo_searcher.search_text(q, 1, rerank=False) for q in CONCEPTS["present"][1::2]}
+    assert sum(r.nothing_matches for r in present.values()) <= 4  # of 30; the aim is 3 (benchmarks/RESULTS.md)
+    assert sum(r.nothing_matches and bool(content_words(caption_of[Path(r[0].path).name]) & content_words(q))
+               for q, r in present.items()) <= 1  # flagged over a right first result
+
+
+@pytest.mark.slow
+def test_a_concept_plus_a_colour(demo_searcher):
+    caption_of = true_captions()
+
+    def captions(query: str) -> list[str]:
+        return [caption_of[Path(h.path).name] for h in demo_searcher.search_text(query, 3, vectors_only=True)]
+
+    assert captions("book")[0] != "blue book" and "blue book" in captions("book")
+    assert captions("book + blue")[0] == "blue book"
+    assert "blue book" not in captions("book - blue")
+    assert captions("circle + red")[0] == "red circle"

@@ -11,7 +11,7 @@ import os
 import sys
 
 SUBCOMMANDS = {
-    "index": ("build, update or inspect an image index (index build | index update | index info)", "index"),
+    "index": ("build, update or inspect an image index (index build | update | info | duplicates)", "index"),
     "search": ("search an index with a text query or an image", "search"),
     "caption": ("write a caption for each image (no index needed)", "caption"),
     "eval": ("recall@k both ways and caption quality on a captioned collection", "eval"),

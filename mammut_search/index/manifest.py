@@ -70,6 +70,7 @@ class Manifest:
     files: dict[str, int] = field(default_factory=dict)  # data file -> size in bytes
     checksums: dict[str, str] = field(default_factory=dict)  # data file -> sha256; empty in old indexes
     rerank_tokens: dict[str, Any] = field(default_factory=dict)  # the stored decoder tokens (index/tokens.py); {}: none
+    relevance: dict[str, Any] = field(default_factory=dict)  # the "nothing matches" calibration (relevance.py); {}: none
     created: str | None = None
     updated: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know, kept as they were
@@ -84,6 +85,9 @@ class Manifest:
         for key, value in data.items():
             (known if key in hints and key != "extra" else extra)[key] = value
         version = known.get("schema_version")
+        if not isinstance(version, int) or isinstance(version, bool):  # "1" is not version 1: a damaged file
+            raise IndexStoreError(f"{source}: damaged manifest ('schema_version' is {json.dumps(version)}, not a "
+                                  f"whole number); rebuild with {rebuild_command(Path(source).parent, data)}")
         if version != SCHEMA_VERSION:
             raise IndexStoreError(f"{source}: index schema version {version}, this program reads version "
                                   f"{SCHEMA_VERSION}; rebuild with {rebuild_command(Path(source).parent, data)}")
@@ -218,6 +222,9 @@ def summary_rows(directory: Path, manifest: Manifest, *, search: str, model_devi
     checkpoint = manifest.checkpoint_sha256[:12] or "(unsaved)"
     where = "bundled" if manifest.checkpoint_dir is None else "own" if private else readable(manifest.checkpoint_dir)
     folders = [os.path.basename(os.path.normpath(r)) or r for r in manifest.roots] if private else manifest.roots
+    from mammut_search.relevance import cutoff as relevance_cutoff
+
+    cutoff = relevance_cutoff(manifest)
     rows = [] if private else [("index", str(Path(directory).resolve()))]
     rows += [
         ("images", f"{manifest.count} indexed, {manifest.skipped} files skipped"),
@@ -230,7 +237,11 @@ def summary_rows(directory: Path, manifest: Manifest, *, search: str, model_devi
                     f"{manifest.faiss_version or '?'}"),
         ("search", search),
         ("re-ranking", "from the stored decoder tokens" if manifest.rerank_tokens else
-                       "by decoding the candidates' files (rebuild the index to store their tokens)"),
+                       "not possible: the index stores no decoder tokens (rebuild it)"),
+        ("keywords", "file names, folders and captions" if "keywords.sqlite" in manifest.files else
+                     "none (update or rebuild the index to search names and captions)"),
+        ("nothing-matches cutoff", f"{cutoff:.4f}, calibrated on this index" if cutoff is not None
+                                   else "none (update or rebuild the index)"),
     ]
     if model_device is not None:
         rows.append(("model device", model_device))

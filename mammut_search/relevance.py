@@ -1,0 +1,69 @@
+""""Nothing matches": whether a text query fits some indexed image better than queries unrelated to the
+collection do, decided by a cutoff that belongs to the index.
+
+The statistic (`match`) is the query's best similarity to any indexed image. The cutoff is calibrated on the
+index itself when it is built or updated: words spread over the tokenizer's vocabulary, mostly unrelated to any
+one collection, are run as queries, and the cutoff is the QUANTILE of their best similarities. A model or a
+collection that shifts every similarity shifts the calibration words' with it. benchmarks/RESULTS.md, "Nothing
+matches", says how the quantile was chosen (on the tuning halves of two collections' concept lists), how the
+notice does on their held-out halves, and why the best similarity and not a cleverer statistic.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+CALIBRATION_WORDS = 400  # queries unrelated to the collection
+QUANTILE = 0.8
+VERSION = 2  # 1: a margin over the candidates' usual words; its cutoffs mean nothing to this statistic
+NOTICE = ("nothing in the index seems to match this query; the closest images are shown, but they are probably "
+          "not what you want")
+TEXT_BATCH = 200
+
+
+def vocabulary_words(tokenizer) -> list[str]:
+    """The tokenizer's whole words (lower-case letters, 4 or more), sorted."""
+    return sorted(w for w in tokenizer.hf.get_vocab() if re.fullmatch(r"[a-z]{4,}", w))
+
+
+def calibration_words(tokenizer, count: int = CALIBRATION_WORDS) -> list[str]:
+    """`count` words spread evenly over the tokenizer's whole-word vocabulary, the same ones every time."""
+    words = vocabulary_words(tokenizer)
+    if len(words) <= count:
+        return words
+    return [words[i] for i in np.linspace(0, len(words) - 1, count).round().astype(np.int64)]
+
+
+def encode_texts(model, texts: list[str]) -> np.ndarray:
+    """Text latents (t l) in batches."""
+    batches = [model.encode_text(texts[i:i + TEXT_BATCH]).numpy() for i in range(0, len(texts), TEXT_BATCH)]
+    return np.concatenate(batches) if batches else np.zeros((0, model.latent_dim), np.float32)
+
+
+def match(similarities: np.ndarray) -> float:
+    """A query's best similarity to an indexed image, from its candidates' similarities; -inf without any."""
+    return round(float(np.max(similarities)), 6) if len(similarities) else float("-inf")
+
+
+def calibrate(model, vectors) -> dict[str, Any]:
+    """The manifest's `relevance` entry for an index whose VectorIndex is `vectors`: the QUANTILE of the
+    matches that calibration words get on it; {} for an empty index or a vocabulary without such words."""
+    queries = calibration_words(model.tokenizer)
+    if not vectors.ntotal or not queries:
+        return {}
+    scores, ids = vectors.search(np.ascontiguousarray(encode_texts(model, queries), np.float32), 1)
+    matches = [match(row_scores[row_ids >= 0]) for row_scores, row_ids in zip(scores, ids)]
+    return {"version": VERSION, "cutoff": round(float(np.quantile(matches, QUANTILE)), 6),
+            "quantile": QUANTILE, "queries": len(queries)}
+
+
+def cutoff(manifest, fixed: float | None = None) -> float | None:
+    """The cutoff in force: `fixed` if given, else the index's calibration; None when there is neither (an index
+    calibrated for another statistic counts as none until it is updated)."""
+    if fixed is not None:
+        return fixed
+    entry = manifest.relevance
+    return entry.get("cutoff") if entry.get("version") == VERSION else None
