@@ -8,6 +8,7 @@ last committed index stays loadable whatever moment a writer is killed at.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -43,6 +44,8 @@ ITEMS_SCHEMA = pa.schema([
     ("mtime", pa.float64()), ("sha256", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
     ("caption", pa.string()), ("status", pa.string()),
 ])
+
+log = logging.getLogger(__name__)
 
 
 def empty_items() -> pd.DataFrame:
@@ -129,6 +132,9 @@ class IndexStore:
             if KEYWORDS_FILE in self.manifest.files and path.exists() \
                     and path.stat().st_size == self.manifest.files[KEYWORDS_FILE]:
                 keywords = open_keywords(path)
+            elif KEYWORDS_FILE in self.manifest.files:
+                log.warning("%s: missing or changed; searching the images' latents only; rebuild the index to "
+                            "mend it", path)
             self._keywords = keywords
         return self._keywords
 
