@@ -48,11 +48,6 @@ ITEMS_SCHEMA = pa.schema([
 log = logging.getLogger(__name__)
 
 
-def empty_items() -> pd.DataFrame:
-    """An items table with no rows and the right column types."""
-    return items_frame([])
-
-
 def items_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows (dicts with ITEM_COLUMNS) -> an items DataFrame with stable column types."""
     # object dtype for strings: pandas' arrow-backed strings cannot hold the surrogate escapes of
@@ -161,11 +156,6 @@ class IndexStore:
     def size_bytes(self) -> int:
         """Bytes the index directory's files take."""
         return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
-
-    def is_current(self) -> bool:
-        """Whether this is still the committed generation (False once an update committed a newer one)."""
-        latest = previous_manifest(self.directory)
-        return latest is None or latest.generation == self.manifest.generation
 
     @staticmethod
     def commit(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: Manifest, *,
