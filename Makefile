@@ -16,6 +16,9 @@ $(BIN)/mammut: pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip uninstall --quiet --yes $(OTHER_FAISS) 2>/dev/null || true  # never both builds at once
 	$(BIN)/pip install --quiet -e '.[dev,train,$(FAISS)]'
+	# the CLIP BPE vocabulary that `mammut convert open-clip` and its tests read as a file (open_clip itself is
+	# never imported: its dependencies would bring another torch)
+	$(BIN)/pip install --quiet --no-deps open-clip-torch==3.3.0
 	touch $(BIN)/mammut
 
 setup: $(BIN)/mammut

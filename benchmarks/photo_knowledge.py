@@ -26,6 +26,7 @@ from mammut_search.eval.domains import caption_hits, domain_metrics
 from mammut_search.eval.domains import validation_sets as domain_sets
 from mammut_search.images import load_image
 from mammut_search.inference import MammutModel, load_model
+from mammut_search.model.retrieval import fuse, query_gate, text_semantic
 from mammut_search.search import RERANK_CANDIDATES, RERANK_WEIGHT
 from mammut_search.train.data import read_manifest
 
@@ -127,7 +128,7 @@ def score_query_oracle(model: MammutModel, sets: dict, features: dict) -> dict:
     def encode_text(texts):
         latents = F.normalize(model.encode_text(texts)[:, :net.config.dim_latents], dim=-1)
         semantic = F.normalize(minilm.encode(list(texts), progress=False).float(), dim=-1)
-        return net.fuse(latents, net.query_gate(net.text_semantic(latents)) * semantic)
+        return fuse(net, latents, query_gate(net, text_semantic(net, latents)) * semantic)
 
     return {n: recall(model.latents_from_features(f), sets[n][1], encode_text) for n, f in features.items()}
 

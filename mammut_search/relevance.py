@@ -11,7 +11,6 @@ notice does on their held-out halves, and why the best similarity and not a clev
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ TEXT_BATCH = 200
 
 def vocabulary_words(tokenizer) -> list[str]:
     """The tokenizer's whole words (lower-case letters, 4 or more), sorted."""
-    return sorted(w for w in tokenizer.hf.get_vocab() if re.fullmatch(r"[a-z]{4,}", w))
+    return tokenizer.whole_words()
 
 
 def calibration_words(tokenizer, count: int = CALIBRATION_WORDS) -> list[str]:

@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "search": ("search an index with a text query or an image", "search"),
     "caption": ("write a caption for each image (no index needed)", "caption"),
     "eval": ("recall@k both ways and caption quality on a captioned collection", "eval"),
+    "convert": ("turn another format's weights (open_clip MaMMUT: LAION's openMaMMUT) into a checkpoint", "convert"),
     "train": ("train a MaMMUT checkpoint", "train"),
     "corpus": ("fetch and render the offline training corpus and the demo collection", "corpus"),
     "ui": ("start the browser interface for an index", "ui"),
