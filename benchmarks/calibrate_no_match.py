@@ -1,6 +1,6 @@
 """Calibrate and test the "nothing matches" notice on an index of the demo collection.
 
-    mammut index build data/demo/images --out /tmp/demo.index
+    mammut index build mammut_search/bundled/demo/images --out /tmp/demo.index
     python benchmarks/calibrate_no_match.py --index /tmp/demo.index
 
 60 concepts named in the demo's captions (present) and 60 emoji concepts that are not in it (absent; both in
@@ -24,12 +24,13 @@ PRESENT, ABSENT = CONCEPTS["present"], CONCEPTS["absent"]
 
 
 def main() -> None:
+    from mammut_search.bundled import demo_dir
     from mammut_search.eval.domains import content_words
     from mammut_search.search import NO_MATCH_MARGIN, Searcher
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", required=True)
-    parser.add_argument("--captions", default="data/demo/captions.csv", help="the demo's image,caption table")
+    parser.add_argument("--captions", default=str(demo_dir() / "captions.csv"), help="the demo's image,caption table")
     args = parser.parse_args()
     with open(args.captions, newline="") as f:
         by_name = {Path(image).name: caption for image, caption in csv.reader(f)}  # image file name -> caption

@@ -10,7 +10,8 @@ import pytest
 
 from index_builder.build import BuildOptions, build_index
 from mammut_search.eval.domains import content_words
-from mammut_search.inference import default_checkpoint_dir, load_model
+from mammut_search.bundled import bundled_checkpoint_dir, demo_dir
+from mammut_search.inference import load_model
 from mammut_search.search import Searcher
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,15 +21,15 @@ CONCEPTS = json.loads((REPO / "benchmarks" / "no_match_concepts.json").read_text
 @pytest.fixture(scope="module")
 def demo_searcher(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo.index"
-    build_index([str(REPO / "data" / "demo" / "images")], out, load_model(device="cpu"),
-                checkpoint_dir=default_checkpoint_dir(), options=BuildOptions(progress=False))
+    build_index([str(demo_dir() / "images")], out, load_model(device="cpu"),
+                checkpoint_dir=bundled_checkpoint_dir(), options=BuildOptions(progress=False))
     with Searcher.open(out, device="cpu") as searcher:
         yield searcher
 
 
 @pytest.mark.slow
 def test_the_notice_fires_for_absent_concepts_and_not_over_right_results(demo_searcher):
-    with open(REPO / "data" / "demo" / "captions.csv", newline="") as f:
+    with open(demo_dir() / "captions.csv", newline="") as f:
         caption_of = {Path(image).name: caption for image, caption in csv.reader(f)}
     absent = [demo_searcher.search_text(q, 1, rerank=False) for q in CONCEPTS["absent"][1::2]]
     assert sum(r.nothing_matches for r in absent) >= 16  # most of 30
