@@ -77,13 +77,6 @@ def test_a_higher_target_buys_more_probes(collection, ivf):
     assert stricter.description["recall_at_10"] >= 0.99
 
 
-def test_hnsw_meets_the_target_too(collection):
-    vectors, ids = collection[0][:5000], collection[1][:5000]
-    index = build_vector_index(vectors, ids, kind="hnsw", exact_threshold=1000)
-    assert index.kind == "hnsw" and index.description["recall_at_10"] >= 0.95
-    assert exact_recall_at_10(index, vectors, ids, latents(300, seed=7)) >= 0.95
-
-
 def test_recall_is_measured_on_given_queries_when_there_are_some(collection):
     vectors, ids = collection[0][:5000], collection[1][:5000]
     queries = latents(200, seed=5)

@@ -30,7 +30,7 @@ def build(kind: str, n: int = 3000, seed: int = 0) -> tuple[VectorIndex, np.ndar
     return build_vector_index(vectors, ids, kind=kind, exact_threshold=100, seed=seed), vectors, ids
 
 
-@pytest.fixture(scope="module", params=["flat", "ivf_flat", "hnsw"])
+@pytest.fixture(scope="module", params=["flat", "ivf_flat"])
 def built(request):
     return build(request.param)
 
@@ -69,7 +69,7 @@ def test_bad_queries_are_refused_clearly():
     assert one.shape == (1, 3)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf_flat", "hnsw", "ivf_sq8", "ivf_pq_refine"])
+@pytest.mark.parametrize("kind", ["flat", "ivf_flat", "ivf_sq8", "ivf_pq_refine"])
 def test_save_load_round_trip(tmp_path, kind):
     import faiss
 
@@ -217,8 +217,6 @@ def _widest(index: VectorIndex) -> dict:
     """Search params that make an approximate index exhaustive enough to find an exact duplicate."""
     if index.kind.startswith("ivf"):
         return {"nprobe": index.description["nlist"]}
-    if index.kind == "hnsw":
-        return {"efSearch": 512}
     return {}
 
 

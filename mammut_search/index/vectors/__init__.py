@@ -1,14 +1,14 @@
 """The FAISS vector index of an index directory: search, reconstruct, add, remove, save, load.
 
 Vectors are unit-norm latents compared by inner product (cosine similarity). Ids are the items table's int64
-ids, stored inside FAISS (IndexIDMap2 around flat, HNSW and refined IVF-PQ indexes, native ids in the other
+ids, stored inside FAISS (IndexIDMap2 around flat and refined IVF-PQ indexes, native ids in the other
 IVF indexes with a hash table direct map) so they stay stable across additions and removals. Which index to
 build, and with which search parameters, is decided in `ann`; what is specific to each kind of FAISS index
 lives in its class in `kinds`; exact search is `exact`. This module only serves what was built. Nothing
 outside mammut_search/index imports faiss.
 
 Concurrency: any number of threads may search and reconstruct at once; `add` and `remove` wait for them and
-run alone. Search parameters (nprobe, efSearch, k_factor) are passed per call as FAISS SearchParameters, so nothing a
+run alone. Search parameters (nprobe, k_factor) are passed per call as FAISS SearchParameters, so nothing a
 search does changes the shared index. A GPU copy, when FAISS has GPUs, serves one search at a time.
 
 File format: a plain FAISS index file (`faiss.read_index` opens it) followed by a small trailer holding the
@@ -44,8 +44,8 @@ CHECK_BLOCK = 1 << 18  # rows checked at a time (a block of 256-d float32 vector
 class VectorIndex:
     """Unit vectors keyed by int64 ids, searched by inner product; thread-safe search.
 
-    `description` says what it is: type (flat, ivf_flat, ivf_sq8, ivf_pq, ivf_pq_refine, hnsw), params (nprobe /
-    efSearch / k_factor used by search), the recall@10 measured against exact search when it was built, and
+    `description` says what it is: type (flat, ivf_flat, ivf_sq8, ivf_pq, ivf_pq_refine), params (nprobe /
+    k_factor used by search), the recall@10 measured against exact search when it was built, and
     on_gpu. ivf_sq8, ivf_pq and ivf_pq_refine store compressed vectors (8 bits per dimension; PQ codes; PQ
     codes whose candidates are re-ranked with finer scalar-quantized codes), so their reconstruct() is
     approximate. ivf_pq_refine serves from the CPU only.
@@ -90,7 +90,7 @@ class VectorIndex:
 
     @property
     def kind(self) -> str:
-        """flat (exact), ivf_flat, ivf_sq8, ivf_pq, ivf_pq_refine or hnsw."""
+        """flat (exact), ivf_flat, ivf_sq8, ivf_pq or ivf_pq_refine."""
         return self._description["type"]
 
     @property
@@ -120,7 +120,7 @@ class VectorIndex:
                search_params: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: (scores (q k) float32, ids (q k) int64); missing slots have id -1, score -inf.
 
-        `search_params` ({"nprobe": n}, {"efSearch": e}, {"k_factor": f}) overrides the tuned ones for this
+        `search_params` ({"nprobe": n}, {"k_factor": f}) overrides the tuned ones for this
         call only.
         """
         queries = self._check_queries(queries)
@@ -143,8 +143,8 @@ class VectorIndex:
         return scores, ids
 
     def reconstruct(self, ids: np.ndarray | list[int]) -> np.ndarray:
-        """The stored vectors of `ids` (n d) float32; KeyError if one is absent. Bit-exact for flat, ivf_flat and
-        hnsw; decoded from the compressed codes for ivf_sq8, ivf_pq and ivf_pq_refine (its finer codes)."""
+        """The stored vectors of `ids` (n d) float32; KeyError if one is absent. Bit-exact for flat and
+        ivf_flat; decoded from the compressed codes for ivf_sq8, ivf_pq and ivf_pq_refine (its finer codes)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         with self._lock.reading():
             missing = ids[~np.isin(ids, self._ids)]
@@ -235,7 +235,7 @@ class VectorIndex:
         """A flat index's vectors (n d) as a numpy array of their own (made at the first search after a change;
         callers hold the read lock). Held twice, FAISS's copy and this one, for speed: numpy backs large arrays
         with transparent huge pages and FAISS's buffer has none, and a one-query search reads every vector, so
-        the same product ran 24 ms on a numpy array against 31.5 ms on FAISS's memory (1M x 256, this CPU)."""
+        the product runs faster on the numpy array (benchmarks/RESULTS.md, "Exact search")."""
         vectors = self._flat_copy
         if vectors is None:
             vectors = self._flat_copy = np.array(Flat.vectors(self._index))
@@ -421,7 +421,7 @@ class _ReadWriteLock:
 
 class _Reading:
     """The read side of a _ReadWriteLock as a context manager. Every search passes through it, so it is a plain
-    object rather than a generator-based one: half the time (12 against 24 µs) when the caches are cold."""
+    object rather than a generator-based one, which took twice as long with the caches cold."""
 
     __slots__ = ("_lock",)
 

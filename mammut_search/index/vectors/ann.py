@@ -6,12 +6,11 @@
   does not fit, refined IVF-PQ (ivf_pq_refine: coarse PQ codes find k_factor·k candidates, which are re-ranked
   with finer 8-, 6- or 4-bit scalar-quantized codes; both kinds of codes sized to fit the budget together),
   or, when not even 4-bit codes fit, plain IVF-PQ (a few bytes per vector). The recall of the compressed
-  kinds may stay below the target, which is then recorded as not met. HNSW when asked for (fast queries,
-  slow to build, removals rebuild the graph).
+  kinds may stay below the target, which is then recorded as not met.
 - Collections larger than memory: `vectors` may be a read-only `np.memmap` (e.g. `np.load(path, mmap_mode="r")`);
   it is only ever read in blocks (checks, exact search, adding), and only the training sample and the
   held-out queries are copied into memory.
-- IVF quantizers (and PQ codebooks) are trained on a sample; nprobe / efSearch is then raised until recall@10
+- IVF quantizers (and PQ codebooks) are trained on a sample; nprobe is then raised until recall@10
   against exact search reaches `target_recall` on held-out queries (for ivf_pq_refine, nprobe is tuned for
   each k_factor in REFINE_K_FACTORS and the cheapest pair that reaches the target is kept). The measured
   recall goes into the index description, and so into the manifest.
@@ -41,12 +40,11 @@ from mammut_search.index.vectors.kinds import KINDS, kind_named, refine_layout
 
 log = logging.getLogger(__name__)
 
-# Exact search of 100k 256-d vectors takes ~8 ms per query on one core of the 2-core reference machine, 1M
-# takes ~73 ms, while IVF answers either in ~1 ms at recall ≥ 0.95 (benchmarks/RESULTS.md, "Vector search").
+# Up to here exact search needs no training and answers within milliseconds on a CPU core; beyond it IVF is an
+# order of magnitude faster at the target recall (benchmarks/RESULTS.md, "Vector search").
 DEFAULT_EXACT_THRESHOLD = 100_000
-# On a GPU, exact search reads the vectors at HBM speed (a few TB/s): 10M 256-d float32 vectors (10 GB) take a
-# few ms a query, so exact search stays the choice up to there (an estimate from bandwidth: no GPU was
-# available to measure it; see benchmarks/RESULTS.md).
+# On a GPU, exact search reads the vectors at memory bandwidth, so it stays the choice up to far larger
+# collections (an estimate from bandwidth, see benchmarks/RESULTS.md).
 GPU_EXACT_THRESHOLD = 10_000_000
 DEFAULT_TARGET_RECALL = 0.95
 DEFAULT_MEMORY_BUDGET = 16 * 2**30  # bytes of float32 vectors held in memory before they are stored compressed
@@ -75,7 +73,7 @@ def build_vector_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "aut
     (default: default_exact_threshold, which depends on the device), else approximate with search parameters
     tuned to `target_recall` (recall@10 against exact search). IVF k-means runs on the GPU when FAISS has one.
 
-    kind: "auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "ivf_pq_refine" or "hnsw". queries: optional real
+    kind: "auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq", or "ivf_pq_refine". queries: optional real
     queries (q d) to tune on (e.g. text latents; default: up to 1000 data vectors held out of training and
     tuning).
     nlist: IVF lists (default: ivf_list_count); fewer lists train and add faster (k-means and assignment
@@ -173,15 +171,13 @@ def update_vector_index(index: VectorIndex, *, add_vectors: np.ndarray | None = 
                         kind, count, built_with)
         return index
     if (kind == "flat") != (wanted == "flat") or (kind != "flat" and drifted):
-        # an approximate kind chosen by hand (hnsw) is kept; flat <-> approximate follows the size
-        new_kind = wanted if kind == "flat" or wanted == "flat" else kind
+        new_kind = wanted if kind == "flat" or wanted == "flat" else kind  # flat <-> approximate follows the size
         log.info("rebuilding the vector index as %s: %d vectors, was %s built for %d", new_kind, count, kind,
                  built_with)
         ids = index.ids()
         return build_vector_index(index.reconstruct(ids), ids, kind=new_kind, exact_threshold=exact_threshold,
                                   target_recall=target_recall, memory_budget_bytes=memory_budget_bytes,
                                   use_gpu=use_gpu, seed=seed, progress=progress)
-    # HNSW is not re-tuned in place: leave-one-out queries would start next to their own node and flatter it
     if KINDS[kind].tuned and KINDS[kind].trains and count >= 2 * RECALL_K:
         ids = index.ids()
         truth = ground_truth(index.reconstruct(ids), ids, query_rows=_query_rows(count, np.random.default_rng(seed)),
@@ -247,7 +243,7 @@ def recall_per_query(index: VectorIndex, truth: GroundTruth, *,
 
 def tune_search_params(index: VectorIndex, truth: GroundTruth, *, target_recall: float = DEFAULT_TARGET_RECALL,
                        progress: bool = False) -> dict[str, Any]:
-    """Set the index's nprobe / efSearch to the smallest value whose recall@10 on `truth` reaches
+    """Set the index's nprobe to the smallest value whose recall@10 on `truth` reaches
     `target_recall` with confidence, and record the measurement in its description; returns what was recorded."""
     kind = KINDS[index.kind]
     if not kind.tuned:

@@ -90,8 +90,7 @@ def _best_rows(scores: np.ndarray, k: int) -> np.ndarray:
     The scores are cut into blocks of consecutive rows; the k-th largest block maximum t is a lower bound of
     the k-th best score (k blocks hold a score >= t each), so only the rows >= t (on random vectors about
     k) are sorted. A few numpy calls, as each one costs microseconds when the caches are cold (a search
-    follows the text encoder): 0.11 ms at 100k scores and 0.38 ms at 1M, against 0.16 and 1.5 ms for an
-    argpartition of all of them (benchmarks/RESULTS.md, "Exact search").
+    follows the text encoder); faster than an argpartition of all of them (benchmarks/RESULTS.md, "Exact search").
     """
     n = len(scores)
     width = max(1, min(max(MIN_BLOCK, n // BLOCKS), n // (4 * k)))  # at least 4k blocks: t is tight

@@ -7,7 +7,7 @@ remove vectors from it (`remove`), which ids it holds (`stored_ids`) and whether
 (choosing, building, tuning) only ask these questions.
 
 Every kind compares unit vectors by inner product and keeps the caller's int64 ids: an IndexIDMap2 around
-flat, HNSW and refined IVF-PQ indexes, native ids with a hash-table direct map in the other IVF indexes (so
+flat and refined IVF-PQ indexes, native ids with a hash-table direct map in the other IVF indexes (so
 vectors can be reconstructed and removed by id).
 """
 
@@ -20,7 +20,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-HNSW_M, HNSW_EF_CONSTRUCTION = 32, 64
 KMEANS_ITERATIONS = 10  # enough for a coarse quantizer; FAISS's default 25 mostly polishes
 ID_OVERHEAD = 8 + 16  # bytes per vector besides its codes: its id in an inverted list, and a hash-map entry
 SQ_RANGE_MARGIN = 0.05  # widen the trained 8-bit ranges so vectors outside the training sample clip less
@@ -121,52 +120,6 @@ class Flat(Kind):
         view = view.reshape(flat.ntotal, flat.d)
         view.flags.writeable = False
         return view
-
-
-class HNSW(Kind):
-    """A proximity graph: fast queries, slow to build; removals rebuild the graph; CPU only."""
-
-    name, tuned, gpu = "hnsw", ("efSearch",), False
-
-    def matches(self, index) -> bool:
-        import faiss
-
-        return isinstance(index, faiss.IndexIDMap2) and isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW)
-
-    def make(self, dim: int, count: int, **_) -> tuple[Any, dict]:
-        import faiss
-
-        graph = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        return faiss.IndexIDMap2(graph), {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
-
-    def default_params(self, index) -> dict[str, int]:
-        import faiss
-
-        return {"efSearch": int(faiss.downcast_index(index.index).hnsw.efSearch)}
-
-    def search_params(self, params: dict[str, int]):
-        import faiss
-
-        return faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
-
-    def tuning_range(self, index, description: dict[str, Any]) -> tuple[int, int]:
-        return 10, 4096
-
-    def remove(self, index, ids: np.ndarray, kept: np.ndarray):
-        """FAISS cannot delete from an HNSW graph: a new graph of the kept vectors."""
-        import faiss
-
-        graph = faiss.downcast_index(index.index)
-        vectors = index.reconstruct_batch(kept) if len(kept) else np.zeros((0, index.d), np.float32)
-        rebuilt = faiss.IndexHNSWFlat(index.d, graph.hnsw.nb_neighbors(1), faiss.METRIC_INNER_PRODUCT)
-        rebuilt.hnsw.efConstruction = graph.hnsw.efConstruction
-        rebuilt.hnsw.efSearch = graph.hnsw.efSearch
-        result = faiss.IndexIDMap2(rebuilt)
-        if len(kept):
-            result.add_with_ids(vectors, kept)
-        log.info("HNSW index rebuilt without %d removed vectors (%d kept)", len(ids), len(kept))
-        return result
 
 
 class IVF(Kind):
@@ -371,7 +324,7 @@ class IVFPQRefine(Kind):
         return index
 
 
-KINDS: dict[str, Kind] = {k.name: k for k in (Flat(), IVFFlat(), IVFSQ8(), IVFPQ(), IVFPQRefine(), HNSW())}
+KINDS: dict[str, Kind] = {k.name: k for k in (Flat(), IVFFlat(), IVFSQ8(), IVFPQ(), IVFPQRefine())}
 
 
 def kind_named(name: str) -> Kind:
@@ -386,8 +339,8 @@ def kind_of(index) -> Kind:
     for kind in KINDS.values():
         if kind.matches(index):
             return kind
-    raise ValueError(f"unsupported FAISS index {type(index).__name__}: expected IndexIDMap2 around a flat or "
-                     "HNSW index or an IndexRefine of IndexIVFPQ and IndexScalarQuantizer, or "
+    raise ValueError(f"unsupported FAISS index {type(index).__name__}: expected IndexIDMap2 around a flat index "
+                     "or an IndexRefine of IndexIVFPQ and IndexScalarQuantizer, or "
                      "IndexIVFFlat / IndexIVFScalarQuantizer (8 bit) / IndexIVFPQ with a "
                      "hash-table direct map")
 
