@@ -20,7 +20,7 @@ SUBCOMMANDS = {
     "train": ("train a MaMMUT checkpoint", "train"),
     "corpus": ("fetch and render the offline training corpus and the demo collection", "corpus"),
     "ui": ("start the browser interface for an index", "ui"),
-    "demo": ("index the bundled demo collection (once, into the user's cache) and open it in the browser", "demo"),
+    "demo": ("index the bundled demo collection (once, into the user's cache) and serve the browser UI", "demo"),
 }
 
 
