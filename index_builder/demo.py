@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mammut_search import __version__
 from mammut_search.atomic import atomic_write
+from mammut_search.errors import UserError
 from mammut_search.bundled import bundled_checkpoint_dir, demo_dir
 from mammut_search.index.manifest import MANIFEST_FILE
 from mammut_search.model.checkpoint import WEIGHTS, file_sha256
@@ -46,6 +47,11 @@ def demo_index(cache_dir: str | os.PathLike | None = None, *, checkpoint_dir: st
     if identity is not None and _read_stamp(stamp) == identity and (index / MANIFEST_FILE).is_file():
         log.info("the demo index in %s is up to date", index)
         return index
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{cache}: cannot create the demo's cache folder ({e.strerror}); set XDG_CACHE_HOME to a "
+                        "folder you can write to") from None
     log.info("indexing the demo collection %s into %s", images, index)
     model = load_model(checkpoint_dir)
     build_index([images], index, model, checkpoint_dir=checkpoint_dir, options=BuildOptions(progress=progress))

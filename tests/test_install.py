@@ -18,6 +18,7 @@ import pytest
 from index_builder.demo import demo_index
 from mammut_search.bundled import bundled_checkpoint_dir, demo_dir
 from mammut_search.cli import main
+from mammut_search.errors import UserError
 from mammut_search.index.manifest import MANIFEST_FILE
 from search_testkit import one_torch_thread, write_collection  # noqa: F401 (autouse fixture)
 
@@ -148,3 +149,11 @@ def test_ci_runs_every_test_and_the_readme_says_so():
     assert "make test-all" in ci and "bash .ci/wheel_smoke.sh" in ci
     readme = (ROOT / "README.md").read_text().splitlines()
     assert any("make test-all" in line and "what CI runs" in line for line in readme)
+
+
+def test_a_cache_folder_that_cannot_be_made_is_an_error_naming_it(tmp_path, monkeypatch, demo_inputs):
+    (tmp_path / "xdg").write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    checkpoint, images = demo_inputs
+    with pytest.raises(UserError, match=r"xdg/mammut-search: cannot create the demo's cache folder.*XDG_CACHE_HOME"):
+        demo_index(checkpoint_dir=checkpoint, images_dir=images, progress=False)
