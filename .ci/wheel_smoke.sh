@@ -62,7 +62,7 @@ for _ in $(seq 300); do  # the first run indexes the 300 demo images: allow up t
 done
 curl -fsS --max-time 30 "http://127.0.0.1:$port/" | grep -qi gradio || { cat "$work/demo.log"; fail "mammut demo did not answer"; }
 [ -f "$XDG_CACHE_HOME/mammut-search/demo.index/manifest.json" ] || fail "no demo index in \$XDG_CACHE_HOME"
-head -n 3 "$work/demo.log"
+tail -n 2 "$work/demo.log"  # the index it serves and the address
 kill "$server" && wait "$server" 2>/dev/null || true
 server=""
 step "passed ($(du -h "$wheel" | cut -f1) wheel)"
