@@ -79,7 +79,9 @@ def main() -> None:
 
     if args.random:
         tokenizer = train_bpe(TINY_TEXTS * 4, vocab_size=300, min_frequency=1)
-        config = MammutConfig(vocab_size=8192, dim=384, depth=3, heads=6, num_img_queries=64, dim_latents=256)
+        config = MammutConfig(vocab_size=8192, dim=384, depth=3, heads=6, num_img_queries=64, dim_latents=256,
+                              ff_mult=4, image_grid_latent=False, semantic_dim=0, fusion_weight=0.0,
+                              image_encoder={"grid": 0, "classifier_token": False})  # the model these were measured on
         torch.manual_seed(0)
         model = MammutModel(MaMMUT(config), tokenizer, device=args.device)
     else:

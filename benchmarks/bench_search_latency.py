@@ -54,6 +54,8 @@ def default_model(device: str | None) -> tuple[MammutModel, str]:
 
     tokenizer = train_bpe(TINY_TEXTS * 4, vocab_size=300, min_frequency=1)
     config = MammutConfig(vocab_size=8192, dim=384, depth=3, heads=6, num_img_queries=64, dim_latents=256,
+                          ff_mult=4, image_grid_latent=False, semantic_dim=0, fusion_weight=0.0,
+                          image_encoder={"grid": 0, "classifier_token": False},
                           pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
     torch.manual_seed(0)
     return (MammutModel(MaMMUT(config), tokenizer, device=device),

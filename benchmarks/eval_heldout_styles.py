@@ -19,7 +19,7 @@ from mammut_search.eval import metrics
 from mammut_search.model.checkpoint import load_checkpoint
 from mammut_search.inference import preprocess_images
 from mammut_search.train.data import open_image, read_manifest
-from mammut_search.train.card import text_latents
+from mammut_search.train.validation import text_latents
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mammut_search.train.card import domain_of
+from mammut_search.train.validation import domain_of
 from mammut_search.train.loop import add_to_training_card, train
 from mammut_search.train.recipe import load_config
 
@@ -71,7 +71,8 @@ def main() -> None:
             continue
         config = load_config(args.recipe, [f"steps={args.steps}", "export=''", f"eval_every={args.steps}",
                                            f"save_every={args.steps}", "warmup_steps=20", "max_minutes=0", *overrides])
-        card = train(config, out / name.split(" (")[0].replace(" ", "-"))
+        # a variant not in the results file did not finish: its folder is started again
+        card = train(config, out / name.split(" (")[0].replace(" ", "-"), overwrite=True)
         rows.append(row(name, card))
         out.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(rows, indent=2))

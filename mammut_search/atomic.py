@@ -51,12 +51,33 @@ def fsync_directory(directory: Path) -> None:
 
 
 def swap_in(tmp: Path, final: Path) -> None:
-    """Replace directory `final` by `tmp`, keeping the old copy until the new one is in place."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
+    """Replace directory `final` by the complete directory `tmp`: `final` moves aside to `final.old`, `tmp` takes
+    its place, the old copy goes. A kill between the two renames leaves only `final.old`, which `recover_swap`
+    (run first here, and by whoever reads `final`) puts back."""
+    old = final.with_name(final.name + OLD_SUFFIX)
+    recover_swap(final)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+    fsync_directory(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+OLD_SUFFIX = ".old"
+
+
+def recover_swap(final: Path) -> None:
+    """Undo or finish a `swap_in` that was killed: a lone `final.old` becomes `final` again (the last complete
+    copy); one beside `final` is a copy the swap had not yet removed."""
+    final = Path(final)
+    old = final.with_name(final.name + OLD_SUFFIX)
+    if not old.exists():
+        return
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    try:
+        os.replace(old, final)
+    except FileNotFoundError:  # another process (a torchrun rank) put it back first
+        return
+    fsync_directory(final.parent)

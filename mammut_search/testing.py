@@ -17,9 +17,11 @@ TINY_TEXTS = [
 
 def tiny_config(vocab_size: int, **overrides) -> MammutConfig:
     """A model small enough to build and run in milliseconds on a CPU."""
-    image = ImageEncoderConfig(kind="vit", image_size=32, patch_size=8, vit_dim=32, vit_depth=1, vit_heads=2)
+    image = ImageEncoderConfig(kind="vit", image_size=32, patch_size=8, vit_dim=32, vit_depth=1, vit_heads=2,
+                               grid=0, classifier_token=False)
     fields = dict(vocab_size=vocab_size, dim=32, depth=2, heads=2, dim_head=16, ff_mult=2,
-                  num_img_queries=8, dim_latents=16, max_text_len=16, image_encoder=image)
+                  num_img_queries=8, dim_latents=16, max_text_len=16, image_encoder=image, image_grid_latent=False,
+                  semantic_dim=0, fusion_weight=0.0, fusion_gate=0.0, fusion_gate_center=0.5)
     fields.update(overrides)
     return MammutConfig(**fields)
 

@@ -23,7 +23,7 @@ def semantic_config(vocab_size: int, **changes) -> MammutConfig:
     image = ImageEncoderConfig(kind="efficientnet_lite0", image_size=64, grid=2, classifier_token=True)
     fields = dict(vocab_size=vocab_size, dim=32, depth=2, heads=2, dim_head=16, ff_mult=2, num_img_queries=4,
                   dim_latents=16, max_text_len=16, image_grid_latent=True, semantic_dim=SEMANTIC,
-                  image_encoder=image)
+                  fusion_weight=0.0, fusion_gate=0.0, fusion_gate_center=0.5, image_encoder=image)
     return MammutConfig(**{**fields, **changes})
 
 
@@ -97,7 +97,7 @@ def test_label_only_examples_train_and_export(corpus, tmp_path, monkeypatch):  #
     import mammut_search.train.loop as loop
     monkeypatch.setattr(loop, "imagenet_label_texts", lambda config: ([n[0] for n in names], names))
     monkeypatch.setattr(loop, "class_embeddings", lambda config, progress: torch.randn(NUM_CLASSES, SEMANTIC))
-    config = tiny_recipe(tmp_path, steps=12, label_weight=1.0, label_batch=8, token_keep=0.75,
+    config = tiny_recipe(tmp_path, steps=12, label_weight=1.0, token_keep=0.75,
                          export=f"'{tmp_path / 'export'}'")
     config.model.update(semantic_dim=SEMANTIC, fusion_weight=1.0,
                         image_encoder={"kind": "efficientnet_lite0", "image_size": 64, "grid": 2,
@@ -130,6 +130,6 @@ def test_style_shares_set_each_style_s_part_of_the_draws():
     image_concept = np.arange(1000)
     weights = prepare.style_weights(TrainConfig(style_shares={"clipart": 0.3}), train_rows, image_concept, 1000)
     sampler = ConceptBalancedSampler([np.array([i]) for i in range(1000)], [np.array([0])] * 1000, image_concept,
-                                     batch_size=10, views=1, images_per_concept=1, concept_weights=weights)
+                                     batch_size=10, images_per_concept=1, concept_weights=weights)
     drawn = np.concatenate([sampler.global_batch(step).images.numpy() for step in range(300)])
     assert abs((drawn < 900).mean() - 0.3) < 0.05

@@ -68,15 +68,16 @@ def write_sidecar_folder(root):
 
 def tiny_recipe(tmp_path, manifest, **changes):
     overrides = [
-        f"manifest='{manifest}'", "tokenizer='bpe'", "bpe_vocab_size=300", "text_init=false", "distill_weight=0.0",
-        "distill_words=0", "word_weight=0.0", "views=1", "batch_size=8", "images_per_concept=1",
-        "caption_target='caption'", "val_split='val'", "val_unseen_split=''", "exclude_styles=[]", "max_minutes=0",
+        f"manifest='{manifest}'", "common_words=0", "text_init=false", "distill_weight=0.0",
+        "distill_words=0", "word_weight=0.0", "batch_size=8", "images_per_concept=1",
+        "caption_target='caption'", "exclude_styles=[]", "max_minutes=0",
         "lr=3e-3", "warmup_steps=1", "steps=4", "log_every=2", "eval_every=2", "save_every=2", "device='cpu'",
-        f"cache_dir='{tmp_path / 'cache'}'", f"export='{tmp_path / 'export'}'", "final_eval=true",
+        f"cache_dir='{tmp_path / 'cache'}'", f"export='{tmp_path / 'export'}'",
         "model.dim=32", "model.depth=1", "model.heads=2", "model.dim_head=16", "model.ff_mult=2",
         "model.num_img_queries=4", "model.dim_latents=16", "model.max_text_len=16", "model.image_grid_latent=false",
-        "model.image_encoder={kind='vit', image_size=32, patch_size=8, vit_dim=32, vit_depth=1, vit_heads=2}",
-        *PLAIN_VALIDATION_AND_MODEL,
+        "model.image_encoder={kind='vit', image_size=32, patch_size=8, vit_dim=32, vit_depth=1, vit_heads=2, "
+        "grid=0, classifier_token=false}",
+        *PLAIN_VALIDATION_AND_MODEL, "val_splits=['val']",
     ]
     return load_config(None, overrides + [f"{k}={v}" for k, v in changes.items()])
 
@@ -110,6 +111,7 @@ def test_a_few_steps_from_captions_end_in_a_checkpoint_that_indexes_and_serves(t
     reason = "missing image file" if source == "karpathy" else "no caption"
     assert card["data"]["source"]["left_out"] == {reason: 1}
     assert set(card["validation"]) == {"val"}
+    assert "t2i_sentence_R@1" not in card["validation"]["val"]  # its "names" are captions: no "A picture of ..."
     model = load_model(tmp_path / "export", device="cpu")
     assert model.config.training["data"]["source"]["format"] == source
     index_and_serve(tmp_path / "export", images, tmp_path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -47,11 +48,28 @@ def save_checkpoint(
         name: t.detach().to("cpu", dtype=dtype if t.is_floating_point() else t.dtype).contiguous()
         for name, t in net.state_dict().items()
     }
-    atomic_write(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / WEIGHTS, lambda tmp: save_weights(tensors, tmp))
     atomic_write_bytes(directory / TOKENIZER, tokenizer.hf.to_str().encode())
     config = json.dumps(net.config.to_dict(), indent=2, sort_keys=True)
     atomic_write_bytes(directory / CONFIG, config.encode())  # written last: the commit point
     return file_sha256(directory / WEIGHTS)
+
+
+def save_weights(tensors: dict[str, torch.Tensor], path: str) -> None:
+    """model.safetensors, readable like any file the user writes (safetensors itself creates it mode 0600).
+    A failed write (a full disk) is an OSError, as for every other file."""
+    try:
+        save_file(tensors, path, metadata={"format": "pt"})
+    except SafetensorError as e:  # safetensors reports I/O errors as its own
+        raise OSError(str(e)) from None
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_config(directory: str | Path) -> MammutConfig:

@@ -15,7 +15,8 @@ CAPTION_MAX_LEN = 24
 
 @dataclass
 class ImageEncoderConfig:
-    """Which image encoder turns pixels into image tokens, and how images are prepared for it."""
+    """Which image encoder turns pixels into image tokens, and how images are prepared for it. The defaults are
+    the bundled checkpoint's (a ViT needs classifier_token = False)."""
 
     kind: str = "efficientnet_lite0"  # "efficientnet_lite0" (ImageNet-pretrained) or "vit" (from scratch)
     image_size: int = 160
@@ -25,10 +26,10 @@ class ImageEncoderConfig:
     trainable_blocks: int = 0  # efficientnet: how many of the last MBConv blocks are fine-tuned (0 = frozen)
     # efficientnet: the feature map average-pooled to grid x grid tokens (0: as it comes, 1/32 of the input), so
     # that a larger input sharpens the tokens without multiplying them
-    grid: int = 0
+    grid: int = 3
     # efficientnet: one more token after the grid, the globally pooled features the ImageNet classifier reads
     # (the model turns it into its semantic token)
-    classifier_token: bool = False
+    classifier_token: bool = True
     # vit only
     patch_size: int = 16
     vit_dim: int = 256
@@ -63,35 +64,37 @@ class ImageEncoderConfig:
 
 @dataclass
 class MammutConfig:
-    """Architecture of the MaMMUT decoder, its image side and its tokenizer's special ids."""
+    """Architecture of the MaMMUT decoder, its image side and its tokenizer's special ids. The defaults are the
+    bundled checkpoint's model (data/recipes/default.toml); a model without the semantic token sets
+    semantic_dim = 0 and fusion_weight = 0."""
 
     vocab_size: int
     dim: int = 256
-    depth: int = 3
+    depth: int = 2
     heads: int = 4
     dim_head: int = 64
-    ff_mult: int = 4
+    ff_mult: int = 2
     cross_attend_every: int = 1
-    num_img_queries: int = 64
+    num_img_queries: int = 16
     dim_latents: int = 256
     max_text_len: int = 32
     contrastive_mask: str = "bidirectional"  # the paper's default; "causal" is the reference code's
     # learned positions added to the image tokens before the attention pool (a CNN's feature map carries none)
     image_token_positions: bool = False
     # a linear map of the whole token grid added to the image latent: keeps the layout that pooling averages away
-    image_grid_latent: bool = False
+    image_grid_latent: bool = True
     # ImageNet knowledge: the classifier token's top-k class probabilities weight fixed embeddings of the class
     # names (a buffer of 1000 x semantic_dim, MiniLM sentence space) into a semantic vector, which the attention
     # pool and the decoder read as one more token and the image latent reads through a linear map (0: off)
-    semantic_dim: int = 0
+    semantic_dim: int = 384
     semantic_top_k: int = 10
     # retrieval vectors = [contrastive latent ; fusion_weight * semantic part]: the image's semantic vector beside
     # the query's estimate of it (from the text CLS latent), one inner product for both (0: latents alone)
-    fusion_weight: float = 0.0
+    fusion_weight: float = 1.5
     # the query's semantic part is gated by how much the query names an ImageNet class:
     # sigmoid(fusion_gate * (best cosine to a class name - fusion_gate_center)); 0: no gate
-    fusion_gate: float = 0.0
-    fusion_gate_center: float = 0.5
+    fusion_gate: float = 20.0
+    fusion_gate_center: float = 0.7
     caption_loss_weight: float = 1.0
     contrastive_loss_weight: float = 1.0
     pad_id: int = 0

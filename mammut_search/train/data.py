@@ -1,8 +1,8 @@
-"""Training data: the manifest, augmented views, the cache of encoder inputs and the batch sampler.
+"""Training data: the manifest, the cache of encoder inputs and the batch sampler.
 
 The manifest is any captioned set that `mammut_search.captioned` reads (the corpus this repo builds, a Karpathy
 or COCO captions file, a table of image-caption pairs, a folder with .txt sidecars).
-The image encoder's input to the trainable part is computed once per image and view, and cached (fp16):
+The image encoder's input to the trainable part is computed once per image, and cached (fp16):
 frozen-encoder features (b j c) when the encoder is frozen, preprocessed pixels otherwise; in memory, or left on
 disk and read per batch when it would not fit (`stream`). Batches are drawn
 from a generator seeded by (seed, step), so the data order is a function of the step alone: resuming at a
@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from mammut_search.captioned import read_captioned
@@ -67,11 +66,11 @@ def sentence_query(name: str) -> str:
     return f"A picture of {article} {name}."
 
 
-# ----- images and augmented views -----
+# ----- images -----
 
 def open_image(path: str) -> Image.Image:
-    """Image file of the corpus -> RGB on white through the safe loader (the one every path uses; full size,
-    as views are cropped before squaring); raises ValueError naming the file when it cannot be read."""
+    """Image file of the corpus -> RGB on white through the safe loader (the one every path uses); raises
+    ValueError naming the file when it cannot be read."""
     from mammut_search.errors import ImageLoadError
     from mammut_search.images import load_image
 
@@ -81,94 +80,42 @@ def open_image(path: str) -> Image.Image:
         raise ValueError(f"{path}: cannot read image ({getattr(e, 'reason', e)})") from None
 
 
-def augment(image: Image.Image, rng: random.Random) -> Image.Image:
-    """A random view of an icon: zoom/shift, small rotation, colour jitter, greyscale, blur, line-art edges,
-    tinted backgrounds. No flips: they change the meaning of arrows and hands."""
-    image = image.convert("RGB")
-    w, h = image.size
-    side = max(w, h)
-    background = (255, 255, 255)
-    if rng.random() < 0.25:
-        background = tuple(rng.randint(180, 255) for _ in range(3))
-        # recolour the white background (icons are composited on white)
-        mask = ImageOps.invert(image.convert("L")).point(lambda v: 255 if v > 8 else 0)
-        canvas = Image.new("RGB", image.size, background)
-        canvas.paste(image, mask=mask)
-        image = canvas
-    if rng.random() < 0.5:
-        image = image.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BICUBIC, fillcolor=background)
-    scale = rng.uniform(0.65, 1.15)
-    size = max(1, round(side * scale))
-    resized = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
-    canvas = Image.new("RGB", (side, side), background)
-    dx, dy = rng.randint(-(abs(side - size) // 2), abs(side - size) // 2 + 1), rng.randint(-(abs(side - size) // 2), abs(side - size) // 2 + 1)
-    canvas.paste(resized, ((side - resized.width) // 2 + dx, (side - resized.height) // 2 + dy))
-    image = canvas
-    if rng.random() < 0.8:
-        image = ImageEnhance.Color(image).enhance(rng.uniform(0.3, 1.6))
-        image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.8, 1.2))
-        image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.7, 1.3))
-    if rng.random() < 0.2:
-        shift = rng.randint(0, 255)  # hue rotation
-        hsv = np.array(image.convert("HSV"))
-        hsv[..., 0] = (hsv[..., 0].astype(np.int32) + shift) % 256
-        image = Image.fromarray(hsv, "HSV").convert("RGB")
-    roll = rng.random()
-    if roll < 0.2:
-        image = ImageOps.grayscale(image).convert("RGB")
-    elif roll < 0.3:  # line art: dark edges on white, like a black-and-white icon style
-        edges = ImageOps.grayscale(image).filter(ImageFilter.FIND_EDGES)
-        image = ImageOps.invert(ImageOps.autocontrast(edges)).convert("RGB")
-    if rng.random() < 0.2:
-        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5) * side / 64))
-    return image
-
-
-def view_of(image: Image.Image, view: int, seed: int, key: str) -> Image.Image:
-    """View 0 is the image itself; view v > 0 is an augmentation seeded by (seed, image key, v)."""
-    if view == 0:
-        return image
-    digest = hashlib.sha256(f"{seed}:{key}:{view}".encode()).digest()
-    return augment(image, random.Random(int.from_bytes(digest[:8], "little")))
-
-
 # ----- the cache of encoder inputs -----
 
 @dataclass
 class InputCache:
-    """Encoder inputs for every (view, image): (views, images, ...) fp16, and which images could be read."""
+    """Encoder inputs for every image: (images, ...) fp16, and which images could be read."""
 
-    inputs: torch.Tensor  # (v i j c) features, or (v i 3 H W) pixels
+    inputs: torch.Tensor  # (i j c) features, or (i 3 H W) pixels
     ok: np.ndarray  # (i) bool
 
     in_memory = True
 
-    def batch(self, views: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """(b) view and image indices -> float32 inputs (b ...)."""
-        return self.inputs[views, images].float()
+    def batch(self, images: torch.Tensor) -> torch.Tensor:
+        """(b) image indices -> float32 inputs (b ...)."""
+        return self.inputs[images].float()
 
     def subset(self, keep: np.ndarray) -> "InputCache":
         """Only the images where `keep` (i) is true, renumbered 0..k-1."""
-        return InputCache(self.inputs[:, torch.from_numpy(keep)], np.ones(int(keep.sum()), bool))
+        return InputCache(self.inputs[torch.from_numpy(keep)], np.ones(int(keep.sum()), bool))
 
 
 @dataclass
 class DiskInputCache:
-    """The same, left on disk: one fp16 .npy per (view, image) in the store, read when a batch asks for it."""
+    """The same, left on disk: one fp16 .npy per image in the store, read when a batch asks for it."""
 
-    entries: list[list[Path]]  # [view][image]
+    entries: list[Path]
     ok: np.ndarray  # (i) bool
     in_memory = False
 
-    def batch(self, views: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """(b) view and image indices -> float32 inputs (b ...), read by a few threads (file reads release the GIL)."""
-        files = [self.entries[v][i] for v, i in zip(views.tolist(), images.tolist())]
+    def batch(self, images: torch.Tensor) -> torch.Tensor:
+        """(b) image indices -> float32 inputs (b ...), read by a few threads (file reads release the GIL)."""
+        files = [self.entries[i] for i in images.tolist()]
         return torch.from_numpy(np.stack(list(_readers().map(np.load, files)))).float()
 
     def subset(self, keep: np.ndarray) -> "DiskInputCache":
         """Only the images where `keep` (i) is true, renumbered 0..k-1."""
-        rows = np.flatnonzero(keep)
-        return DiskInputCache([[view[i] for i in rows] for view in self.entries], np.ones(len(rows), bool))
+        return DiskInputCache([self.entries[i] for i in np.flatnonzero(keep)], np.ones(int(keep.sum()), bool))
 
 
 _READERS: ThreadPoolExecutor | None = None
@@ -182,7 +129,7 @@ def _readers() -> ThreadPoolExecutor:
 
 
 def cache_bytes_per_image(image_config: ImageEncoderConfig, cached_features: bool) -> int:
-    """Bytes one cached (image, view) takes: fp16 features (tokens x width) of a frozen encoder, else fp16 pixels."""
+    """Bytes one cached image takes: fp16 features (tokens x width) of a frozen encoder, else fp16 pixels."""
     if cached_features:
         return 2 * image_config.num_tokens * image_config.feature_dim
     return 2 * 3 * image_config.image_size ** 2
@@ -203,83 +150,84 @@ def stream_from_disk(mode: str, cache_bytes: int) -> bool:
     return cache_bytes * local_processes > MEMORY_SHARE * free
 
 
-def _entry(store: Path, path: str, view: int, seed: int) -> Path:
-    """Where one (image, view)'s encoded input lives: named by the image path, the view and its seed."""
-    key = hashlib.sha256(f"{Path(path).absolute()}|{view}|{seed if view else ''}".encode()).hexdigest()[:24]
+def _entry(store: Path, path: str) -> Path:
+    """Where one image's encoded input lives: named by the image path (the "|0|" is the key caches were
+    written under when they also held augmented views; kept, so that they stay valid)."""
+    key = hashlib.sha256(f"{Path(path).absolute()}|0|".encode()).hexdigest()[:24]
     return store / key[:2] / f"{key}.npy"
 
 
-def build_input_cache(
-    paths: Sequence[str],
-    encode: Callable[[list[Image.Image]], torch.Tensor],
-    *,
-    views: int,
-    seed: int,
-    store: Path | None = None,
-    batch_size: int = 64,
-    progress: bool = True,
-    in_memory: bool = True,
-) -> InputCache | DiskInputCache:
-    """Run `encode` (PIL images -> tensor (b ...)) over every view of every image that `store` does not hold
-    yet, keeping one fp16 .npy per (image, view) there (so extraction resumes, and runs and recipes sharing an
-    encoder share the work); then stack them in memory, or (`in_memory` false) leave them there to be read per
-    batch. Unreadable images are reported once and marked not ok."""
+def build_input_cache(paths: Sequence[str], encode: Callable[[list[Image.Image]], torch.Tensor], *,
+                      store: Path | None = None, batch_size: int = 64, progress: bool = True,
+                      in_memory: bool = True) -> InputCache | DiskInputCache:
+    """Run `encode` (PIL images -> tensor (b ...)) over every image that `store` does not hold yet, keeping one
+    fp16 .npy per image there (so extraction resumes, and runs and recipes sharing an encoder share the work);
+    then stack them in memory, or (`in_memory` false) leave them there to be read per batch. Unreadable images
+    are reported once and marked not ok."""
     if not in_memory and store is None:
         raise ValueError("a cache streamed from disk needs a store folder")
-    n = len(paths)
-    ok = np.ones(n, dtype=bool)
-    jobs = [(v, i) for v in range(views) for i in range(n)]
-    done: dict[tuple[int, int], np.ndarray] = {}
+    ok = np.ones(len(paths), dtype=bool)
+    done: dict[int, np.ndarray] = {}
     todo = []
-    for v, i in jobs:
-        entry = _entry(store, paths[i], v, seed) if store is not None else None
+    for i, path in enumerate(paths):
+        entry = _entry(store, path) if store is not None else None
         if entry is not None and entry.is_file():
             if in_memory:
-                done[v, i] = np.load(entry)
+                done[i] = np.load(entry)
         elif entry is not None and entry.with_suffix(".bad").is_file():
             ok[i] = False
         else:
-            todo.append((v, i))
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="encoding training images", unit="img",
+            todo.append(i)
+    bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc="encoding training images", unit="img",
                disable=not progress or not todo)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
-        images, readable = [], []
-        for v, i in chunk:
-            try:
-                images.append(view_of(open_image(paths[i]), v, seed, str(Path(paths[i]).absolute())))
-                readable.append((v, i))
-            except ValueError as e:
-                if ok[i]:
-                    tqdm.write(f"skipped: {e}")
-                ok[i] = False
-                if store is not None:
-                    bad = _entry(store, paths[i], v, seed).with_suffix(".bad")
-                    bad.parent.mkdir(parents=True, exist_ok=True)
-                    bad.write_text(str(e))
-        if images:
-            with torch.no_grad():
-                encoded = encode(images).to(torch.float16).cpu().numpy()
-            for (v, i), row in zip(readable, encoded):
-                if in_memory:
-                    done[v, i] = row
-                if store is not None:
-                    entry = _entry(store, paths[i], v, seed)
-                    entry.parent.mkdir(parents=True, exist_ok=True)
-                    # a cache, rebuilt if lost: renamed into place (ranks may encode the same image) but not
-                    # fsynced like the project's files (atomic.py), which would cost two syncs an image
-                    tmp = entry.with_suffix(f".tmp-{os.getpid()}.npy")
-                    np.save(tmp, row)
-                    tmp.replace(entry)
+        for i, row in encode_chunk([paths[i] for i in chunk], encode, store).items():
+            if row is None:
+                ok[chunk[i]] = False
+            elif in_memory:
+                done[chunk[i]] = row
         bar.update(len(chunk))
     bar.close()
     if not in_memory:
-        return DiskInputCache([[_entry(store, p, v, seed) for p in paths] for v in range(views)], ok)
+        return DiskInputCache([_entry(store, p) for p in paths], ok)
     shape = next(iter(done.values())).shape if done else (1,)
-    inputs = np.zeros((views, n, *shape), dtype=np.float16)
-    for (v, i), row in done.items():
-        inputs[v, i] = row
+    inputs = np.zeros((len(paths), *shape), dtype=np.float16)
+    for i, row in done.items():
+        inputs[i] = row
     return InputCache(torch.from_numpy(inputs), ok)
+
+
+def encode_chunk(paths: list[str], encode: Callable[[list[Image.Image]], torch.Tensor],
+                 store: Path | None) -> dict[int, np.ndarray | None]:
+    """Encode a few images: {position in `paths`: fp16 row, or None when the image cannot be read}; each row
+    (and each failure, as a .bad note) is also kept in `store`."""
+    images, readable, rows = [], [], {}
+    for i, path in enumerate(paths):
+        try:
+            images.append(open_image(path))
+            readable.append(i)
+        except ValueError as e:
+            tqdm.write(f"skipped: {e}")
+            rows[i] = None
+            if store is not None:
+                bad = _entry(store, path).with_suffix(".bad")
+                bad.parent.mkdir(parents=True, exist_ok=True)
+                bad.write_text(str(e))
+    if images:
+        with torch.no_grad():
+            encoded = encode(images).to(torch.float16).cpu().numpy()
+        for i, row in zip(readable, encoded):
+            rows[i] = row
+            if store is not None:
+                entry = _entry(store, paths[i])
+                entry.parent.mkdir(parents=True, exist_ok=True)
+                # a cache, rebuilt if lost: renamed into place (ranks may encode the same image) but not
+                # fsynced like the project's files (atomic.py), which would cost two syncs an image
+                tmp = entry.with_suffix(f".tmp-{os.getpid()}.npy")
+                np.save(tmp, row)
+                tmp.replace(entry)
+    return rows
 
 
 def pixel_encoder(image_config) -> Callable[[list[Image.Image]], torch.Tensor]:
@@ -297,27 +245,26 @@ def cache_key(*parts) -> str:
 @dataclass
 class Batch:
     images: torch.Tensor  # (b) row of the manifest
-    views: torch.Tensor  # (b) view index
     captions: list[int]  # (b) index of the contrastive caption in the caption table
     groups: torch.Tensor  # (b) concept index: same concept = positives
 
 
 class ConceptBalancedSampler:
     """Global batches of `images_per_concept` images of each of batch/images_per_concept concepts drawn
-    uniformly (concepts, not images, are balanced), a random view and a random caption of each image.
+    uniformly (concepts, not images, are balanced), and a random caption of each image.
 
     Batch `step` depends only on (seed, step); rank r of w takes rows r::w of it (a distributed sampler
     without state)."""
 
     def __init__(self, concept_images: list[np.ndarray], image_captions: list[np.ndarray], image_concept: np.ndarray,
-                 *, batch_size: int, views: int, images_per_concept: int = 1, seed: int = 0,
+                 *, batch_size: int, images_per_concept: int = 1, seed: int = 0,
                  concept_weights: np.ndarray | None = None):
         self.concept_images = concept_images
         # probability of drawing each concept (uniform when None)
         self.p = None if concept_weights is None else concept_weights / concept_weights.sum()
         self.image_captions = image_captions
         self.image_concept = image_concept
-        self.batch_size, self.views, self.per_concept, self.seed = batch_size, views, images_per_concept, seed
+        self.batch_size, self.per_concept, self.seed = batch_size, images_per_concept, seed
 
     def global_batch(self, step: int) -> Batch:
         rng = np.random.default_rng([self.seed, step])
@@ -330,11 +277,9 @@ class ConceptBalancedSampler:
             images.extend(rng.choice(pool, self.per_concept, replace=self.per_concept > len(pool)))
         images = np.array(images[: self.batch_size])
         captions = [int(rng.choice(self.image_captions[i])) for i in images]
-        views = rng.integers(0, self.views, len(images))
-        return Batch(torch.from_numpy(images), torch.from_numpy(views), captions,
-                     torch.from_numpy(self.image_concept[images]))
+        return Batch(torch.from_numpy(images), captions, torch.from_numpy(self.image_concept[images]))
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> Batch:
         full = self.global_batch(step)
         rows = slice(rank, None, world_size)
-        return Batch(full.images[rows], full.views[rows], full.captions[rows], full.groups[rows])
+        return Batch(full.images[rows], full.captions[rows], full.groups[rows])

@@ -71,7 +71,7 @@ def training_autocast(config: TrainConfig, runtime: Runtime) -> Callable[[], con
 def split_batch(batch: dict[str, torch.Tensor | None], parts: int) -> list[dict[str, torch.Tensor | None]]:
     """A step's batch -> `parts` micro-batches of consecutive rows (the extra distillation texts split apart)."""
     extra, whole = {"extra_text", "extra_teacher"}, {"word_text", "word_positives"}
-    first = {"label_semantic", "label_text", "label_caption", "label_groups", "label_grid"}  # self-contained: once
+    first = {"label_semantic", "label_text", "label_caption", "label_groups"}  # self-contained: once
     rows, extras = len(batch["inputs"]), len(batch["extra_text"]) if batch["extra_text"] is not None else 0
     micro = []
     for j in range(parts):

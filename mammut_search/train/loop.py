@@ -7,9 +7,7 @@ The image encoder's input to its trainable part is cached once (frozen Efficient
 the whole encoder trains). Batches are a function of (seed, step), so a run is reproducible and
 `resume` continues exactly: model, optimizer, schedule and step come back from `last/`.
 
-Run directory: `last/` and `best/` are checkpoint directories (config.json, model.safetensors,
-tokenizer.json); `last/train_state.pt` beside them holds what resuming needs. Each is written to a fresh
-folder and swapped into place, so a crash never destroys the only good copy. `log.jsonl` has one line per log.
+The run folder (`last/`, `best/`, log.jsonl, training_card.json) is kept by run_folder.py.
 """
 
 from __future__ import annotations
@@ -29,14 +27,13 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from mammut_search.atomic import swap_in
 from mammut_search.errors import UserError
-from mammut_search.model.checkpoint import load_checkpoint, save_checkpoint
+from mammut_search.model.checkpoint import atomic_write_bytes, load_checkpoint
 from mammut_search.model.config import ImageEncoderConfig, MammutConfig
 from mammut_search.model.mammut import MaMMUT
 from mammut_search.model.tokenizer import Tokenizer
-from mammut_search.train import card as te
 from mammut_search.train import data as td
+from mammut_search.train import validation
 from mammut_search.train.distributed import (
     Runtime,
     accumulate_gradients,
@@ -56,25 +53,35 @@ from mammut_search.train.prepare import (
     training_rows,
 )
 from mammut_search.train.recipe import TrainConfig
-
-TRAIN_STATE = "train_state.pt"
+from mammut_search.train.run_folder import (
+    TRAIN_STATE,
+    check_export,
+    claim_run_dir,
+    find_resume_dir,
+    save_run_checkpoint,
+)
 
 
 # ----- building the network -----
 
-def build_network(config: TrainConfig, tokenizer: Tokenizer, minilm_ids: list[int] | None) -> MaMMUT:
-    """A fresh MaMMUT for the recipe: pretrained image encoder, token embeddings from MiniLM if asked."""
+def model_config(config: TrainConfig, tokenizer: Tokenizer) -> MammutConfig:
+    """The recipe's model: MammutConfig's defaults (the bundled model) with the recipe's `[model]` changes."""
     fields = dict(config.model)
     fields["image_encoder"] = ImageEncoderConfig(**fields.get("image_encoder", {}))
-    model_config = MammutConfig(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id,
-                                eos_id=tokenizer.eos_id, **fields)
+    return MammutConfig(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id,
+                        eos_id=tokenizer.eos_id, **fields)
+
+
+def build_network(config: TrainConfig, tokenizer: Tokenizer, minilm_ids: list[int]) -> MaMMUT:
+    """A fresh MaMMUT for the recipe: pretrained image encoder, token embeddings from MiniLM if asked."""
+    net_config = model_config(config, tokenizer)
     torch.manual_seed(config.seed)
-    net = MaMMUT(model_config, pretrained_encoder=model_config.image_encoder.kind == "efficientnet_lite0")
-    if config.text_init and config.tokenizer == "minilm":
+    net = MaMMUT(net_config, pretrained_encoder=net_config.image_encoder.kind == "efficientnet_lite0")
+    if config.text_init:
         from mammut_search.train.text_init import initial_token_embeddings
 
         with torch.no_grad():
-            net.token_emb.weight.copy_(initial_token_embeddings(minilm_ids, model_config.dim))
+            net.token_emb.weight.copy_(initial_token_embeddings(minilm_ids, net_config.dim))
     return net
 
 
@@ -82,6 +89,14 @@ def uses_cached_features(model_config: MammutConfig) -> bool:
     """Frozen EfficientNet: its features can be cached; otherwise the cache holds pixels."""
     image = model_config.image_encoder
     return image.kind == "efficientnet_lite0" and image.trainable_blocks == 0
+
+
+# fixed parts of the recipe (no recipe has varied them)
+EMBEDDING_LR_SCALE = 0.3  # pretrained token embeddings move more slowly
+MIN_LR_RATIO = 0.05  # the cosine schedule ends at this share of lr
+WEIGHT_DECAY = 0.05
+GRAD_CLIP = 1.0  # the gradient's global norm is clipped to this
+EXPORT_DTYPE = torch.float16  # what `export` writes: the shipped format
 
 
 def make_optimizer(config: TrainConfig, objective: TrainingObjective) -> torch.optim.Optimizer:
@@ -96,9 +111,9 @@ def make_optimizer(config: TrainConfig, objective: TrainingObjective) -> torch.o
             no_decay.append(p)
         else:
             decay.append(p)
-    embedding_lr = config.lr * (config.embedding_lr_scale if config.text_init else 1.0)
+    embedding_lr = config.lr * (EMBEDDING_LR_SCALE if config.text_init else 1.0)
     groups = [
-        {"params": decay, "weight_decay": config.weight_decay, "lr_base": config.lr},
+        {"params": decay, "weight_decay": WEIGHT_DECAY, "lr_base": config.lr},
         {"params": no_decay, "weight_decay": 0.0, "lr_base": config.lr},
         {"params": embedding, "weight_decay": 0.0, "lr_base": embedding_lr},
     ]
@@ -109,40 +124,11 @@ def make_optimizer(config: TrainConfig, objective: TrainingObjective) -> torch.o
 
 
 def lr_factor(config: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to min_lr_ratio at the last step."""
+    """Linear warm-up, then cosine decay to MIN_LR_RATIO at the last step."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-# ----- checkpoints -----
-
-def save_run_checkpoint(directory: Path, net: MaMMUT, tokenizer: Tokenizer, state: dict | None,
-                        dtype: torch.dtype = torch.float32) -> str:
-    """Write a checkpoint (and train_state.pt beside it, when given) to a fresh folder, then swap it in."""
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    sha = save_checkpoint(tmp, net, tokenizer, dtype=dtype)
-    if state is not None:
-        torch.save(state, tmp / TRAIN_STATE)
-    swap_in(tmp, directory)
-    return sha
-
-
-def run_recipe(path: str | Path) -> TrainConfig:
-    """The recipe a run directory was trained with (from its train_state.pt)."""
-    state = torch.load(find_resume_dir(Path(path)) / TRAIN_STATE, map_location="cpu", weights_only=False)
-    return TrainConfig.from_dict(state["recipe"])
-
-
-def find_resume_dir(path: Path) -> Path:
-    """A run directory or its `last/` checkpoint -> the folder holding train_state.pt."""
-    for candidate in (path, path / "last", path / "last.old"):
-        if (candidate / TRAIN_STATE).is_file():
-            return candidate
-    raise UserError(f"{path}: no {TRAIN_STATE} found there or in its last/; give a run directory to resume")
+    return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 # ----- the loop -----
@@ -165,199 +151,216 @@ def hardware() -> dict[str, Any]:
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = None,
-          frame: pd.DataFrame | None = None, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+          frame: pd.DataFrame | None = None, progress: bool = True, stop_at: int | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
     """Run the recipe; returns the training card (empty when stopped at `stop_at` before the last step).
 
-    `frame` (a manifest DataFrame) replaces reading config.manifest; `stop_at` ends this process at that step
-    after saving `last/`, as an interruption would (a later `resume` carries on)."""
+    `out_dir` must hold no run, unless `resume` is that run or `overwrite` clears it (and lets `export` replace
+    a checkpoint). `frame` (a manifest DataFrame) replaces reading config.manifest; `stop_at` ends this process
+    at that step after saving `last/`, as an interruption would (a later `resume` carries on)."""
     out_dir = Path(out_dir)
     runtime = setup_runtime(config)
-    autocast = training_autocast(config, runtime)
-    if config.accum_steps < 1 or config.batch_size < config.accum_steps * runtime.world_size:
-        raise UserError(f"accum_steps={config.accum_steps}: needs 1 ≤ accum_steps ≤ batch_size / processes "
+    claim_run_dir(out_dir, Path(resume) if resume is not None else None, overwrite=overwrite, main=runtime.main)
+    check_export(config, overwrite=overwrite)
+    if config.batch_size < config.accum_steps * runtime.world_size:
+        raise UserError(f"accum_steps={config.accum_steps}: needs accum_steps ≤ batch_size / processes "
                         f"({config.batch_size} / {runtime.world_size}); lower accum_steps or raise batch_size")
     started = time.time()
     if frame is None:
         frame = td.read_manifest(config.manifest, images_root=config.images_root or None)
-    state = None
-    if resume is not None:
-        resume_dir = find_resume_dir(Path(resume))
-        net, tokenizer, _ = load_checkpoint(resume_dir)
-        state = torch.load(resume_dir / TRAIN_STATE, map_location="cpu", weights_only=False)
-        net.config.training = {}
-    else:
-        texts = caption_table(training_rows(config, frame))
-        if config.label_weight > 0 and config.model.get("semantic_dim"):
-            texts += [t for names in imagenet_label_texts(config)[1] for t in names]
-        tokenizer, minilm_ids = build_tokenizer(config, texts)
-        net = build_network(config, tokenizer, minilm_ids)
-        if net.config.semantic_dim:
-            with torch.no_grad():
-                net.class_embeddings.copy_(class_embeddings(config, progress=runtime.main))
+    net, tokenizer, state = start_network(config, frame, runtime, Path(resume) if resume is not None else None)
     cached_features = uses_cached_features(net.config)
     net.to(runtime.device)
     data = prepare_data(config, net.eval(), tokenizer, runtime, frame, cached_features)
-
-    distill_dim = data.teacher.shape[1] if data.teacher is not None else 0
-    objective = TrainingObjective(net, distill_dim=distill_dim, cached_features=cached_features)
-    objective.distill_weight = config.distill_weight
-    objective.word_weight = config.word_weight
-    objective.word_moves_images = config.word_moves_images
-    objective.label_weight = config.label_weight
-    if objective.distill_head is not None:
-        torch.manual_seed(config.seed + 1)
-        nn.init.normal_(objective.distill_head.weight, std=net.config.dim_latents ** -0.5)
-    objective.to(runtime.device)
-    optimizer = make_optimizer(config, objective)
-    step, best_score, best_step, evals_without_gain, history = 0, -math.inf, -1, 0, []
-    elapsed_before = 0.0
-    if state is not None:
-        if objective.distill_head is not None and "distill_head" in state:
-            objective.distill_head.load_state_dict(state["distill_head"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, best_score, best_step = state["step"], state["best_score"], state["best_step"]
-        evals_without_gain, history = state["evals_without_gain"], state["history"]
-        elapsed_before = state.get("elapsed_s", 0.0)
-        torch.set_rng_state(state["torch_rng"])
-    model = objective
-    if runtime.world_size > 1:
-        some_loss_off = net.config.caption_loss_weight == 0 or net.config.contrastive_loss_weight == 0
-        model = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
-            find_unused_parameters=some_loss_off)
-
+    run = TrainingRun(config, out_dir, runtime, net, tokenizer, data, cached_features, started)
+    run.restore(state)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / "log.jsonl"
-    seen_split = config.val_split if any(s.name == config.val_split for s in data.eval_splits) else None
-    unseen_split = config.val_unseen_split or None
-    by_domain = judged_by_domain(config, data)
-
-    def evaluate() -> dict:
-        return te.evaluate_retrieval(net, tokenizer, data.eval_splits, features=cached_features, device=runtime.device)
-
-    def train_state() -> dict:
-        return {"optimizer": optimizer.state_dict(), "step": step, "best_score": best_score, "best_step": best_step,
-                "evals_without_gain": evals_without_gain, "history": history, "torch_rng": torch.get_rng_state(),
-                "elapsed_s": elapsed_before + time.time() - started, "recipe": config.to_dict(),
-                "distill_head": objective.distill_head.state_dict() if objective.distill_head is not None else None}
-
-    net.train()
-    bar = tqdm(total=config.steps, initial=step, desc="training", unit="step", disable=not (progress and runtime.main))
-    window_start, window_samples = time.time(), 0
-    stop = False
-    while step < config.steps and not stop:
-        for group in optimizer.param_groups:
-            group["lr"] = group["lr_base"] * lr_factor(config, step)
-        batch = step_batch(config, data, tokenizer, runtime, step, cached_features)
-        optimizer.zero_grad(set_to_none=True)
-        losses = accumulate_gradients(model, objective, batch, config.accum_steps, runtime, autocast)
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in objective.parameters() if p.requires_grad], config.grad_clip)
-        optimizer.step()
-        step += 1
-        window_samples += len(batch["inputs"]) * runtime.world_size
-        bar.update(1)
-        if runtime.main and (step % config.log_every == 0 or step == config.steps):
-            now = time.time()
-            entry = {"step": step, "lr": optimizer.param_groups[0]["lr"],
-                     "samples_per_s": window_samples / max(1e-9, now - window_start),
-                     **{k: round(float(v.detach()), 4) for k, v in losses.items()},
-                     "temperature": round(float(net.logit_scale.detach().exp()), 2)}
-            window_start, window_samples = now, 0
-            bar.set_postfix(loss=entry["loss"], cap=entry.get("caption"), con=entry.get("contrastive"))
-            bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
-            with open(log_path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
-        at_end = step == config.steps
-        if data.eval_splits and (seen_split or by_domain) and (step % config.eval_every == 0 or at_end):
-            results = evaluate() if runtime.main else {}
-            if runtime.main:
-                score = (te.domain_score(results) if by_domain
-                         else te.selection_score(results, seen_split, unseen_split))
-                history.append({"step": step, "score": score, **{s: r for s, r in results.items()}})
-                summary = {s: {k: round(v, 3) for k, v in r.items() if k in ("t2i_R@1", "t2i_R@5", "i2t_R@1",
-                                                                             "t2i_sentence_R@1")}
-                           for s, r in results.items()}
-                bar.write(f"validation step={step} score={score:.3f} {json.dumps(summary)}")
-                with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": step, "validation": results, "score": score}) + "\n")
-                if score > best_score:
-                    best_score, best_step, evals_without_gain = score, step, 0
-                    save_run_checkpoint(out_dir / "best", net, tokenizer, None)
-                else:
-                    evals_without_gain += 1
-                if config.patience and evals_without_gain >= config.patience:
-                    bar.write(f"stopping early: no better validation score for {config.patience} evaluations")
-                    stop = True
-                minutes = (elapsed_before + time.time() - started) / 60
-                if config.max_minutes and minutes >= config.max_minutes:
-                    bar.write(f"stopping: the time budget of {config.max_minutes} minutes is spent")
-                    stop = True
-            stop = broadcast_flag(stop, runtime)
-        interrupted = stop_at is not None and step >= stop_at and not at_end
-        if runtime.main and (step % config.save_every == 0 or at_end or stop or interrupted):
-            save_run_checkpoint(out_dir / "last", net, tokenizer, train_state())
-        if interrupted:
-            bar.close()
-            return {}
-    bar.close()
+    if runtime.main:  # folders of checkpoint saves that a kill interrupted
+        for leftover in out_dir.glob(".*.tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    if not run.steps(progress, stop_at):
+        return {}
     if runtime.world_size > 1:
         dist.barrier()
-    card: dict[str, Any] = {}
-    if runtime.main:
-        wall = elapsed_before + time.time() - started
-        card = finish(config, out_dir, net, tokenizer, data, runtime, cached_features,
-                      step=step, best_step=best_step, history=history, wall_s=wall)
+    card: dict[str, Any] = run.finish() if runtime.main else {}
     if runtime.world_size > 1:
         dist.barrier()
     return card
 
 
-def judged_by_domain(config: TrainConfig, data: PreparedData) -> bool:
-    """Whether the validation sets are the recipe's domains (held-out styles, objects, photos), so the checkpoint
-    is chosen on their mean, rather than a manifest's own val/val_unseen splits."""
-    return any(s.name.startswith("style:") or s.name in config.val_domains for s in data.eval_splits)
+def start_network(config: TrainConfig, frame: pd.DataFrame, runtime: Runtime,
+                  resume: Path | None) -> tuple[MaMMUT, Tokenizer, dict | None]:
+    """The network, its tokenizer and the saved training state: from the run's last/ when resuming, else new."""
+    if resume is not None:
+        resume_dir = find_resume_dir(resume)
+        net, tokenizer, _ = load_checkpoint(resume_dir)
+        net.config.training = {}
+        return net, tokenizer, torch.load(resume_dir / TRAIN_STATE, map_location="cpu", weights_only=False)
+    texts = caption_table(training_rows(config, frame))
+    if config.label_weight > 0 and config.model.get("semantic_dim", MammutConfig.semantic_dim):
+        texts += [t for names in imagenet_label_texts(config)[1] for t in names]
+    tokenizer, minilm_ids = build_tokenizer(config, texts)
+    net = build_network(config, tokenizer, minilm_ids)
+    if net.config.semantic_dim:
+        with torch.no_grad():
+            net.class_embeddings.copy_(class_embeddings(config, progress=runtime.main))
+    return net, tokenizer, None
 
 
-def finish(config: TrainConfig, out_dir: Path, net: MaMMUT, tokenizer: Tokenizer, data: PreparedData,
-           runtime: Runtime, cached_features: bool, *, step: int, best_step: int, history: list, wall_s: float) -> dict:
-    """Load the best weights, measure them (retrieval, captions, baselines), write the card into best/ and
-    the export directory."""
-    by_domain = judged_by_domain(config, data)
-    best_dir = out_dir / "best" if (out_dir / "best").is_dir() else out_dir / "last"
-    best_net, tokenizer, _ = load_checkpoint(best_dir, device=runtime.device)
-    card: dict[str, Any] = {
-        "recipe": config.to_dict(),
-        "data": data.data_card,
-        "steps": step, "best_step": best_step if best_step >= 0 else step,
-        "samples_seen": step * config.batch_size,
-        "wall_time_s": round(wall_s, 1),
-        "hardware": {**hardware(), "device": str(runtime.device), "world_size": runtime.world_size},
-        "selection": (te.DOMAIN_SCORE if by_domain else
-                      "best validation score: seen t2i R@1 + seen i2t R@1 + 0.5 seen sentence t2i R@1"
-                      " + unseen t2i R@5 + 0.5 unseen sentence t2i R@5"),
-        "history": [{"step": h["step"], "score": round(h["score"], 4)} for h in history],
-    }
-    if data.eval_splits:
-        card["validation"] = te.evaluate_retrieval(best_net, tokenizer, data.eval_splits, features=cached_features,
-                                                   device=runtime.device)
-        if config.final_eval:
+class TrainingRun:
+    """One run in progress: the network and its training objective, the optimizer, the data, and where the
+    run stands (step, best score, history); `steps` trains, validates and saves, `finish` writes the card."""
+
+    def __init__(self, config: TrainConfig, out_dir: Path, runtime: Runtime, net: MaMMUT, tokenizer: Tokenizer,
+                 data: PreparedData, cached_features: bool, started: float):
+        self.config, self.out_dir, self.runtime, self.net, self.tokenizer = config, out_dir, runtime, net, tokenizer
+        self.data, self.cached_features, self.started = data, cached_features, started
+        distill_dim = data.teacher.shape[1] if data.teacher is not None else 0
+        self.objective = TrainingObjective(net, distill_dim=distill_dim, cached_features=cached_features)
+        self.objective.distill_weight = config.distill_weight
+        self.objective.word_weight = config.word_weight
+        self.objective.label_weight = config.label_weight
+        if self.objective.distill_head is not None:
+            torch.manual_seed(config.seed + 1)
+            nn.init.normal_(self.objective.distill_head.weight, std=net.config.dim_latents ** -0.5)
+        self.objective.to(runtime.device)
+        self.optimizer = make_optimizer(config, self.objective)
+        self.step, self.best_score, self.best_step, self.history, self.elapsed_before = 0, -math.inf, -1, [], 0.0
+        self.model: nn.Module = self.objective
+        if runtime.world_size > 1:
+            some_loss_off = net.config.caption_loss_weight == 0 or net.config.contrastive_loss_weight == 0
+            self.model = nn.parallel.DistributedDataParallel(
+                self.objective, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+                find_unused_parameters=some_loss_off)
+
+    def restore(self, state: dict | None) -> None:
+        """Carry on from a saved training state (train_state.pt), if any."""
+        if state is None:
+            return
+        if self.objective.distill_head is not None and state.get("distill_head"):
+            self.objective.distill_head.load_state_dict(state["distill_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.best_score, self.best_step = state["step"], state["best_score"], state["best_step"]
+        self.history, self.elapsed_before = state["history"], state.get("elapsed_s", 0.0)
+        torch.set_rng_state(state["torch_rng"])
+
+    def train_state(self) -> dict:
+        """What resuming needs, saved in last/train_state.pt."""
+        head = self.objective.distill_head
+        return {"optimizer": self.optimizer.state_dict(), "step": self.step, "best_score": self.best_score,
+                "best_step": self.best_step, "history": self.history, "torch_rng": torch.get_rng_state(),
+                "elapsed_s": self.elapsed(), "recipe": self.config.to_dict(),
+                "distill_head": head.state_dict() if head is not None else None}
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.started
+
+    def steps(self, progress: bool, stop_at: int | None) -> bool:
+        """Train to the last step (or the time budget); False when stopped at `stop_at` first."""
+        config, runtime = self.config, self.runtime
+        self.net.train()
+        bar = tqdm(total=config.steps, initial=self.step, desc="training", unit="step",
+                   disable=not (progress and runtime.main))
+        window = [time.time(), 0]  # start of the log window, samples since
+        stop = False
+        while self.step < config.steps and not stop:
+            losses = self.one_step()
+            window[1] += config.batch_size
+            bar.update(1)
+            at_end = self.step == config.steps
+            if runtime.main and (self.step % config.log_every == 0 or at_end):
+                self.log(losses, window, bar)
+            if self.data.eval_splits and (self.step % config.eval_every == 0 or at_end):
+                stop = broadcast_flag(self.validate(bar) if runtime.main else False, runtime)
+            interrupted = stop_at is not None and self.step >= stop_at and not at_end
+            if runtime.main and (self.step % config.save_every == 0 or at_end or stop or interrupted):
+                save_run_checkpoint(self.out_dir / "last", self.net, self.tokenizer, self.train_state())
+            if interrupted:
+                bar.close()
+                return False
+        bar.close()
+        return True
+
+    def one_step(self) -> dict[str, torch.Tensor]:
+        """One optimizer step on the step's batch; returns this process's losses."""
+        config = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr_base"] * lr_factor(config, self.step)
+        batch = step_batch(config, self.data, self.tokenizer, self.runtime, self.step, self.cached_features)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = accumulate_gradients(self.model, self.objective, batch, config.accum_steps, self.runtime,
+                                      training_autocast(config, self.runtime))
+        torch.nn.utils.clip_grad_norm_([p for p in self.objective.parameters() if p.requires_grad], GRAD_CLIP)
+        self.optimizer.step()
+        self.step += 1
+        return losses
+
+    def log(self, losses: dict[str, torch.Tensor], window: list, bar: tqdm) -> None:
+        """One line of losses, learning rate and throughput, to the progress bar and log.jsonl."""
+        now = time.time()
+        entry = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+                 "samples_per_s": window[1] / max(1e-9, now - window[0]),
+                 **{k: round(float(v.detach()), 4) for k, v in losses.items()},
+                 "temperature": round(float(self.net.logit_scale.detach().exp()), 2)}
+        window[:] = [now, 0]
+        bar.set_postfix(loss=entry["loss"], cap=entry.get("caption"), con=entry.get("contrastive"))
+        bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
+        self.append_log(entry)
+
+    def append_log(self, entry: dict) -> None:
+        with open(self.out_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def validate(self, bar: tqdm) -> bool:
+        """Score the validation sets, keep the best checkpoint; True when the time budget is spent."""
+        results = validation.evaluate_retrieval(self.net, self.tokenizer, self.data.eval_splits,
+                                                features=self.cached_features, device=self.runtime.device)
+        score = validation.domain_score(results)
+        self.history.append({"step": self.step, "score": score, **results})
+        summary = {s: {k: round(v, 3) for k, v in r.items() if k in ("t2i_R@1", "t2i_R@5", "i2t_R@1",
+                                                                     "t2i_sentence_R@1")}
+                   for s, r in results.items()}
+        bar.write(f"validation step={self.step} score={score:.3f} {json.dumps(summary)}")
+        self.append_log({"step": self.step, "validation": results, "score": score})
+        if score > self.best_score:
+            self.best_score, self.best_step = score, self.step
+            save_run_checkpoint(self.out_dir / "best", self.net, self.tokenizer, None)
+        budget = self.config.max_minutes
+        if budget and self.elapsed() / 60 >= budget:
+            bar.write(f"stopping: the time budget of {budget} minutes is spent")
+            return True
+        return False
+
+    def finish(self) -> dict:
+        """Load the best weights, measure them (retrieval, captions, baselines), write the card into best/ and
+        the export directory."""
+        config, data, runtime, features = self.config, self.data, self.runtime, self.cached_features
+        best_dir = self.out_dir / "best" if (self.out_dir / "best").is_dir() else self.out_dir / "last"
+        best_net, tokenizer, _ = load_checkpoint(best_dir, device=runtime.device)
+        card: dict[str, Any] = {
+            "recipe": config.to_dict(), "data": data.data_card,
+            "steps": self.step, "best_step": self.best_step if self.best_step >= 0 else self.step,
+            "samples_seen": self.step * config.batch_size, "wall_time_s": round(self.elapsed(), 1),
+            "hardware": {**hardware(), "device": str(runtime.device), "world_size": runtime.world_size},
+            "selection": validation.DOMAIN_SCORE,
+            "history": [{"step": h["step"], "score": round(h["score"], 4)} for h in self.history],
+        }
+        if data.eval_splits:
+            card["validation"] = validation.evaluate_retrieval(best_net, tokenizer, data.eval_splits,
+                                                               features=features, device=runtime.device)
+        if data.eval_splits:
             names = set(map(str, data.train["name"]))
-            card["captions"] = {s.name: te.evaluate_captions(best_net, tokenizer, s, names, features=cached_features,
-                                                              device=runtime.device) for s in data.eval_splits}
-            if cached_features and data.train_cache.in_memory and not by_domain:
-                card["baselines"] = te.baselines(data.train, data.train_cache.inputs[0], data.eval_splits)
-    if not by_domain:
-        card["targets"] = te.target_check(card, config.targets, config.val_split, config.val_unseen_split)
-    card["conventions"] = ("queries: each concept's name (and 'A picture of a NAME.' for sentence figures); gallery: "
-                           "every image of the split; i2t ranks the split's names; ranks as in mammut_search.eval.metrics")
-    best_net.config.training = card
-    save_run_checkpoint(out_dir / "best", best_net, tokenizer, None)
-    (out_dir / "training_card.json").write_text(json.dumps(card, indent=2))
-    if config.export:
-        dtype = getattr(torch, config.export_dtype)
-        save_run_checkpoint(Path(config.export), best_net, tokenizer, None, dtype=dtype)
-    return card
+            card["captions"] = {s.name: validation.evaluate_captions(best_net, tokenizer, s, names, features=features,
+                                                                     device=runtime.device) for s in data.eval_splits}
+            if features and data.train_cache.in_memory:
+                card["baselines"] = validation.baselines(data.train, data.train_cache.inputs, data.eval_splits)
+        card["conventions"] = validation.CONVENTIONS
+        best_net.config.training = card
+        save_run_checkpoint(self.out_dir / "best", best_net, tokenizer, None)
+        atomic_write_bytes(self.out_dir / "training_card.json", json.dumps(card, indent=2).encode())
+        if config.export:
+            save_run_checkpoint(Path(config.export), best_net, tokenizer, None, dtype=EXPORT_DTYPE)
+        return card
 
 
 def add_to_training_card(checkpoint_dir: str | Path, key: str, value: Any) -> None:

@@ -40,8 +40,7 @@ class TrainingObjective(nn.Module):
                 word_text: torch.Tensor | None = None, word_positives: torch.Tensor | None = None,
                 word_grad: bool = True, label_semantic: torch.Tensor | None = None,
                 label_text: torch.Tensor | None = None, label_caption: torch.Tensor | None = None,
-                label_groups: torch.Tensor | None = None, label_grid: torch.Tensor | None = None,
-                ) -> dict[str, torch.Tensor]:
+                label_groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """inputs (b ...) cached encoder inputs; text (b n) contrastive captions; caption (b m) captioning
         targets; groups (b) concept ids; teacher (b 384) MiniLM embeddings of `text`; keep_index (b k)
         image tokens to keep; extra_text (e n') texts without images and their MiniLM embeddings (e 384).
@@ -50,8 +49,7 @@ class TrainingObjective(nn.Module):
         word_text (w n) single words and word_positives (w B) the global batch's images each one names;
         word_grad: whether the words' latents get gradients (only one micro-batch of a step's should).
         label_semantic (L s): label-only examples, a noisy class-name embedding standing in for an image, with
-        its texts label_text (L n), captioning targets label_caption (L m), class ids label_groups (L), and for
-        the first rows an unrelated image's grid tokens label_grid (G g c) (see label_loss)."""
+        its texts label_text (L n), captioning targets label_caption (L m) and class ids label_groups (L)."""
         net, c = self.net, self.net.config
         features = self.image_features(inputs, keep_index)
         image_cls, image_tokens = net.pool_image(features, keep_index)
@@ -70,8 +68,7 @@ class TrainingObjective(nn.Module):
             if self.word_weight > 0 and word_text is not None:
                 with contextlib.nullcontext() if word_grad else torch.no_grad():
                     words = net.text_latents(word_text)
-                anchors = image_latents if self.word_moves_images else image_latents.detach()
-                losses["words"] = word_image_loss(words.float(), anchors.float(), scale.detach(),
+                losses["words"] = word_image_loss(words.float(), image_latents.float(), scale.detach(),
                                                   word_positives, cached=cached)
         if self.distills and teacher is not None:
             latents = text_latents
@@ -82,7 +79,7 @@ class TrainingObjective(nn.Module):
             predicted = F.normalize(head(latents).float(), dim=-1)
             losses["distill"] = (1 - (predicted * teacher).sum(dim=-1)).mean()
         if self.label_weight > 0 and label_semantic is not None:
-            losses["labels"] = self.label_loss(label_semantic, label_text, label_caption, label_groups, label_grid)
+            losses["labels"] = self.label_loss(label_semantic, label_text, label_caption, label_groups)
         losses["loss"] = self.combine(losses, shares, zero)
         return losses
 
@@ -96,28 +93,19 @@ class TrainingObjective(nn.Module):
                 + self.word_weight * shares.get("words", 1.0) * losses.get("words", zero)
                 + self.label_weight * shares.get("labels", 1.0) * losses.get("labels", zero))
 
-    def label_loss(self, semantic: torch.Tensor, text: torch.Tensor, caption: torch.Tensor, groups: torch.Tensor,
-                   grid: torch.Tensor | None = None) -> torch.Tensor:
-        """Label-only examples (in the spirit of CapDec): a semantic vector (L s) is captioned with its class's
-        names (L m). Rows without a grid are also contrasted with their texts (L n) among themselves (classes
-        in `groups`); the first len(grid) rows carry the grid tokens (G g c) of some unrelated training image,
-        captioning only: where the semantic token is sharp, it names the object whatever the grid shows (the
-        grid of a photo is unlike any training image's)."""
+    def label_loss(self, semantic: torch.Tensor, text: torch.Tensor, caption: torch.Tensor,
+                   groups: torch.Tensor) -> torch.Tensor:
+        """Label-only examples (in the spirit of CapDec): a semantic vector (L s), with no image grid, is
+        captioned with its class's names (L m) and contrasted with its texts (L n) among themselves (classes in
+        `groups`)."""
         net, c = self.net, self.net.config
-        shown = 0 if grid is None else len(grid)
-        empty = semantic.new_zeros(len(semantic) - shown, 0, c.image_encoder.feature_dim)  # no grid at all
-        cls, tokens = net.pool_image(empty, semantic=semantic[shown:])
-        rows = len(semantic)
-        loss = net.caption_loss(caption[shown:], tokens) * (rows - shown) / rows
-        if shown:
-            _, grid_tokens = net.pool_image(grid, semantic=semantic[:shown])
-            loss = loss + net.caption_loss(caption[:shown], grid_tokens) * shown / rows
-        loss = loss * c.caption_loss_weight
-        if c.contrastive_loss_weight > 0 and rows > shown:
-            images = net.contrastive_image_latents(cls, empty, semantic=semantic[shown:])
+        empty = semantic.new_zeros(len(semantic), 0, c.image_encoder.feature_dim)  # no grid at all
+        cls, tokens = net.pool_image(empty, semantic=semantic)
+        loss = c.caption_loss_weight * net.caption_loss(caption, tokens)
+        if c.contrastive_loss_weight > 0:
+            images = net.contrastive_image_latents(cls, empty, semantic=semantic)
             loss = loss + c.contrastive_loss_weight * contrastive_loss(
-                net.text_latents(text[shown:]).float(), images.float(), net.temperature_scale(), groups[shown:],
-                local=True)
+                net.text_latents(text).float(), images.float(), net.temperature_scale(), groups, local=True)
         return loss
 
     def image_features(self, inputs: torch.Tensor, keep_index: torch.Tensor | None) -> torch.Tensor:
@@ -139,5 +127,4 @@ class TrainingObjective(nn.Module):
 
     distill_weight: float = 0.0
     word_weight: float = 0.0
-    word_moves_images: bool = True
     label_weight: float = 0.0

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from mammut_search.atomic import atomic_write
 from mammut_search.errors import UserError
@@ -21,11 +22,20 @@ from mammut_search.inference import preprocess_images
 from mammut_search.model.checkpoint import file_sha256
 from mammut_search.model.config import ImageEncoderConfig
 from mammut_search.model.mammut import MaMMUT
-from mammut_search.model.tokenizer import Tokenizer, train_bpe
-from mammut_search.train import card as te
+from mammut_search.model.tokenizer import Tokenizer
+from mammut_search.train import validation
 from mammut_search.train import data as td
 from mammut_search.train.distributed import Runtime
 from mammut_search.train.recipe import TrainConfig
+
+# fixed parts of the recipe (no recipe has varied them): each step's side batches (global), and the label-only
+# examples' texts and noise
+DISTILL_WORDS_BATCH = 64  # text-only distillation texts
+WORD_BATCH = 64  # caption words, each contrasted with the batch's images
+LABEL_BATCH = 64  # label-only examples
+LABEL_NOISE = 0.02  # std of the Gaussian noise added to each dimension of a label-only example's stand-in vector
+LABEL_NAMES = 3  # a class's first lemmas used as its texts
+LABEL_HYPERNYMS = 2  # and its nearest hypernyms ("tabby" -> "domestic cat", "cat"; see label_hypernyms)
 
 
 @dataclass
@@ -42,7 +52,7 @@ class PreparedData:
     sampler: td.ConceptBalancedSampler
     image_words: list[list[int]]  # each training row's caption words as indices into `word_ids`
     word_ids: list[list[int]]  # the captions' distinct content words (token ids)
-    eval_splits: list[te.EvalSplit]
+    eval_splits: list[validation.EvalSplit]
     data_card: dict[str, Any]
     labels: "LabelExamples | None" = None
     grid_tokens: int = 0  # the encoder's spatial tokens, the ones feature-token dropout draws from
@@ -64,8 +74,7 @@ def imagenet_label_texts(config: TrainConfig) -> tuple[list[str], list[list[str]
 
     classes = imagenet_classes(Path(config.imagenet_cache))
     prompts = class_prompts([c.lemmas[0] for c in classes])
-    texts = [list(dict.fromkeys([*c.lemmas[:config.label_names], *label_hypernyms(c.hypernyms,
-                                                                                  config.label_hypernyms)]))
+    texts = [list(dict.fromkeys([*c.lemmas[:LABEL_NAMES], *label_hypernyms(c.hypernyms, LABEL_HYPERNYMS)]))
              for c in classes]
     return prompts, texts
 
@@ -112,15 +121,11 @@ def style_weights(config: TrainConfig, train: pd.DataFrame, image_concept: np.nd
     return weights
 
 
-def build_tokenizer(config: TrainConfig, texts: list[str]) -> tuple[Tokenizer, list[int] | None]:
-    """The recipe's tokenizer (and, for MiniLM, the MiniLM id of each token)."""
-    if config.tokenizer == "minilm":
-        from mammut_search.train.text_init import compact_wordpiece
+def build_tokenizer(config: TrainConfig, texts: list[str]) -> tuple[Tokenizer, list[int]]:
+    """MiniLM's WordPiece, compacted to the texts' tokens and the most frequent words (and each token's MiniLM id)."""
+    from mammut_search.train.text_init import compact_wordpiece
 
-        return compact_wordpiece(texts, common_words=config.common_words)
-    if config.tokenizer == "bpe":
-        return train_bpe(texts, vocab_size=config.bpe_vocab_size), None
-    raise UserError(f"tokenizer must be 'minilm' or 'bpe', not {config.tokenizer!r}")
+    return compact_wordpiece(texts, common_words=config.common_words)
 
 
 def encoder_input_fn(net: MaMMUT, runtime: Runtime, cached_features: bool):
@@ -140,70 +145,35 @@ def encoder_input_fn(net: MaMMUT, runtime: Runtime, cached_features: bool):
 def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime: Runtime, frame: pd.DataFrame,
                  cached_features: bool) -> PreparedData:
     """Encoder-input caches, caption tables, MiniLM targets, the sampler and the validation splits."""
+    held_out = validation_rows(config, frame)  # a misnamed split is refused before any image is encoded
     cache_root = Path(config.cache_dir)
     encode = encoder_input_fn(net, runtime, cached_features)
     store = input_store(cache_root, net.image_encoder, net.config.image_encoder, cached_features)
     train = training_rows(config, frame)
     captions = caption_table(train)  # from every training row, so its cache key never depends on image reads
-    caption_index = {c: i for i, c in enumerate(captions)}
     teacher = minilm_targets(captions, cache_root, progress=runtime.main) if config.distill_weight > 0 else None
-    paths = list(train["path"])
     entry_bytes = td.cache_bytes_per_image(net.config.image_encoder, cached_features)
-    streamed = td.stream_from_disk(config.stream, config.views * len(paths) * entry_bytes)
-    share_encoding(paths, encode, config.views, config.seed, store, runtime)
-    train_cache = td.build_input_cache(
-        paths, encode, views=config.views, seed=config.seed, progress=runtime.main, store=store,
-        in_memory=not streamed)
-    keep = train_cache.ok
-    if not keep.all():
-        train = train[keep].reset_index(drop=True)
-        train_cache = train_cache.subset(keep)
-    max_len = net.config.max_text_len
-    caption_ids = _encode_rows(tokenizer, captions, max_len)
-    name_ids = _encode_rows(tokenizer, [str(n) for n in train["name"]], max_len)
-
-    concepts = {c: k for k, c in enumerate(dict.fromkeys(train["concept_id"]))}
-    image_concept = np.array([concepts[c] for c in train["concept_id"]], dtype=np.int64)
-    order = np.argsort(image_concept, kind="stable")  # each concept's images, ascending: one pass, not one per concept
-    concept_images = np.split(order, np.flatnonzero(np.diff(image_concept[order])) + 1)
-    image_captions = [np.array([caption_index[c] for c in caps]) for caps in train["captions"]]
-    sampler = td.ConceptBalancedSampler(concept_images, image_captions, image_concept,
-                                        batch_size=config.batch_size, views=config.views,
-                                        images_per_concept=config.images_per_concept, seed=config.seed,
-                                        concept_weights=style_weights(config, train, image_concept, len(concepts)))
-
+    streamed = td.stream_from_disk(config.stream, len(train) * entry_bytes)
+    train, train_cache, unreadable = encode_rows(train, encode, store, runtime, in_memory=not streamed)
     eval_splits = []
-    for name, rows in validation_rows(config, frame).items():
-        share_encoding(list(rows["path"]), encode, 1, config.seed, store, runtime)
-        cache = td.build_input_cache(
-            list(rows["path"]), encode, views=1, seed=config.seed, progress=runtime.main, store=store)
-        ok = torch.from_numpy(cache.ok)
-        eval_splits.append(te.EvalSplit(name, rows[cache.ok].reset_index(drop=True), cache.inputs[0][ok]))
-
+    for name, rows in held_out.items():
+        rows, cache, left_out = encode_rows(rows, encode, store, runtime)
+        eval_splits.append(validation.EvalSplit(name, rows, cache.inputs, config.caption_target == "name"))
+        unreadable += left_out
+    max_len = net.config.max_text_len
     data_card = {
         "manifest": str(config.manifest),
         "manifest_sha256": file_sha256(config.manifest) if Path(config.manifest).is_file() else "",
         "splits": {str(k): int(v) for k, v in frame["split"].value_counts().items()},
         "concepts_per_split": {str(k): int(v) for k, v in frame.groupby("split")["concept_id"].nunique().items()},
-        "train_images": len(train), "train_concepts": len(concepts), "train_captions": len(captions),
+        "train_images": len(train), "train_concepts": int(train["concept_id"].nunique()),
+        "train_captions": len(captions),
         "styles_per_split": ({str(k): sorted(map(str, v.unique())) for k, v in frame.groupby("split")["style"]}
                              if "style" in frame.columns else {}),
-        "views_per_image": config.views,
-        "cache": {"bytes_per_image": entry_bytes, "bytes": config.views * len(train) * entry_bytes,
-                  "streamed": streamed},
-        "source": frame.attrs.get("data", {}),  # format, and what reading left out
+        "cache": {"bytes_per_image": entry_bytes, "bytes": len(train) * entry_bytes, "streamed": streamed},
+        "source": with_unreadable(frame.attrs.get("data", {}), unreadable),  # format, and what was left out
     }
-    extra_ids, extra_teacher = [], None
-    if config.distill_weight > 0 and config.distill_words > 0:
-        from mammut_search.train.text_init import common_english_words
-
-        words = common_english_words(config.distill_words)
-        if config.label_weight > 0 and net.config.semantic_dim:  # the class names too: queries name objects
-            words = list(dict.fromkeys([*words, *(t for names in imagenet_label_texts(config)[1] for t in names)]))
-        extra = [t for w in words for t in (w, td.sentence_query(w))]
-        extra_ids = _encode_rows(tokenizer, extra, max_len)
-        extra_teacher = minilm_targets(extra, cache_root, progress=runtime.main)
-        data_card["distill_words"] = len(words)
+    extra_ids, extra_teacher = distillation_texts(config, net, tokenizer, runtime, data_card)
     image_words, word_ids = [], []
     if config.word_weight > 0:
         words, image_words = word_vocabulary([list(c) for c in train["captions"]], max_share=config.word_max_share)
@@ -211,35 +181,106 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
     labels = label_examples(config, net, tokenizer)
     if labels is not None:
         data_card["label_only_classes"] = len(labels.class_text_ids)
-    return PreparedData(frame, train, train_cache, captions, caption_ids, name_ids, teacher, extra_ids, extra_teacher,
-                        sampler, image_words, word_ids, eval_splits, data_card, labels,
-                        net.config.image_encoder.grid_tokens)
+    return PreparedData(frame, train, train_cache, captions, _encode_rows(tokenizer, captions, max_len),
+                        _encode_rows(tokenizer, [str(n) for n in train["name"]], max_len), teacher, extra_ids,
+                        extra_teacher, concept_sampler(config, train, captions), image_words, word_ids, eval_splits,
+                        data_card, labels, net.config.image_encoder.grid_tokens)
+
+
+def encode_rows(rows: pd.DataFrame, encode, store: Path, runtime: Runtime, *,
+                in_memory: bool = True) -> tuple[pd.DataFrame, td.InputCache | td.DiskInputCache, list[str]]:
+    """Manifest rows -> (the rows whose images could be read, their cached encoder inputs, the others' paths)."""
+    paths = list(rows["path"])
+    share_encoding(paths, encode, store, runtime)
+    cache = td.build_input_cache(paths, encode, progress=runtime.main, store=store, in_memory=in_memory)
+    keep = cache.ok
+    if keep.all():
+        return rows.reset_index(drop=True), cache, []
+    return rows[keep].reset_index(drop=True), cache.subset(keep), [paths[i] for i in np.flatnonzero(~keep)]
+
+
+def concept_sampler(config: TrainConfig, train: pd.DataFrame, captions: list[str]) -> td.ConceptBalancedSampler:
+    """The sampler of the training rows: concepts balanced (by the recipe's style shares, where it has any)."""
+    caption_index = {c: i for i, c in enumerate(captions)}
+    concepts = {c: k for k, c in enumerate(dict.fromkeys(train["concept_id"]))}
+    image_concept = np.array([concepts[c] for c in train["concept_id"]], dtype=np.int64)
+    order = np.argsort(image_concept, kind="stable")  # each concept's images, ascending: one pass, not one per concept
+    concept_images = np.split(order, np.flatnonzero(np.diff(image_concept[order])) + 1)
+    image_captions = [np.array([caption_index[c] for c in caps]) for caps in train["captions"]]
+    return td.ConceptBalancedSampler(concept_images, image_captions, image_concept, batch_size=config.batch_size,
+                                     images_per_concept=config.images_per_concept, seed=config.seed,
+                                     concept_weights=style_weights(config, train, image_concept, len(concepts)))
+
+
+def distillation_texts(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime: Runtime,
+                       data_card: dict[str, Any]) -> tuple[list[list[int]], torch.Tensor | None]:
+    """The text-only distillation texts (token ids) and their MiniLM embeddings: common English words (and the
+    ImageNet class names when the model has the semantic token), bare and in a sentence."""
+    if config.distill_weight <= 0 or config.distill_words <= 0:
+        return [], None
+    from mammut_search.train.text_init import common_english_words
+
+    words = common_english_words(config.distill_words)
+    if config.label_weight > 0 and net.config.semantic_dim:  # the class names too: queries name objects
+        words = list(dict.fromkeys([*words, *(t for names in imagenet_label_texts(config)[1] for t in names)]))
+    extra = [t for w in words for t in (w, td.sentence_query(w))]
+    data_card["distill_words"] = len(words)
+    return (_encode_rows(tokenizer, extra, net.config.max_text_len),
+            minilm_targets(extra, Path(config.cache_dir), progress=runtime.main))
+
+
+def with_unreadable(source: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    """The reader's summary of what it left out, plus the images that turned out unreadable when encoded (counted,
+    the first few named)."""
+    if not paths:
+        return source
+    left_out = {**source.get("left_out", {}), UNREADABLE: source.get("left_out", {}).get(UNREADABLE, 0) + len(paths)}
+    shown = [*source.get("left_out_examples", []), *({"where": p, "reason": UNREADABLE} for p in paths[:5])]
+    return {**source, "left_out": left_out, "left_out_examples": shown}
+
+
+UNREADABLE = "unreadable image"
 
 
 def validation_rows(config: TrainConfig, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The validation sets by name: "style:NAME" (every image of a style kept out of training) and the recipe's
-    domain splits; where the manifest has none of them, its val_split and val_unseen_split."""
-    sets: dict[str, pd.DataFrame] = {}
-    if "style" in frame.columns:
-        for style in config.val_styles:
-            sets[f"style:{style}"] = frame[frame["style"] == style]
-    for split in config.val_domains:
-        sets[split] = frame[frame["split"] == split]
-    sets = {name: rows for name, rows in sets.items() if not rows.empty}
-    if not sets:  # a manifest without those sets (a captioned collection of one's own): its val splits
-        for split in (config.val_split, config.val_unseen_split):
-            if split:
-                sets[split] = frame[frame["split"] == split]
+    """The validation sets by name: the recipe's val_splits and, in a manifest with styles, "style:NAME" (every
+    image of a style kept out of training)."""
+    check_validation_names(config, frame)
+    sets = {f"style:{style}": frame[frame["style"] == style]
+            for style in (config.val_styles if "style" in frame.columns else [])}
+    sets.update({split: frame[frame["split"] == split] for split in config.val_splits})
     return {name: rows.reset_index(drop=True) for name, rows in sets.items() if not rows.empty}
 
 
-def share_encoding(paths: list[str], encode, views: int, seed: int, store: Path, runtime: Runtime) -> None:
+def check_validation_names(config: TrainConfig, frame: pd.DataFrame) -> None:
+    """Validation splits (or styles) the manifest lacks: refused when it has other held-out ones (a misspelt
+    name), said in a line when it has none at all (training images only: the last checkpoint is kept)."""
+    splits = set(frame["split"])
+    missing = [s for s in config.val_splits if s not in splits]
+    held_out = sorted(map(str, splits - set(config.train_splits)))
+    if "style" in frame.columns:
+        styles = set(frame["style"])
+        if any(s not in styles for s in config.val_styles):
+            raise UserError(f"val_styles = {config.val_styles}: {config.manifest} has no style "
+                            f"{', '.join(repr(s) for s in config.val_styles if s not in styles)}")
+    if not missing:
+        return
+    named = ", ".join(map(repr, missing))
+    if held_out:
+        raise UserError(f"val_splits: {config.manifest} has no split {named} (its held-out splits: "
+                        f"{', '.join(held_out)}); name the ones to validate on, or set val_splits = [] to train "
+                        "without validation")
+    tqdm.write(f"{config.manifest}: no split {named} and no other held-out images, so no validation: the last "
+               "checkpoint is kept")
+
+
+def share_encoding(paths: list[str], encode, store: Path, runtime: Runtime) -> None:
     """Under torchrun, each process first encodes its share (every world_size-th image) into the store, so that
     the cache is built once, not once per process; then every process reads it from there."""
     if runtime.world_size == 1:
         return
-    td.build_input_cache(paths[runtime.rank::runtime.world_size], encode, views=views, seed=seed, store=store,
-                         progress=runtime.main, in_memory=False)
+    td.build_input_cache(paths[runtime.rank::runtime.world_size], encode, store=store, progress=runtime.main,
+                         in_memory=False)
     dist.barrier()
 
 
@@ -333,7 +374,7 @@ def step_batch(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, ru
     the sampler's rows (r::w), so that N processes train on exactly what one process would."""
     device, rows = runtime.device, slice(runtime.rank, None, runtime.world_size)
     batch = data.sampler.batch(step, runtime.rank, runtime.world_size)
-    inputs = data.train_cache.batch(batch.views, batch.images).to(device)
+    inputs = data.train_cache.batch(batch.images).to(device)
     text = pad_rows([data.caption_ids[i] for i in batch.captions], tokenizer.pad_id).to(device)
     if config.caption_target == "name":
         caption = pad_rows([data.name_ids[int(i)] for i in batch.images], tokenizer.pad_id).to(device)
@@ -349,7 +390,7 @@ def step_batch(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, ru
         keep_index = chosen.argsort(dim=1)[:, :keep].to(device)
     extra_text = extra_teacher = None
     if data.extra_teacher is not None:
-        picks = np.random.default_rng([config.seed, step, 1]).choice(len(data.extra_ids), config.distill_words_batch)
+        picks = np.random.default_rng([config.seed, step, 1]).choice(len(data.extra_ids), DISTILL_WORDS_BATCH)
         picks = picks[rows]
         if len(picks):
             extra_text = pad_rows([data.extra_ids[i] for i in picks], tokenizer.pad_id).to(device)
@@ -365,32 +406,23 @@ def step_labels(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, r
                 step: int) -> dict[str, torch.Tensor]:
     """This process's share of the step's label-only examples: for each, a class, one of its texts (the
     contrastive text and the captioning target), and a stand-in vector: the class's embedding mixed with a
-    random other class's (as a classifier hesitates) plus Gaussian noise; the first `label_grid_share` of them
-    also get the grid tokens of a random training image."""
+    random other class's (as a classifier hesitates) plus Gaussian noise."""
     if data.labels is None:
         return {}
     labels, rng = data.labels, np.random.default_rng([config.seed, step, 3])
     n = len(labels.class_text_ids)
-    classes = rng.integers(0, n, config.label_batch)
-    others = rng.integers(0, n, config.label_batch)
-    own = rng.uniform(0.5, 1.0, config.label_batch)
+    classes = rng.integers(0, n, LABEL_BATCH)
+    others = rng.integers(0, n, LABEL_BATCH)
+    own = rng.uniform(0.5, 1.0, LABEL_BATCH)
     texts = [labels.class_text_ids[c][rng.integers(len(labels.class_text_ids[c]))] for c in classes]
-    noise = rng.normal(0.0, config.label_noise, (config.label_batch, labels.class_embeddings.shape[1]))
+    noise = rng.normal(0.0, LABEL_NOISE, (LABEL_BATCH, labels.class_embeddings.shape[1]))
     rows = slice(runtime.rank, None, runtime.world_size)
     embeddings = labels.class_embeddings
-    # the first rows of the global batch are shown with an unrelated training image's grid tokens
-    shown = round(config.label_batch * config.label_grid_share)
-    images = torch.from_numpy(rng.integers(0, len(data.train), shown))
-    shown_local = len(range(shown)[rows])
     stand_in = (torch.from_numpy(own[:, None]).float() * embeddings[classes]
                 + torch.from_numpy(1 - own[:, None]).float() * embeddings[others] + torch.from_numpy(noise).float())
     ids = pad_rows(texts[rows], tokenizer.pad_id).to(runtime.device)
-    out = {"label_semantic": stand_in[rows].to(runtime.device), "label_text": ids, "label_caption": ids,
-           "label_groups": torch.from_numpy(classes[rows]).to(runtime.device)}
-    if shown_local:
-        grids = data.train_cache.batch(torch.zeros(shown, dtype=torch.long), images)[rows][:, :data.grid_tokens]
-        out["label_grid"] = grids.to(runtime.device)
-    return out
+    return {"label_semantic": stand_in[rows].to(runtime.device), "label_text": ids, "label_caption": ids,
+            "label_groups": torch.from_numpy(classes[rows]).to(runtime.device)}
 
 
 def step_words(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, runtime: Runtime,
@@ -404,7 +436,7 @@ def step_words(config: TrainConfig, data: PreparedData, tokenizer: Tokenizer, ru
     gathered = np.concatenate([images[r::world] for r in range(world)])
     column_words = [set(data.image_words[i]) for i in gathered]
     present = np.array(sorted(set().union(*column_words)))
-    picks = np.random.default_rng([config.seed, step, 2]).permutation(present)[:config.word_batch]
+    picks = np.random.default_rng([config.seed, step, 2]).permutation(present)[:WORD_BATCH]
     picks = picks[runtime.rank::world]
     if not len(picks):
         return None, None
