@@ -5,8 +5,8 @@
 Times (best of --repeats, each in a new process): `mammut --help`, `mammut index info DIR` and a bare
 `python -c "import torch"` for scale; then `mammut search QUERY --index DIR` (re-ranked, the default) broken
 down inside one fresh process into imports, model load, index open, the first query and the same query again
-(warm), for an index that stores the decoder's image tokens and for the same index read without them; in wall
-seconds and in CPU seconds of the process (one torch thread), the latter less disturbed by other jobs.
+(warm), re-ranking from the decoder's image tokens the index stores; in wall seconds and in CPU seconds of the
+process (one torch thread), the latter less disturbed by other jobs.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BREAKDOWN = r"""
 import json, sys, time
-clock = time.process_time if sys.argv[4] == "cpu" else time.perf_counter
+clock = time.process_time if sys.argv[3] == "cpu" else time.perf_counter
 t0 = clock()
 import torch
 torch.set_num_threads(1)
@@ -31,10 +31,10 @@ from mammut_search.inference import load_model
 from mammut_search.index.store import IndexStore
 from mammut_search.index.manifest import read_manifest, resolve_checkpoint
 t1 = clock()
-index, query, stored = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+index, query = sys.argv[1], sys.argv[2]
 model = load_model(resolve_checkpoint(read_manifest(index)), device="cpu")
 t2 = clock()
-searcher = Searcher(IndexStore.open(index, model=model), model, stored_tokens=stored)
+searcher = Searcher(IndexStore.open(index, model=model), model)
 searcher.store.vectors
 t3 = clock()
 searcher.search_text(query, 10, rerank=True)
@@ -56,9 +56,9 @@ def wall(argv: list[str], repeats: int) -> float:
     return min(times)
 
 
-def breakdown(index: str, query: str, stored: bool, repeats: int, clock: str) -> dict[str, float]:
+def breakdown(index: str, query: str, repeats: int, clock: str) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    runs = [json.loads(subprocess.run([sys.executable, "-c", BREAKDOWN, index, query, "1" if stored else "0", clock],
+    runs = [json.loads(subprocess.run([sys.executable, "-c", BREAKDOWN, index, query, clock],
                                       check=True, capture_output=True, text=True, env=env).stdout)
             for _ in range(repeats)]
     return {key: min(r[key] for r in runs) for key in runs[0]}
@@ -79,13 +79,12 @@ def main() -> None:
                                                                           "--device", "cpu"])]:
         print(f"| `{name}` | {wall(argv, args.repeats):.2f} |")
     for clock in ("wall", "cpu"):
-        print(f"\n| inside `mammut search` ({clock} seconds, 1 thread) | stored tokens | decoding the candidates |")
-        print("|---|---|---|")
-        stored, decoded = (breakdown(args.index, args.query, s, args.repeats, clock) for s in (True, False))
+        print(f"\n| inside `mammut search` ({clock} seconds, 1 thread) | seconds |")
+        print("|---|---|")
+        stored = breakdown(args.index, args.query, args.repeats, clock)
         for key in stored:
-            print(f"| {key} | {stored[key]:.3f} | {decoded[key]:.3f} |")
-        for name, b in (("stored tokens", stored), ("decoding the candidates", decoded)):
-            print(f"{name}: first re-ranked query / warm one = {b['first query'] / b['warm query']:.2f}x ({clock})")
+            print(f"| {key} | {stored[key]:.3f} |")
+        print(f"first re-ranked query / warm one = {stored['first query'] / stored['warm query']:.2f}x ({clock})")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mammut_search.captioned import read_captioned
-from mammut_search.search import NO_MATCH_MARGIN, RERANK_CANDIDATES, RERANK_WEIGHT, Searcher
+from mammut_search.search import RERANK_CANDIDATES, RERANK_WEIGHT, Searcher
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Re-ranking"
@@ -164,7 +164,7 @@ def main() -> None:
               f"and {len(UNRELATED)} unrelated queries (documents, photographs).", "",
               "| margin | queries with a right image | without (other concepts) | unrelated |", "|---|---|---|---|"]
     for margin in MARGINS:
-        marker = " (default)" if margin == NO_MATCH_MARGIN else ""
+        marker = ""
         flagged_negatives = f"{np.mean(np.array(negative_best) < margin):.3f}" if negatives else "–"
         lines.append(f"| {margin:g}{marker} | {np.mean(np.array(positive_best) < margin):.3f} | "
                      f"{flagged_negatives} | {np.mean(np.array(unrelated_best) < margin):.3f} |")

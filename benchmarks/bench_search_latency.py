@@ -127,18 +127,13 @@ def measure_latencies(searcher: Searcher, queries: int, cold: int, on_thread) ->
             out.append(time.perf_counter() - start)
         samples[name] = out
 
-    def cold_rerank(text: str) -> None:
-        searcher.clear_cache()
-        searcher.search_text(text, 10, rerank=True)
-
     def run() -> None:
         each("text encoding", lambda t: model.encode_text([t]), texts)
         each(f"FAISS top-{RERANK_CANDIDATES}", lambda t: vectors.search(latent, RERANK_CANDIDATES), texts)
-        each("query, no re-ranking (k=10)", lambda t: searcher.search_text(t, 10, rerank=False), texts)
-        each(f"query, re-ranking {RERANK_CANDIDATES}, cold cache", cold_rerank, texts[:cold])
-        searcher.search_text(texts[0], 10, rerank=True)
-        each(f"query, re-ranking {RERANK_CANDIDATES}, cached image tokens",
-             lambda t: searcher.search_text(texts[0], 10, rerank=True), texts[:queries])
+        each("query, vectors only (k=10)", lambda t: searcher.search_text(t, 10, vectors_only=True), texts)
+        each("query, vectors and keywords (k=10)", lambda t: searcher.search_text(t, 10, rerank=False), texts)
+        each(f"query, re-ranking {RERANK_CANDIDATES} from stored tokens",
+             lambda t: searcher.search_text(t, 10, rerank=True), texts[:cold])
 
     on_thread(run)
     return samples
@@ -196,7 +191,6 @@ def main() -> None:
                 rows.append((size, name, percentile(values, 50), percentile(values, 95), len(values)))
                 print(f"  {name:45s} p50 {rows[-1][2] * 1000:8.1f} ms  p95 {rows[-1][3] * 1000:8.1f} ms")
             for rerank in (False, True):
-                searcher.clear_cache()
                 qps, p50, p95 = measure_throughput(searcher, args.clients, args.seconds, rerank)
                 throughput.append((size, rerank, qps, p50, p95))
                 print(f"  {args.clients} clients, re-ranking {'on ' if rerank else 'off'}: {qps:6.1f} queries/s, "

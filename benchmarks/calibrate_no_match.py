@@ -1,59 +1,72 @@
-"""Calibrate and test the "nothing matches" notice on an index of the demo collection.
+"""How the "nothing matches" notice does on an index, with the cutoff calibrated on that index.
 
-    mammut index build mammut_search/bundled/demo/images --out /tmp/demo.index
-    python benchmarks/calibrate_no_match.py --index /tmp/demo.index
+    mammut index build mammut_search/bundled/demo/images --out data/cache/demo.index
+    python benchmarks/calibrate_no_match.py --index data/cache/demo.index                    # the demo's lists
+    python benchmarks/calibrate_no_match.py --index data/cache/demo.index --tune              # choose QUANTILE
+    python benchmarks/calibrate_no_match.py --index G.index --concepts benchmarks/no_match_concepts_google.json --half all
 
-60 concepts named in the demo's captions (present) and 60 emoji concepts that are not in it (absent; both in
-no_match_concepts.json), each split in two halves by position: the margin is set on the calibration halves (the second-lowest score of a
-present concept there, so at most 1 of its 30 fires), then the notice is counted on the held-out halves. For the
-present concepts it also says whether the first result is right (its caption in --captions shares a content word
-with the query): a notice over a wrong first result is what the notice is for.
+Concept lists: `present` names things in the collection, `absent` things not in it. The demo's lists
+(no_match_concepts.json) are split by position: even positions tune (`--tune` shows the fires at each quantile
+of the calibration words' matches there), odd positions are held out. A second collection's lists
+(benchmarks/make_second_collection.py) are all held out (`--half all`). Without --tune it counts how often the
+notice fires as the product decides it (the index's stored cutoff, hybrid search on).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 
-CONCEPTS = json.loads((Path(__file__).resolve().parent / "no_match_concepts.json").read_text())
-PRESENT, ABSENT = CONCEPTS["present"], CONCEPTS["absent"]
+HERE = Path(__file__).resolve().parent
+QUANTILES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98)
+
+
+def calibration_matches(searcher) -> np.ndarray:
+    """The matches of the calibration words on the searcher's index (what the cutoff is a quantile of)."""
+    from mammut_search import relevance
+    from mammut_search.ranking import nearest
+
+    gen = searcher.live.current
+    words = relevance.calibration_words(searcher.model.tokenizer)
+    latents = relevance.encode_texts(searcher.model, words)
+    return np.array([searcher.relevance.match(gen.store.vectors, *nearest(gen, row[None], relevance.CANDIDATES))
+                     for row in latents])
 
 
 def main() -> None:
-    from mammut_search.bundled import demo_dir
-    from mammut_search.eval.domains import content_words
-    from mammut_search.search import NO_MATCH_MARGIN, Searcher
+    from mammut_search.search import Searcher
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", required=True)
-    parser.add_argument("--captions", default=str(demo_dir() / "captions.csv"), help="the demo's image,caption table")
+    parser.add_argument("--concepts", type=Path, default=HERE / "no_match_concepts.json")
+    parser.add_argument("--half", choices=["tune", "held-out", "all"], default="held-out")
+    parser.add_argument("--tune", action="store_true", help="fires at each quantile, on the tuning halves")
     args = parser.parse_args()
-    with open(args.captions, newline="") as f:
-        by_name = {Path(image).name: caption for image, caption in csv.reader(f)}  # image file name -> caption
-    score, right = {}, {}
+    concepts = json.loads(args.concepts.read_text())
+    half = {"tune": slice(0, None, 2), "held-out": slice(1, None, 2), "all": slice(None)}["tune" if args.tune else args.half]
+    present, absent = concepts["present"][half], concepts["absent"][half]
     with Searcher.open(args.index, device="cpu") as searcher:
-        for q in PRESENT + ABSENT:
-            results = searcher.search_text(q, 1, rerank=False)
-            score[q] = results.match
-            first = by_name.get(Path(results[0].path).name, "") if len(results) else ""
-            right[q] = bool(content_words(first) & content_words(q))
-    present, absent = np.array([score[q] for q in PRESENT]), np.array([score[q] for q in ABSENT])
-    margin = float(np.sort(present[0::2])[1])
-    print(f"calibrated margin {margin:.4f} (in use: {NO_MATCH_MARGIN})")
-    for name, cut in (("calibrated", margin), ("in use", NO_MATCH_MARGIN)):
-        for half, label in ((slice(0, None, 2), "calibration"), (slice(1, None, 2), "held-out")):
-            print(f"{name:10s} {label:11s}: fires for {int((absent[half] < cut).sum())}/30 absent, "
-                  f"{int((present[half] < cut).sum())}/30 present")
-    print("absent, not flagged (in use):", ", ".join(q for q in ABSENT if score[q] >= NO_MATCH_MARGIN))
-    flagged = [q for q in PRESENT if score[q] < NO_MATCH_MARGIN]
-    print("present, flagged (in use):", ", ".join(f"{q} (first result {'right' if right[q] else 'wrong'})"
-                                                  for q in flagged))
-    print(f"present concepts whose first result is right: {sum(right[q] for q in PRESENT)}/60, of them flagged: "
-          f"{sum(right[q] for q in flagged)}")
+        answers = {q: searcher.search_text(q, 1) for q in present + absent}
+        if args.tune:
+            from mammut_search.ranking import keyword_hits
+
+            worded = {q for q in answers if keyword_hits(searcher.live.current, q, 1)}
+            matches = calibration_matches(searcher)
+            for quantile in QUANTILES:
+                cut = float(np.quantile(matches, quantile))
+                fires = {name: sum(answers[q].match < cut and q not in worded for q in group)
+                         for name, group in (("absent", absent), ("present", present))}
+                print(f"quantile {quantile:.2f} (cutoff {cut:.4f}): fires for {fires['absent']}/{len(absent)} absent, "
+                      f"{fires['present']}/{len(present)} present")
+            return
+        cutoff = searcher.store.manifest.relevance.get("cutoff")
+    print(f"{args.index}: cutoff {cutoff} (stored in the manifest); {args.half} lists of {args.concepts.name}")
+    for name, group in (("absent", absent), ("present", present)):
+        fired = [q for q in group if answers[q].nothing_matches]
+        print(f"notice fires for {len(fired)}/{len(group)} {name}" + (f": {', '.join(fired)}" if name == "present" else ""))
 
 
 if __name__ == "__main__":

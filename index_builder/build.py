@@ -161,6 +161,7 @@ def index_files(index_dir: Path, model, files: list[FoundFile], roots: list[str]
         last_run=stats,
         created=previous.manifest.created if previous is not None else None,
     )
+    manifest.relevance = relevance_calibration(model, vectors)
     tokens = stored_tokens(previous, items, results)
     if tokens is not None:
         manifest.rerank_tokens, tokens = tokens
@@ -285,6 +286,14 @@ def make_vectors(previous: IndexStore | None, items, results: dict[str, Encoded]
     return update_vector_index(previous.vectors, add_vectors=latents_of(added, results, latent_dim),
                                add_ids=added["id"].to_numpy(np.int64),
                                remove_ids=np.setdiff1d(before, ok["id"].to_numpy(np.int64)), progress=progress)
+
+
+def relevance_calibration(model, vectors) -> dict[str, Any]:
+    """The "nothing matches" cutoff of this very index (mammut_search.relevance), computed with it."""
+    from mammut_search.relevance import calibrate
+
+    log.info("calibrating the relevance cutoff on the index")
+    return calibrate(model, vectors)
 
 
 def stored_tokens(previous: IndexStore | None, items, results: dict[str, Encoded]):

@@ -13,6 +13,8 @@ _EXPORTS = {
     "MammutModel": "mammut_search.inference",
     "load_model": "mammut_search.inference",
     "default_device": "mammut_search.inference",
+    "Searcher": "mammut_search.search",
+    "QueryTerm": "mammut_search.query",
     "MammutConfig": "mammut_search.model.config",
     "ImageEncoderConfig": "mammut_search.model.config",
     "UserError": "mammut_search.errors",

@@ -53,6 +53,7 @@ def build_test_index(root: Path, *, count: int = 24, seed: int = 0, readable_cap
     """
     from index_builder.build import BuildOptions, build_index
     from mammut_search.index.store import IndexStore
+    from mammut_search.index.tokens import tokens_writer
     from mammut_search.testing import tiny_model
 
     labels = write_collection(root / "images", count)
@@ -65,7 +66,9 @@ def build_test_index(root: Path, *, count: int = 24, seed: int = 0, readable_cap
     if readable_captions:
         items = store.items.copy()
         items["caption"] = [labels[p] for p in items["path"]]
-        IndexStore.commit(index, items, store.vectors, store.manifest)
+        ids = store.ok_items["id"].sort_values().to_numpy(np.int64)
+        tokens = tokens_writer(ids, store.tokens.row, store.tokens.shape)  # the same tokens, kept
+        IndexStore.commit(index, items, store.vectors, store.manifest, tokens=tokens)
     return index, checkpoint
 
 

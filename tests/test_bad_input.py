@@ -54,7 +54,7 @@ def test_file_names_are_printed_escaped(indexed, capsys):
     assert main(["search", "--image", str(image), "--index", str(indexed / "photos.index"), "-k", "7"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert len(lines) == 7 and all(line.count("\t") == 3 for line in lines)
+    assert len(lines) == 7 and all(line.count("\t") == 4 for line in lines)  # rank, score, path, caption, why
     assert "\x1b" not in out and "evil\\n\\x1b[31mred\\x1b[0m\\tname.png" in out
 
 

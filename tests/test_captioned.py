@@ -233,11 +233,11 @@ def test_cli_eval_split_and_protocol_report(sources, tmp_path, capsys, model):
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["counts"]["images"] == 1 and report["protocol"]["split"] == "train"
     assert report["data"]["splits"] == {"test": 4, "train": 1}
-    assert main(args + ["--captions-per-image", "1", "--distinct-texts"]) == 0
+    assert main(args + ["--captions-per-image", "1", "--distinct-texts", "--overwrite"]) == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["counts"]["pairs"] == 4 and report["protocol"]["texts"] == "distinct caption texts"
     assert "coco, split test, 4 images: 1 captions per image" in capsys.readouterr().out
-    assert main(args + ["--split", "val"]) == 2
+    assert main(args + ["--split", "val", "--overwrite"]) == 2
     assert "no images in split 'val'" in capsys.readouterr().err
 
 

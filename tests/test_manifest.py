@@ -119,4 +119,4 @@ def test_temp_files_of_a_killed_writer_are_removed_by_the_next_commit(tmp_path):
     for name in leftovers:
         (tmp_path / "i" / name).write_bytes(b"half written")
     commit(tmp_path / "i")
-    assert sorted(p.name for p in (tmp_path / "i").iterdir()) == ["index.faiss", "items.parquet", "manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "i").iterdir()) == ["index.faiss", "items.parquet", "keywords.sqlite", "manifest.json"]

@@ -14,6 +14,7 @@ from PIL import Image
 from mammut_search.inference import load_model
 from mammut_search.cli import main
 from mammut_search.errors import IndexStoreError, UserError
+from mammut_search import relevance
 from mammut_search.search import RERANK_BY_DEFAULT, Searcher
 from mammut_search.testing import tiny_model
 from search_testkit import build_test_index, one_torch_thread  # noqa: F401 (autouse fixture)
@@ -42,7 +43,7 @@ def brute_force(searcher, latent: np.ndarray, k: int) -> list[int]:
 
 def test_open_uses_the_index_checkpoint_and_ranks_like_brute_force(searcher, index):
     assert searcher.model.checkpoint_sha256 == load_model(index[1], device="cpu").checkpoint_sha256
-    results = searcher.search_text("a red circle", 5, rerank=False)
+    results = searcher.search_text("a red circle", 5, rerank=False, vectors_only=True)
     latent = searcher.model.encode_text(["a red circle"])[0].numpy()
     assert results.ids == brute_force(searcher, latent, 5)
     assert [h.rank for h in results] == [1, 2, 3, 4, 5]
@@ -51,7 +52,8 @@ def test_open_uses_the_index_checkpoint_and_ranks_like_brute_force(searcher, ind
         row = searcher.item(hit.id)
         assert (hit.path, hit.caption) == (row["path"], row["caption"]) and os.path.exists(hit.path)
         assert hit.likelihood is None and hit.score == hit.similarity
-    assert not results.reranked and not results.truncated and results.notices == []
+    assert not results.reranked and not results.truncated
+    assert results.notices == ([relevance.NOTICE] if results.nothing_matches else [])  # the tiny model's cutoff
 
 
 def test_an_index_of_another_checkpoint_is_refused(index, tmp_path):
@@ -97,11 +99,11 @@ def test_an_over_long_query_is_cut_with_a_notice_and_ranks_like_its_cut_text(sea
 def test_rerank_combines_similarity_and_likelihood(index):
     query = "a blue square"
     plain = Searcher.open(index[0], device="cpu", rerank_weight=0.0)
-    without = plain.search_text(query, 24, rerank=False)
-    assert plain.search_text(query, 24, rerank=True).ids == without.ids  # weight 0: similarity order
+    without = plain.search_text(query, 24, rerank=False, vectors_only=True)
+    assert plain.search_text(query, 24, rerank=True, vectors_only=True).ids == without.ids  # weight 0: similarity
 
     by_likelihood = Searcher.open(index[0], device="cpu", rerank_weight=1e6)
-    reranked = by_likelihood.search_text(query, 24, rerank=True)
+    reranked = by_likelihood.search_text(query, 24, rerank=True, vectors_only=True)
     assert reranked.reranked and sorted(reranked.ids) == sorted(without.ids)
     lifts = [h.likelihood for h in reranked]
     assert all(isinstance(x, float) for x in lifts)
@@ -109,7 +111,7 @@ def test_rerank_combines_similarity_and_likelihood(index):
     assert reranked.ids != without.ids
 
     mixed = Searcher.open(index[0], device="cpu", rerank_weight=0.5)
-    hits = mixed.search_text(query, 24, rerank=True)
+    hits = mixed.search_text(query, 24, rerank=True, vectors_only=True)
     for hit in hits:
         assert hit.score == pytest.approx(hit.similarity + 0.5 * hit.likelihood, abs=1e-5)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
@@ -140,13 +142,14 @@ def test_nothing_matches_is_said_when_no_candidate_beats_the_baseline(index):
 
 
 def test_nothing_matches_compares_the_query_with_its_candidates_usual_words(index):
-    from mammut_search.search import reference_words
+    from mammut_search.ranking import nearest
+    from mammut_search.relevance import reference_words
 
     searcher = Searcher.open(index[0], device="cpu")
     words = reference_words(searcher.model.tokenizer, 800)
     assert words and all(len(w) >= 4 and w.isalpha() for w in words)
     match = searcher.search_text("an octopus", 5, rerank=False).match
-    ids, sims = searcher._nearest(searcher.model.encode_text(["an octopus"]).numpy(), 50)
+    ids, sims = nearest(searcher.live.current, searcher.model.encode_text(["an octopus"]).numpy(), 50)
     latents = searcher.store.vectors.reconstruct(ids)
     usual = np.sort(latents @ searcher.model.encode_text(words).numpy().T, axis=1)[:, -10:].mean(axis=1)
     assert match == pytest.approx(float(np.max(sims - usual)), abs=1e-5)
@@ -156,17 +159,14 @@ def test_nothing_matches_compares_the_query_with_its_candidates_usual_words(inde
     assert not below.search_text("an octopus", 5).nothing_matches
 
 
-@pytest.mark.parametrize("stored_tokens", [False, True])
-def test_a_candidate_whose_file_went_away_is_ranked_without_a_likelihood_unless_its_tokens_are_stored(
-        tmp_path, stored_tokens):
+def test_a_candidate_whose_file_went_away_is_still_reranked_from_its_stored_tokens(tmp_path):
     index, _ = build_test_index(tmp_path, count=8)
-    with Searcher.open(index, device="cpu", stored_tokens=stored_tokens) as searcher:
+    with Searcher.open(index, device="cpu") as searcher:
         gone = searcher.search_text("a red circle", 1, rerank=False)[0]
         os.remove(gone.path)
         results = searcher.search_text("a red circle", 8, rerank=True)
-    by_id = {h.id: h for h in results}
-    assert len(results) == 8 and (by_id[gone.id].likelihood is not None) == stored_tokens
-    assert all(h.likelihood is not None for h in results if h.id != gone.id)
+    assert len(results) == 8 and gone.id in results.ids
+    assert all(h.likelihood is not None for h in results)
 
 
 def test_image_queries_find_the_image_itself_from_a_path_bytes_or_pil(searcher):
@@ -225,7 +225,7 @@ def test_32_concurrent_queries_answer_like_one_by_one(index):
     jobs = [("text", QUERIES[i % len(QUERIES)], 3 + i % 5, i % 3 != 0) for i in range(24)]
     jobs += [("image", paths[i], 4, None) for i in range(8)]
     sequential = run_all(Searcher.open(index[0], device="cpu"), jobs)
-    concurrent_searcher = Searcher.open(index[0], device="cpu", cache_size=4)  # evicting all the time
+    concurrent_searcher = Searcher.open(index[0], device="cpu")
     with ThreadPoolExecutor(max_workers=32) as pool:
         concurrent = list(pool.map(lambda job: run_all(concurrent_searcher, [job])[0], jobs))
     assert concurrent == sequential

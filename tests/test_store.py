@@ -88,6 +88,12 @@ def test_refuses_another_schema_version_missing_and_damaged_indexes(tmp_path):
     path.write_text(json.dumps({**data, "schema_version": 999}))
     with pytest.raises(IndexStoreError, match="schema version 999"):
         IndexStore.open(tmp_path / "i")
+    for wrong, shown in (("1", '"1"'), (None, "null"), (1.5, "1.5"), (True, "true")):
+        path.write_text(json.dumps({**data, "schema_version": wrong}))
+        with pytest.raises(IndexStoreError) as refused:
+            IndexStore.open(tmp_path / "i")
+        assert f"'schema_version' is {shown}, not a whole number" in str(refused.value)
+        assert "this program reads version" not in str(refused.value)
     path.write_text("{not json")
     with pytest.raises(IndexStoreError, match="unreadable manifest"):
         IndexStore.open(tmp_path / "i")
@@ -113,8 +119,9 @@ def test_a_writer_killed_before_the_manifest_leaves_the_previous_index(tmp_path,
     store = IndexStore.open(tmp_path / "i")
     assert store.manifest.generation == 1 and list(store.ok_items["id"]) == [0, 1, 2]
     assert store.vectors.ntotal == 3
+    assert sorted(h.id for h in store.keywords.search("caption", 10)) == [0, 1, 2]  # the same generation's words
     commit(tmp_path / "i", n_ok=4, first_id=200)  # the next commit discards the uncommitted files
-    assert sorted(p.name for p in (tmp_path / "i").iterdir()) == ["index.faiss", "items.parquet", "manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "i").iterdir()) == ["index.faiss", "items.parquet", "keywords.sqlite", "manifest.json"]
     assert IndexStore.open(tmp_path / "i").manifest.generation == 2
 
 
@@ -137,9 +144,10 @@ def test_a_writer_killed_after_the_manifest_leaves_the_new_index(tmp_path, monke
     store = IndexStore.open(tmp_path / "i")
     assert store.manifest.generation == 2 and list(store.ok_items["id"]) == [100, 101, 102, 103, 104]
     assert store.vectors.ntotal == 5
+    assert sorted(h.id for h in store.keywords.search("caption", 10)) == [100, 101, 102, 103, 104]
     store, _ = commit(tmp_path / "i", n_ok=1, first_id=300)  # rolls the renames forward, then commits
     assert store.manifest.generation == 3
-    assert sorted(p.name for p in (tmp_path / "i").iterdir()) == ["index.faiss", "items.parquet", "manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "i").iterdir()) == ["index.faiss", "items.parquet", "keywords.sqlite", "manifest.json"]
 
 
 def test_an_update_keeps_created_and_moves_updated(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """The UI in a real browser: Debian's headless Chromium driven by Playwright (no browser download).
 
-Types a query and sees a gallery of images with their captions; clicks a result and sees its caption;
-uploads an image and sees its caption and nearest images; saves a screenshot.
+Types a query and sees a gallery of images with their captions; clicks a result and sees its caption and its
+near-duplicates; uploads an image and sees its caption and nearest images, then adds it to the words with a
+weight; saves a screenshot.
 """
 
 import os
@@ -24,8 +25,13 @@ pytestmark = pytest.mark.browser
 def served(tmp_path_factory):
     from ui import app as ui_app
 
+    from index_builder.build import BuildOptions, update_index
+
     index, _ = build_test_index(tmp_path_factory.mktemp("collection"), readable_captions=True)
     searcher = Searcher.open(index, device="cpu")
+    first = searcher.store.ok_items.sort_values("id")["path"].iloc[0]
+    shutil.copy(first, os.path.join(os.path.dirname(first), "copy-of-the-first.png"))  # a byte copy
+    update_index(index, searcher.model, options=BuildOptions(workers=0, progress=False))
     port = free_port()
     app = ui_app.launch(searcher, port=port, block=False, quiet=True)
     yield f"http://127.0.0.1:{port}", searcher
@@ -136,4 +142,42 @@ def test_failures_outside_the_handlers_reach_the_page_as_sentences(browser, serv
     page.locator("#query").get_by_role("textbox").fill("a red circle")
     page.locator("#query").get_by_role("textbox").press("Enter")
     toasts.get_by_text(SERVER_ERROR).wait_for(state="attached")  # not a bare "Error" badge
+    page.close()
+
+
+def test_words_plus_an_uploaded_image_and_a_results_duplicates(browser, served, tmp_path):
+    from mammut_search.query import QueryTerm
+
+    url, searcher = served
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    blue = next(p for p, c in zip(searcher.store.ok_items["path"], searcher.store.ok_items["caption"])
+                if c == "a blue square")
+    query_image = tmp_path / "mine.png"
+    shutil.copy(blue, query_image)
+    page.locator("#upload input[type=file]").set_input_files(str(query_image))
+    page.locator("#detail").get_by_text("Caption:").first.wait_for(state="attached")
+    weight = page.locator("#image-weight input[type=number]")
+    weight.fill("0.7")
+    weight.press("Enter")
+    page.locator("#query").get_by_role("textbox").fill("a red circle")
+    page.locator("#query").get_by_role("textbox").press("Enter")
+    page.locator("#message").get_by_text("a red circle + 0.7×").wait_for(state="attached")
+    expected = searcher.search_terms([QueryTerm(text="a red circle"), QueryTerm(image=str(query_image), weight=0.7)], 12)
+    page.locator("#results").get_by_text(f"{expected[0].caption} · {expected[0].score:.3f}").first.wait_for(
+        state="attached")
+
+    weight.fill("0")
+    weight.press("Enter")
+    page.locator("#query").get_by_role("textbox").fill("the first one's copy")
+    page.locator("#query").get_by_role("textbox").press("Enter")
+    page.locator("#message").get_by_text("images for the first").wait_for(state="attached")
+    words = searcher.search_text("the first one's copy", 12)
+    assert words[0].path.endswith("copy-of-the-first.png")  # found by its name
+    page.locator("#results img").first.click()  # its byte copy is its near-duplicate
+    original = os.path.basename(searcher.store.ok_items.sort_values("id")["path"].iloc[0])
+    page.locator("#detail").get_by_text("Near-duplicates:").first.wait_for(state="attached")
+    page.wait_for_function("([sel, text]) => document.querySelector(sel).innerText.includes(text)",
+                           arg=["#detail", f"Near-duplicates: {original}"])
     page.close()

@@ -16,6 +16,7 @@ from mammut_search.cli import build_parser
 from mammut_search.search import Searcher
 from search_testkit import build_test_index, free_port, one_torch_thread  # noqa: F401 (autouse fixture)
 from ui import app as ui_app
+from ui import guard
 
 MAX_UPLOAD = "200kb"
 
@@ -23,7 +24,7 @@ MAX_UPLOAD = "200kb"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     index, checkpoint = build_test_index(tmp_path_factory.mktemp("collection"), readable_captions=True)
-    searcher = Searcher.open(index, device="cpu")
+    searcher = Searcher.open(index, device="cpu", no_match_margin=0.5)  # the tiny model's matches stay below
     port = free_port()
     app = ui_app.launch(searcher, port=port, max_file_size=MAX_UPLOAD, block=False, quiet=True)
     yield {"base": f"http://127.0.0.1:{port}", "port": port, "searcher": searcher, "index": index,
@@ -32,7 +33,10 @@ def served(tmp_path_factory):
 
 
 def call(base: str, api_name: str, data: list, cookies=None) -> tuple[str, object]:
-    """Run an event through the Gradio HTTP API -> (last event name, its data)."""
+    """Run an event through the Gradio HTTP API -> (last event name, its data). A text search given
+    (query, k, rerank) searches names and captions too, with no image added."""
+    if api_name == "search" and len(data) == 3:
+        data = [*data, False, None, 0]
     with httpx.Client(base_url=base, timeout=60, cookies=cookies) as client:
         started = client.post(f"/gradio_api/call/{api_name}", json={"data": data})
         started.raise_for_status()
@@ -69,7 +73,10 @@ def test_a_text_search_returns_captioned_thumbnails_of_indexed_images(served):
     event, (gallery, message, _) = call(served["base"], "search", ["a red circle", 6, True])
     assert event == "complete" and "6 images" in message
     expected = served["searcher"].search_text("a red circle", 6, rerank=True)
-    assert [g["caption"] for g in gallery] == [f"{h.caption} · {h.score:.3f}" for h in expected]
+    assert len(gallery) == len(expected)
+    for entry, hit in zip(gallery, expected):  # then the words it matched, if any
+        assert entry["caption"].startswith(f"{hit.caption} · {hit.score:.3f}")
+        assert all(word in entry["caption"] for word in hit.name_words + hit.caption_words)
     for entry, hit in zip(gallery, expected):
         status, body = raw_get(served["port"], httpx.URL(entry["image"]["url"]).raw_path.decode())
         assert status == 200
@@ -84,7 +91,7 @@ def test_messages_for_empty_long_and_unmatched_queries(served):
     _, (gallery, message, _) = call(served["base"], "search", ["a red circle " * 100, 6, False])
     assert "cut" in message and len(gallery) == 6
     _, (gallery, message, _) = call(served["base"], "search", ["an octopus", 6, True])
-    assert "Nothing in the index seems to match" in message and len(gallery) == 6  # tiny model: nothing fits
+    assert "Nothing in the index seems to match" in message and len(gallery) == 6  # no words, and below the cutoff
     event, data = call(served["base"], "search", ["a red circle", 0, False])  # below the slider's range
     assert event == "error" and "Traceback" not in json.dumps(data)
 
@@ -253,9 +260,13 @@ def test_pasted_data_urls_obey_the_upload_limit_and_the_safe_loader(served):
     event, (text, gallery, _) = call(served["base"], "search_by_image", [data_url(small, "PNG"), 3])
     assert event == "complete" and "**Caption:**" in text and len(gallery) == 3
 
-    big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), np.uint8))  # > 200 kB
-    event, (text, gallery, _) = call(served["base"], "search_by_image", [data_url(big, "PNG"), 3])
-    assert event == "complete" and "larger than this server's upload limit" in text and gallery == []
+    over = Image.fromarray(np.random.default_rng(0).integers(0, 256, (270, 270, 3), np.uint8))  # 219 kB > 200 kB
+    event, data = call(served["base"], "search_by_image", [data_url(over, "PNG"), 3])  # kept nowhere: refused
+    assert event == "error" and "larger than this server's upload limit" in data["error"]
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), np.uint8))  # 480 kB
+    response = httpx.post(f"{served['base']}/gradio_api/call/search_by_image", timeout=60,
+                          json={"data": [data_url(big, "PNG"), 3]})  # refused at the door: the body is too large
+    assert response.status_code == 413 and is_sentence(response.json()["error"])
 
     event, (text, gallery, _) = call(served["base"], "search_by_image", [data_url(small, "TGA"), 3])
     assert event == "complete" and "The uploaded image cannot be used: not an image" in text and gallery == []
@@ -274,7 +285,7 @@ def test_query_images_are_decoded_a_few_at_a_time(served, monkeypatch):
     import time
 
     import mammut_search.images as images
-    from mammut_search.search import QUERY_DECODES
+    from mammut_search.image_access import QUERY_DECODES
 
     searcher, load_image = served["searcher"], images.load_image
     path = searcher.image_path(int(searcher.store.ok_items["id"].iloc[0]))
@@ -346,10 +357,10 @@ def test_wrong_passwords_are_answered_ever_more_slowly(served):
         with ThreadPoolExecutor(4) as pool:  # guessing in parallel is no faster
             assert list(pool.map(login, ["a", "b", "c", "d"])) == [400] * 4
         waited = time.monotonic() - started
-        assert waited >= sum(ui_app.LOGIN_FIRST_DELAY * 2 ** i for i in range(4)) - 0.05, waited
+        assert waited >= sum(guard.LOGIN_FIRST_DELAY * 2 ** i for i in range(4)) - 0.05, waited
         assert login("s3cret") == 200
         started = time.monotonic()
-        assert login("e") == 400 and time.monotonic() - started < 2 * ui_app.LOGIN_FIRST_DELAY + 1  # reset
+        assert login("e") == 400 and time.monotonic() - started < 2 * guard.LOGIN_FIRST_DELAY + 1  # reset
     finally:
         app.close()
 

@@ -18,8 +18,10 @@ import gradio as gr
 from PIL import Image
 
 from mammut_search.errors import ImageLoadError, UserError
+from mammut_search.query import QueryTerm, parse_arithmetic
 from mammut_search.search import SearchResults, Searcher
 from ui.errors import SERVER_ERROR, SentenceErrors, speak_plainly, upload_limit_sentence
+from ui.guard import RequestLimits, body_limit, throttled_login
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,6 @@ SLIDER_MAX_K = 48
 THUMBNAIL_SIDE = 320
 THUMBNAIL_CACHE = 512  # thumbnails kept in memory (at most ~300 kB each)
 MARKDOWN_SPECIALS = set("\\`*_{}[]()<>#+-.!|~")
-LOGIN_FIRST_DELAY, LOGIN_MAX_DELAY = 0.25, 8.0  # seconds a wrong password waits: doubling from the first
 
 CSS = """
 #message p { margin: 0.3em 0; }
@@ -89,11 +90,7 @@ def build_app(searcher: Searcher | None, *, index_error: str = "",
             query = gr.Textbox(label="Describe the images you want", placeholder="a red apple", scale=5,
                                elem_id="query", autofocus=True, submit_btn=False, lines=1, max_lines=1)
             search = gr.Button("Search", variant="primary", scale=1, elem_id="search-button")
-        with gr.Row():
-            k = gr.Slider(1, SLIDER_MAX_K, value=min(12, SLIDER_MAX_K), step=1, label="How many results",
-                          elem_id="top-k")
-            rerank = gr.Checkbox(value=searcher.rerank_default, elem_id="rerank",
-                                 label="Re-rank with the caption decoder (likelihood of your words given each image)")
+        k, image_weight, rerank, vectors_only = search_options(searcher.rerank_default)
         message = gr.Markdown(elem_id="message")
         results = gr.Gallery(label="Results", columns=6, height="auto", object_fit="contain",
                              allow_preview=True, elem_id="results")
@@ -113,8 +110,9 @@ def build_app(searcher: Searcher | None, *, index_error: str = "",
         with gr.Accordion("About this index", open=False, elem_id="about"):
             gr.Markdown(about_markdown(searcher.info(private=True)))
 
-        def on_search(text: str, top_k: float, use_rerank: bool) -> tuple[list, str, list[int]]:
-            return search_text(searcher, text, top_k, use_rerank)
+        def on_search(text: str, top_k: float, use_rerank: bool, pictures_only: bool = False, image=None,
+                      weight: float = 0.0) -> tuple[list, str, list[int]]:
+            return search_text(searcher, text, top_k, use_rerank, pictures_only, image, weight)
 
         def on_select(ids: list[int], top_k: float, evt: gr.SelectData) -> tuple[str, list, list[int], None]:
             return *show_item(searcher, ids, top_k, evt.index), None  # the detail is now the clicked image's
@@ -123,8 +121,9 @@ def build_app(searcher: Searcher | None, *, index_error: str = "",
             return search_image(searcher, path, top_k)
 
         search_outputs = [results, message, result_ids]
-        query.submit(on_search, [query, k, rerank], search_outputs, api_name="search")
-        search.click(on_search, [query, k, rerank], search_outputs, api_name="search_button",
+        search_inputs = [query, k, rerank, vectors_only, upload, image_weight]
+        query.submit(on_search, search_inputs, search_outputs, api_name="search")
+        search.click(on_search, search_inputs, search_outputs, api_name="search_button",
                      api_visibility="undocumented")
         detail_outputs = [detail, similar, similar_ids]
         results.select(on_select, [result_ids, k], [*detail_outputs, upload], api_visibility="private")
@@ -132,6 +131,21 @@ def build_app(searcher: Searcher | None, *, index_error: str = "",
         upload.upload(on_upload, [upload, k], detail_outputs, api_name="search_by_image")
         upload.clear(lambda: ("", [], []), None, detail_outputs, api_visibility="private")
     return app
+
+
+def search_options(rerank_default: bool) -> tuple[gr.Slider, gr.Slider, gr.Checkbox, gr.Checkbox]:
+    """The row under the query: how many results, the uploaded image's weight, re-ranking, pictures only."""
+    with gr.Row():
+        k = gr.Slider(1, SLIDER_MAX_K, value=min(12, SLIDER_MAX_K), step=1, label="How many results",
+                      elem_id="top-k")
+        image_weight = gr.Slider(-1, 1, value=0, step=0.1, elem_id="image-weight",
+                                 label="Add the image below to the words, with this weight (negative: away from it)")
+        with gr.Column():
+            rerank = gr.Checkbox(value=rerank_default, elem_id="rerank",
+                                 label="Re-rank with the caption decoder (likelihood of your words given each image)")
+            vectors_only = gr.Checkbox(value=False, elem_id="vectors-only",
+                                       label="Pictures only (leave file names, folders and captions out)")
+    return k, image_weight, rerank, vectors_only
 
 
 # ----- event handlers: each returns a message instead of raising, so the page never shows a traceback -----
@@ -157,11 +171,21 @@ def _never_raises(empty: Callable[[str], tuple]) -> Callable:
 
 
 @_never_raises(lambda text: ([], text, []))
-def search_text(searcher: Searcher, query: str, k: float, rerank: bool) -> tuple[list, str, list[int]]:
-    """Text query -> (gallery of thumbnails with captions and scores, message, ids of the shown images)."""
+def search_text(searcher: Searcher, query: str, k: float, rerank: bool, vectors_only: bool = False,
+                image: str | bytes | UserError | None = None, weight: float = 0.0) -> tuple[list, str, list[int]]:
+    """Text query, plus the uploaded image when its weight is not 0 -> (gallery of thumbnails with captions and
+    scores, message, ids of the shown images). Terms typed with ` + ` and ` - ` are words only here: a browser
+    never names a file of the server."""
     if not (query or "").strip():
         return [], "Type a few words first, for example *a red apple*.", []
-    answer = searcher.search_text(query, int(k), rerank=bool(rerank))
+    if isinstance(image, UserError) and weight:
+        raise image
+    if image and weight:
+        terms = [QueryTerm(text=t.text, weight=t.weight) for t in parse_arithmetic(query, files=False) or []]
+        answer = searcher.search_terms((terms or [QueryTerm(text=query)]) + [QueryTerm(image=image, weight=float(weight))],
+                                       int(k), vectors_only=bool(vectors_only))
+    else:
+        answer = searcher.search_text(query, int(k), rerank=bool(rerank), vectors_only=bool(vectors_only), files=False)
     return gallery(searcher, answer), summary(answer), answer.ids
 
 
@@ -171,10 +195,13 @@ def show_item(searcher: Searcher, ids: list[int], k: float, index: Any) -> tuple
     if not isinstance(index, int) or not 0 <= index < len(ids):
         raise UserError("that image is no longer on the page; search again")
     item = searcher.item(ids[index])
-    answer = searcher.similar(item["id"], int(k))
+    answer, twins = searcher.similar(item["id"], int(k)), searcher.duplicates(item["id"])
+    names = ", ".join(markdown_text(_file_name(hit.path)) for hit in twins.hits[:10])
+    more = f" and {len(twins) - 10} more" if len(twins) > 10 else ""
     text = (f"**Caption:** {markdown_text(item['caption']) or '(none)'}  \n"
             f"**File:** {markdown_text(_file_name(item['path']))} "
-            f"({item['width']}×{item['height']})  \n{len(answer)} nearest images:")
+            f"({item['width']}×{item['height']})  \n"
+            f"**Near-duplicates:** {names + more if len(twins) else 'none'}  \n{len(answer)} nearest images:")
     return text, gallery(searcher, answer), answer.ids
 
 
@@ -205,7 +232,8 @@ def gallery(searcher: Searcher, answer: SearchResults) -> list[tuple[Image.Image
             log.warning("cannot show %s", e)
             picture = Image.new("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE), (200, 200, 200))
             note = " (not shown: the file changed or went away since it was indexed)"
-        return picture, f"{hit.caption or '(no caption)'} · {hit.score:.3f}{note}"
+        why = f" · {', '.join(hit.name_words + hit.caption_words)}" if hit.name_words or hit.caption_words else ""
+        return picture, f"{hit.caption or '(no caption)'} · {hit.score:.3f}{why}{note}"
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(one, answer.hits))
@@ -225,6 +253,7 @@ def summary(answer: SearchResults) -> str:
         lines.append("No results.")
     else:
         how = "re-ranked by likelihood" if answer.reranked else "by similarity"
+        how += " and by the words of names, folders and captions" if answer.hybrid else ""
         lines.append(f"{len(answer)} images for *{markdown_text(answer.query)}*, {how}.")
     for notice in answer.notices:
         lines.append(f"⚠️ {markdown_text(notice[0].upper() + notice[1:])}.")
@@ -266,14 +295,16 @@ def launch(searcher: Searcher | None, *, host: str = DEFAULT_HOST, port: int = D
 
     app = build_app(searcher, index_error=index_error, max_upload=max_file_size)
     app.queue(default_concurrency_limit=4)
-    speak_plainly(app)
+    max_upload = upload_bytes(max_file_size)
+    speak_plainly(app, max_upload=max_upload)
     blocked = blocked_paths(searcher) if searcher is not None else []
     try:
         app.launch(server_name=host, server_port=port, auth=throttled_login(*auth) if auth else None,
                    max_file_size=max_file_size, blocked_paths=blocked, allowed_paths=[], ssr_mode=False,
                    show_error=False, quiet=True, prevent_thread_lock=True, footer_links=[], inbrowser=False,
                    share=False, css=CSS,
-                   app_kwargs={"middleware": [Middleware(SentenceErrors, max_upload=upload_bytes(max_file_size))]})
+                   app_kwargs={"middleware": [Middleware(SentenceErrors, max_upload=max_upload),
+                                              Middleware(RequestLimits, max_body=body_limit(max_upload))]})
     except OSError as e:  # Gradio's words for a port in use or an address not of this machine
         raise UserError(f"cannot serve on {host}:{port} ({str(e).split('.')[0]}); choose another --port "
                         "or --host") from None
@@ -282,29 +313,6 @@ def launch(searcher: Searcher | None, *, host: str = DEFAULT_HOST, port: int = D
     if block:
         app.block_thread()
     return app
-
-
-def throttled_login(user: str, password: str) -> Callable:
-    """Gradio's login check for one user name and password, slowed down after wrong ones: each wrong try
-    waits LOGIN_FIRST_DELAY seconds, doubling up to LOGIN_MAX_DELAY, and tries are answered one at a time, so
-    guessing in parallel is no faster (200 guesses took 3.4 s without this). A right login resets the delay."""
-    import asyncio
-    import hmac
-
-    lock, failures = asyncio.Lock(), [0]
-
-    async def check(username: str, given: str) -> bool:  # a coroutine function: Gradio awaits it
-        async with lock:
-            right = hmac.compare_digest(username.encode(), user.encode()) & hmac.compare_digest(
-                given.encode(), password.encode())
-            if right:
-                failures[0] = 0
-                return True
-            failures[0] += 1
-            await asyncio.sleep(min(LOGIN_MAX_DELAY, LOGIN_FIRST_DELAY * 2 ** (failures[0] - 1)))
-            return False
-
-    return check
 
 
 def blocked_paths(searcher: Searcher) -> list[str]:

@@ -18,8 +18,11 @@ import logging
 from typing import Any
 
 import gradio as gr
+from gradio import route_utils
 from gradio.route_utils import FnIndexInferError
 from starlette.exceptions import HTTPException
+
+from ui.guard import check_inputs
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,7 @@ STATUS_SENTENCES = {
     503: "The server is busy or shutting down; try again in a moment.",
 }
 LOGIN_REFUSED = "Wrong user name or password; try again."
-NO_SUCH_ENDPOINT = "This server has no API endpoint of that name; reload the page and try again."
+NO_SUCH_ENDPOINT = "This server has no API endpoint of that name or number; reload the page and try again."
 # The result stream of an event this server does not know (finished and read already, or asked of a server that
 # has restarted since) ends in Gradio's `event: error` with the text of an HTTPException; said in words here.
 UNKNOWN_EVENT = (b'data: "404: Not Found"', b"data: " + json.dumps(
@@ -50,15 +53,17 @@ def upload_limit_sentence(max_bytes: int | None) -> str:
     return f"The image is larger than this server's upload limit{limit}; choose a smaller image."
 
 
-def speak_plainly(blocks: gr.Blocks) -> None:
+def speak_plainly(blocks: gr.Blocks, max_upload: int | None = None) -> None:
     """Make any exception Gradio raises while it reads an event's values or shows its results a gr.Error with a
     sentence (the page shows those; any other exception reaches it as a bare "Error"). Our handlers never
-    raise; this is for what happens around them. (Instance attributes, as for the upload box: no subclass.)"""
+    raise; this is for what happens around them. (Instance attributes, as for the upload box: no subclass.)
+    Values too large to keep (ui.guard.check_inputs; `max_upload` bytes for a pasted image) are refused first."""
     preprocess, process = blocks.preprocess_data, blocks.process_api
 
-    async def preprocess_data(block_fn, *args, **kwargs):
+    async def preprocess_data(block_fn, inputs, *args, **kwargs):
+        check_inputs(block_fn.inputs, inputs, max_upload)  # before Gradio keeps a copy in the session's state
         try:
-            return await preprocess(block_fn, *args, **kwargs)
+            return await preprocess(block_fn, inputs, *args, **kwargs)
         except gr.Error:
             raise
         except Exception as e:  # the values came from the request: the sender can fix them, not the server
@@ -123,7 +128,7 @@ class SentenceErrors:
                 return
             if passing[0] or "start" in held:
                 raise  # the answer has begun: nothing left to replace
-            if isinstance(e, FnIndexInferError):  # an API name this app does not have
+            if isinstance(e, FnIndexInferError) or _unknown_fn_index(e):  # an API name or number this app lacks
                 await self._answer(send, scope, 404, [], NO_SUCH_ENDPOINT)
                 return
             log.exception("error while answering %s %s", scope.get("method"), scope.get("path"))
@@ -167,6 +172,17 @@ class SentenceErrors:
         await send({"type": "http.response.start", "status": status,
                     "headers": [*kept, (b"content-type", kind), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+def _unknown_fn_index(error: BaseException) -> bool:
+    """Whether `error` is Gradio's lookup of an event number (fn_index) that this app does not have."""
+    if not isinstance(error, (KeyError, IndexError)):
+        return False
+    frames, tb = [], error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code)
+        tb = tb.tb_next
+    return bool(frames) and frames[-1] is route_utils.get_fn.__code__
 
 
 def _content_type(headers: list[tuple[bytes, bytes]]) -> str:

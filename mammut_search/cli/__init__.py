@@ -13,7 +13,7 @@ import sys
 from mammut_search import __version__
 
 SUBCOMMANDS = {
-    "index": ("build, update or inspect an image index (index build | index update | index info)", "index"),
+    "index": ("build, update or inspect an image index (index build | update | info | duplicates)", "index"),
     "search": ("search an index with a text query or an image", "search"),
     "caption": ("write a caption for each image (no index needed)", "caption"),
     "eval": ("recall@k both ways and caption quality on a captioned collection", "eval"),

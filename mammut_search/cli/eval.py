@@ -10,7 +10,8 @@ inputs (--captions): a Karpathy split JSON (dataset_coco.json, dataset_flickr30k
   (captions_val2017.json; images beside it or in ../val2017/), a CSV/TSV/JSONL/parquet of image,caption rows
   (several rows per image, or a list of captions; optional split and concept_id columns), or a folder of
   images with NAME.txt beside each (one caption per line; subfolders train/val/test are splits).
-  Missing image files and images without a caption are listed and left out.
+  Missing image files and images without a caption are listed and left out, and so are image paths that
+  lead outside the images root and links in a folder that lead outside it (--allow-outside-root reads them).
 standard protocol (a Karpathy file; as in CLIP_benchmark and the papers' COCO 5k / Flickr30k 1k test):
   the test split, the first 5 captions of each image, every caption its own query: text->image ranks the
   caption's own image among all test images; image->text ranks the image's own captions among all test
@@ -63,14 +64,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory (default: the bundled model)")
     parser.add_argument("--index", metavar="DIR", help="also measure recall through this index")
     parser.add_argument("-k", type=_positive, nargs="+", default=[1, 5, 10], metavar="K", help="recall@k cut-offs (default 1 5 10)")
-    parser.add_argument("--out", metavar="DIR", help="write report.json, CSVs and the recall curve here")
+    parser.add_argument("--out", metavar="DIR", help="write report.json, CSVs and the recall curve here (checked "
+                                                     "before the evaluation starts)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the report already in --out")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="read image paths that lead outside the images root (absolute or ../), and links "
+                             "in a folder that lead outside it; they are listed either way")
     parser.add_argument("--no-captions", action="store_true", help="skip caption generation and BLEU/CIDEr")
-    from mammut_search.model.config import CAPTION_BEAM_WIDTH, CAPTION_MAX_LEN
+    from mammut_search.cli.caption import add_decoding_arguments
 
-    parser.add_argument("--beam-width", type=_positive, default=CAPTION_BEAM_WIDTH,
-                        help="beam width for generated captions (default %(default)s, as indexes use)")
-    parser.add_argument("--max-len", type=_positive, default=CAPTION_MAX_LEN,
-                        help="longest generated caption in tokens (default %(default)s)")
+    add_decoding_arguments(parser, "as indexes use")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--batch-size", type=_positive, help="images per batch (default: chosen for the device)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -89,16 +92,18 @@ def _positive(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from mammut_search.captioned import read_captioned
     from mammut_search.errors import UserError
-    from mammut_search.eval.evaluation import evaluate_captioned, format_table, write_report
+    from mammut_search.eval.evaluation import check_report_folder, evaluate_captioned, format_table, write_report
     from mammut_search.inference import load_model
 
     if args.domains:
         return _run_domains(args)
     if args.group_column and args.folder:
         raise UserError("--group-column needs --captions (a folder has no group column)")
+    if args.out:
+        check_report_folder(args.out, overwrite=args.overwrite)  # before an hour of work, not after
     source = args.folder or args.captions
     captioned = read_captioned(source, images_root=args.images_root, image_column=args.image_column,
-                               caption_column=args.caption_column)
+                               caption_column=args.caption_column, allow_outside=args.allow_outside_root)
     inputs = {"folder": args.folder} if args.folder else {"captions": args.captions, "images_root": args.images_root}
     model = load_model(args.checkpoint, device=args.device)
     store = None
@@ -113,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
                                 index=store, batch_size=args.batch_size, progress=not args.quiet)
     print(format_table(result))
     if args.out:
-        paths = write_report(result, args.out, inputs=inputs)
+        paths = write_report(result, args.out, inputs=inputs, overwrite=args.overwrite)
         print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     else:
         print("\n(pass --out DIR to write report.json, per-caption ranks and the recall curve)", file=sys.stderr)

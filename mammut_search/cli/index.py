@@ -1,4 +1,5 @@
-"""`mammut index build | update | info`: make an index of image folders, keep it current, describe it."""
+"""`mammut index build | update | info | duplicates`: make an index of image folders, keep it current, describe
+it, list its near-duplicate images."""
 
 from __future__ import annotations
 
@@ -39,6 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--all", action="store_true", help="list every skipped file (default: the first 20)")
     info.add_argument("--json", action="store_true", help="print the manifest and skipped files as JSON")
 
+    duplicates = actions.add_parser("duplicates", help="list groups of near-identical images (and byte copies)",
+                                    description="Group the images whose stored latents are nearly the same (bursts, "
+                                                "edits, re-saved copies) and the byte-identical copies; no image "
+                                                "is decoded. Each group: one line per image, similarity to the "
+                                                "first, 'copy' for the same bytes as another.")
+    duplicates.add_argument("index", help="index directory")
+    duplicates.add_argument("--threshold", type=_similarity, default=None,
+                            help="least cosine similarity of near-duplicates (default 0.95)")
+    duplicates.add_argument("--json", action="store_true", help="print the groups as JSON")
+
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -56,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     for name in ("index_builder", "mammut_search"):  # our progress messages, not every library's
         logging.getLogger(name).setLevel(logging.INFO)
-    return {"build": _build, "update": _update, "info": _info}[args.index_command](args)
+    return {"build": _build, "update": _update, "info": _info, "duplicates": _duplicates}[args.index_command](args)
 
 
 def _options(args: argparse.Namespace, captions: bool = True):
@@ -127,6 +138,37 @@ def _info(args: argparse.Namespace) -> int:
         if len(shown) < len(skipped):
             print(f"  ... {len(skipped) - len(shown)} more (mammut index info --all)")
     return 0
+
+
+def _duplicates(args: argparse.Namespace) -> int:
+    from mammut_search.index.duplicates import DUPLICATE_SIMILARITY, duplicate_groups
+    from mammut_search.index.manifest import readable
+    from mammut_search.index.store import IndexStore
+
+    store = IndexStore.open(args.index)
+    threshold = DUPLICATE_SIMILARITY if args.threshold is None else args.threshold
+    groups = duplicate_groups(store, threshold)
+    if args.json:
+        print(json.dumps([{"ids": g.ids, "paths": [readable(store.path_of(i)) for i in g.ids], "copies": g.copies}
+                          for g in groups], indent=2))
+        return 0
+    for number, group in enumerate(groups, start=1):
+        first = store.vectors.reconstruct(group.ids[:1])[0]
+        similarities = store.vectors.reconstruct(group.ids) @ first
+        print(f"group {number}: {len(group.ids)} images")
+        for item_id, similarity in zip(group.ids, similarities):
+            copy = "\tcopy" if item_id in group.copies else ""
+            print(f"  {similarity:.3f}\t{readable(store.path_of(item_id))}{copy}")
+    print(f"{len(groups)} groups of near-duplicates (similarity at least {threshold}) among {store.manifest.count} "
+          "images", file=sys.stderr)
+    return 0
+
+
+def _similarity(text: str) -> float:
+    value = float(text)
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a cosine similarity lies between -1 and 1, got {text}")
+    return value
 
 
 def _positive(text: str) -> int:

@@ -1,4 +1,7 @@
-"""`mammut search "QUERY" --index DIR` or `mammut search --image FILE --index DIR`: ranked images and captions."""
+"""`mammut search "QUERY" --index DIR` or `mammut search --image FILE --index DIR`: ranked images and captions.
+
+A text query searches the images' latents and their file names, folders and captions (`--vectors-only`: the
+latents alone); terms joined by ` + ` and ` - ` combine texts and image files: `"horse + stripes"`."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mammut_search.search import DEFAULT_K, RERANK_BY_DEFAULT
 
-    parser.add_argument("query", nargs="?", help="what to look for, in words (quote it)")
+    parser.add_argument("query", nargs="?",
+                        help="what to look for, in words (quote it); terms joined by ' + ' and ' - ' combine texts "
+                             "and image files, e.g. 'beach.jpg - people + sunset'")
     parser.add_argument("--image", metavar="FILE", help="look for images like this one instead of a text query")
     parser.add_argument("--index", required=True, help="index directory (made by mammut index build)")
     parser.add_argument("-k", "--top-k", dest="k", type=int, default=DEFAULT_K,
@@ -18,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
                         help="re-rank the top candidates by the likelihood of the query given each image "
                              f"(text queries; default: {'on' if RERANK_BY_DEFAULT else 'off'})")
+    parser.add_argument("--vectors-only", action="store_true",
+                        help="search the images' latents only, not their file names, folders and captions")
     parser.add_argument("--checkpoint", help="checkpoint directory (default: the one the index was built with, "
                                              "else the bundled model)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -36,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         if args.image is not None:
             results = searcher.search_image(args.image, args.k, with_caption=True)
         else:
-            results = searcher.search_text(args.query, args.k, rerank=args.rerank)
+            results = searcher.search_text(args.query, args.k, rerank=args.rerank, vectors_only=args.vectors_only)
     if args.json:
         print(json.dumps(results.to_dict(), ensure_ascii=False))
     else:
@@ -45,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_table(results) -> None:
-    """Notices on stderr; on stdout one line per hit: rank, score, path, caption (tab-separated, each field
-    on one line: control characters in file names and captions are shown escaped)."""
+    """Notices on stderr; on stdout one line per hit: rank, score, path, caption and why it matched
+    (tab-separated, each field on one line: control characters in file names and captions are shown escaped)."""
     if results.query_caption is not None:
         print(f"query image caption: {printable(results.query_caption)}", file=sys.stderr)
     for notice in results.notices:
@@ -54,7 +61,7 @@ def print_table(results) -> None:
     if not len(results):
         print("no results", file=sys.stderr)
     for hit in results:
-        print(f"{hit.rank}\t{hit.score:.4f}\t{printable(hit.path)}\t{printable(hit.caption)}")
+        print(f"{hit.rank}\t{hit.score:.4f}\t{printable(hit.path)}\t{printable(hit.caption)}\t{printable(hit.why())}")
 
 
 def printable(text: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from mammut_search.captioned import CaptionedImages
+from mammut_search.atomic import atomic_write
+from mammut_search.captioned import OUTSIDE_HINT, CaptionedImages, describe_problems, printable, went_outside
 from mammut_search.eval import metrics
 from mammut_search.errors import ImageLoadError, UserError
 from mammut_search.inference import auto_batch_size
@@ -407,44 +409,90 @@ def format_table(result: EvalResult) -> str:
                                   index=["captions"]).to_string())
     data = m.get("data", {})
     if data.get("left_out"):
-        shown = data["left_out_examples"][:5]
-        lines.append(f"left out while reading {data['source']}: "
-                     + ", ".join(f"{n} {reason}" for reason, n in data["left_out"].items()) + " ("
-                     + "; ".join(f"{p['where']}: {p['reason']}" for p in shown)
-                     + (" ..." if sum(data["left_out"].values()) > len(shown) else "") + ")")
+        lines.append(f"left out while reading {printable(data['source'])}: "
+                     + ", ".join(f"{n} {reason}" for reason, n in data["left_out"].items())
+                     + f" ({describe_problems(data['left_out_examples'])})"
+                     + (f"; {OUTSIDE_HINT}" if went_outside(data["left_out"]) else ""))
+    outside = data.get("outside_root", {})
+    if outside.get("files"):
+        names = ", ".join(printable(p) for p in outside["examples"][:3])
+        lines.append(f"read {outside['files']} files outside {printable(outside['root'])} as allowed: {names}"
+                     + (" ..." if outside["files"] > 3 else ""))
     if result.skipped:
         lines.append(f"{len(result.skipped)} image{'s' if len(result.skipped) != 1 else ''} left out (unreadable): "
-                     + "; ".join(f"{s['image']}: {s['reason']}" for s in result.skipped[:5])
-                     + (" ..." if len(result.skipped) > 5 else ""))
+                     + describe_problems([{"where": s["image"], "reason": s["reason"]} for s in result.skipped]))
     return "\n\n".join(lines)
 
 
-def write_report(result: EvalResult, out_dir: str | os.PathLike, *, inputs: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write report.json, captions.csv, images.csv and recall_curve.png into `out_dir`; return their paths."""
+REPORT_FILES = ("report.json", "captions.csv", "images.csv", "recall_curve.png")
+FORMULA_STARTS = tuple("=+-@\t\r＝＋－＠")  # a spreadsheet reads a cell starting so as a formula
+
+
+def check_report_folder(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Make sure a report can be written to `out_dir` before any work: refuse a file, a folder that holds a report
+    (unless `overwrite`) and a folder that cannot be created or written; returns the folder (created)."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: a file, not a folder; give --out a folder for the report")
+    existing = [name for name in REPORT_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise UserError(f"{out}: holds a report already ({', '.join(existing)}); pass --overwrite to replace it, "
+                        "or give another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check", dir=out)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
-        raise UserError(f"{out}: cannot create the report folder ({e.strerror or e})") from None
-    paths = {name: out / name for name in ("report.json", "captions.csv", "images.csv", "recall_curve.png")}
-    report = {"inputs": inputs or {}, **result.metrics}
-    paths["report.json"].write_text(json.dumps(report, indent=2, ensure_ascii=False, default=_plain) + "\n")
-    result.captions.to_csv(paths["captions.csv"], index=False)
-    result.images.to_csv(paths["images.csv"], index=False)
-    plot_recall_curves(result, paths["recall_curve.png"])
+        raise UserError(f"{out}: cannot write the report there ({e.strerror or e})") from None
+    return out
+
+
+def write_report(result: EvalResult, out_dir: str | os.PathLike, *, inputs: dict[str, Any] | None = None,
+                 overwrite: bool = False) -> dict[str, Path]:
+    """Write report.json, captions.csv, images.csv and recall_curve.png into `out_dir`; return their paths.
+
+    Each file is written whole or not at all (a temporary file renamed over it), report.json last; a folder
+    holding a report is refused unless `overwrite`. Text cells that a spreadsheet would run as a formula are
+    written with a leading apostrophe."""
+    out = check_report_folder(out_dir, overwrite=overwrite)
+    paths = {name: out / name for name in REPORT_FILES}
+    report = json.dumps({"inputs": inputs or {}, **result.metrics}, indent=2, ensure_ascii=False,
+                        default=_plain) + "\n"
+    writers = {"captions.csv": lambda tmp: spreadsheet_safe(result.captions).to_csv(tmp, index=False),
+               "images.csv": lambda tmp: spreadsheet_safe(result.images).to_csv(tmp, index=False),
+               "recall_curve.png": lambda tmp: plot_recall_curves(result, tmp, format="png"),
+               "report.json": lambda tmp: Path(tmp).write_text(report, encoding="utf-8")}
+    try:
+        for name, write in writers.items():
+            atomic_write(paths[name], write)
+    except OSError as e:
+        raise UserError(f"{out}: cannot write the report ({e.strerror or e}); files not yet written keep their "
+                        "old contents") from None
     return paths
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with every text cell that starts like a formula (= + - @ tab, CR) prefixed with an apostrophe, so
+    that a spreadsheet shows a caption such as "=cmd|' /C calc'!A0" as text instead of running it."""
+    safe = frame.copy()
+    for column in safe.columns:
+        if not pd.api.types.is_numeric_dtype(safe[column]):
+            safe[column] = [f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
+                            for v in safe[column]]
+    return safe
 
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else str(value)
 
 
-def plot_recall_curves(result: EvalResult, path: str | os.PathLike) -> None:
-    """Recall@k against k for both directions, as a PNG."""
+def plot_recall_curves(result: EvalResult, path: str | os.PathLike, format: str | None = None) -> None:
+    """Recall@k against k for both directions, as a PNG (`format`: when the name does not say)."""
     import matplotlib.pyplot as plt
 
     fig = recall_figure(result)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format=format)
     plt.close(fig)
 
 

@@ -70,6 +70,7 @@ class Manifest:
     files: dict[str, int] = field(default_factory=dict)  # data file -> size in bytes
     checksums: dict[str, str] = field(default_factory=dict)  # data file -> sha256; empty in old indexes
     rerank_tokens: dict[str, Any] = field(default_factory=dict)  # the stored decoder tokens (index/tokens.py); {}: none
+    relevance: dict[str, Any] = field(default_factory=dict)  # the "nothing matches" calibration (relevance.py); {}: none
     created: str | None = None
     updated: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know, kept as they were
@@ -84,6 +85,9 @@ class Manifest:
         for key, value in data.items():
             (known if key in hints and key != "extra" else extra)[key] = value
         version = known.get("schema_version")
+        if not isinstance(version, int) or isinstance(version, bool):  # "1" is not version 1: a damaged file
+            raise IndexStoreError(f"{source}: damaged manifest ('schema_version' is {json.dumps(version)}, not a "
+                                  f"whole number); rebuild with {rebuild_command(Path(source).parent, data)}")
         if version != SCHEMA_VERSION:
             raise IndexStoreError(f"{source}: index schema version {version}, this program reads version "
                                   f"{SCHEMA_VERSION}; rebuild with {rebuild_command(Path(source).parent, data)}")
@@ -230,7 +234,11 @@ def summary_rows(directory: Path, manifest: Manifest, *, search: str, model_devi
                     f"{manifest.faiss_version or '?'}"),
         ("search", search),
         ("re-ranking", "from the stored decoder tokens" if manifest.rerank_tokens else
-                       "by decoding the candidates' files (rebuild the index to store their tokens)"),
+                       "not possible: the index stores no decoder tokens (rebuild it)"),
+        ("keywords", "file names, folders and captions" if "keywords.sqlite" in manifest.files else
+                     "none (update or rebuild the index to search names and captions)"),
+        ("nothing-matches cutoff", f"{manifest.relevance['cutoff']:.4f}, calibrated on this index"
+                                   if "cutoff" in manifest.relevance else "none (update or rebuild the index)"),
     ]
     if model_device is not None:
         rows.append(("model device", model_device))

@@ -25,11 +25,12 @@ from mammut_search.errors import IndexStoreError
 from mammut_search.files import sha256_regular as file_sha256
 from mammut_search.index.manifest import (SCHEMA_VERSION, Manifest, check_model, previous_manifest, read_manifest,
                                           readable, rebuild_command, write_manifest)
+from mammut_search.index.keywords import KEYWORDS_FILE, KeywordIndex, open_keywords, write_keywords
 from mammut_search.index.tokens import TOKENS_FILE, StoredTokens, open_tokens
 
 INDEX_FILE, ITEMS_FILE = "index.faiss", "items.parquet"
 DATA_FILES = (INDEX_FILE, ITEMS_FILE)
-OPTIONAL_FILES = (TOKENS_FILE,)  # written when the builder has them, described in the manifest
+OPTIONAL_FILES = (TOKENS_FILE, KEYWORDS_FILE)  # missing in older indexes; described in the manifest when written
 OK = "ok"
 
 # The items table as the API exposes it; `path` is a str that may hold surrogate escapes (non-UTF-8 names).
@@ -75,6 +76,7 @@ class IndexStore:
         self._row_of_id: dict[int, int] | None = None
         self._vectors_lock = threading.Lock()
         self._tokens: StoredTokens | None | bool = False  # False: not looked for yet
+        self._keywords: KeywordIndex | None | bool = False
 
     @classmethod
     def open(cls, index_dir: str | Path, *, model=None, use_gpu: bool | None = None) -> "IndexStore":
@@ -115,6 +117,20 @@ class IndexStore:
                     tokens = open_tokens(path, self.manifest.rerank_tokens, self.ok_items["id"].to_numpy(np.int64))
             self._tokens = tokens
         return self._tokens
+
+    @property
+    def keywords(self) -> KeywordIndex | None:
+        """The keyword index of the ok items' names, folders and captions, or None when the index has none.
+        Only its size is checked against the manifest (as for the tokens): a damaged one can only change the
+        order of results, and search never serves an id that is not indexed."""
+        if self._keywords is False:
+            keywords = None
+            path = committed_path(self.directory, KEYWORDS_FILE, self.manifest)
+            if KEYWORDS_FILE in self.manifest.files and path.exists() \
+                    and path.stat().st_size == self.manifest.files[KEYWORDS_FILE]:
+                keywords = open_keywords(path)
+            self._keywords = keywords
+        return self._keywords
 
     @property
     def ok_items(self) -> pd.DataFrame:
@@ -222,10 +238,12 @@ def commit_index(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: 
 
     vectors.save(directory / pending_name(INDEX_FILE, generation))
     atomic_write(directory / pending_name(ITEMS_FILE, generation), lambda tmp: _write_items_parquet(items, tmp))
-    names = DATA_FILES
+    atomic_write(directory / pending_name(KEYWORDS_FILE, generation),
+                 lambda tmp: write_keywords(items, manifest.roots, tmp))
+    names = DATA_FILES + (KEYWORDS_FILE,)
     if tokens is not None and manifest.rerank_tokens:
         atomic_write(directory / pending_name(TOKENS_FILE, generation), tokens)
-        names = DATA_FILES + (TOKENS_FILE,)
+        names += (TOKENS_FILE,)
     else:
         manifest = replace(manifest, rerank_tokens={})
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from mammut_search.captioned import read_captioned
+from mammut_search.captioned import describe_problems, printable, read_captioned
 from mammut_search.errors import UserError
 from mammut_search.inference import preprocess_images
 from mammut_search.model.config import ImageEncoderConfig
@@ -52,9 +52,8 @@ def read_manifest(path: str | Path, *, images_root: str | Path | None = None) ->
     frame["concept_id"] = frame["concept_id"].astype(str)
     summary = captioned.summary()
     if captioned.problems:
-        examples = "; ".join(f"{p['where']}: {p['reason']}" for p in captioned.problems[:3])
-        tqdm.write(f"{path}: left out {len(captioned.problems)} images or rows ({examples}"
-                   f"{' ...' if len(captioned.problems) > 3 else ''})")
+        tqdm.write(f"{printable(path)}: left out {len(captioned.problems)} images or rows "
+                   f"({describe_problems(captioned.problems, 3)})")
     frame.attrs["data"] = {k: summary[k] for k in ("format", "dataset", "images", "captions", "left_out",
                                                    "left_out_examples")}
     return frame

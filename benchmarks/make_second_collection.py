@@ -1,0 +1,51 @@
+"""A second collection for validating the "nothing matches" notice: 300 Google-style emoji (64 px PNGs of
+`emoji-datasource-google@16.0.0`, names from `emoji-datasource@16.0.0`'s emoji.json; fetch both with
+`npm pack` and untar them into DIR), with held-out concept lists: 30 names of emoji in it and 30 of emoji not in
+it (sharing no content word with any name in it, nor with the demo's tuning lists).
+
+    python benchmarks/make_second_collection.py --packages DIR --out data/cache/google-collection
+
+Files are named by code point, as in the demo, so that the keyword index cannot give the answers away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+from pathlib import Path
+
+SIZE, LISTED, SEED = 300, 30, 0
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    from mammut_search.eval.domains import content_words
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--packages", type=Path, required=True, help="folder holding emoji.json and package/img")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    demo = json.loads((HERE / "no_match_concepts.json").read_text())
+    tuned = set().union(*(content_words(q) for q in demo["present"][0::2] + demo["absent"][0::2]))
+    entries = [e for e in json.loads((args.packages / "emoji.json").read_text())
+               if e.get("has_img_google") and e["category"] not in ("Flags", "Component") and e.get("name")]
+    entries = [e for e in entries if (args.packages / "package/img/google/64" / e["image"]).exists()
+               and content_words(e["name"].lower()) and not content_words(e["name"].lower()) & tuned]
+    rng = random.Random(SEED)
+    rng.shuffle(entries)
+    chosen, rest = entries[:SIZE], entries[SIZE:]
+    inside = set().union(*(content_words(e["name"].lower()) for e in chosen))
+    images = args.out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for e in chosen:
+        shutil.copy(args.packages / "package/img/google/64" / e["image"], images / e["image"])
+    present = [e["name"].lower() for e in chosen[:LISTED]]
+    absent = [e["name"].lower() for e in rest if not content_words(e["name"].lower()) & inside][:LISTED]
+    (args.out / "concepts.json").write_text(json.dumps({"present": present, "absent": absent}, indent=1))
+    print(f"{len(chosen)} images in {images}; {len(present)} present and {len(absent)} absent concepts")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Near-duplicates: groups of images whose stored latents are nearly the same (bursts, edits, re-saved copies),
+found by a FAISS range search over the index's own vectors, and byte-identical copies (the same sha256).
+No image is decoded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DUPLICATE_SIMILARITY = 0.95  # how it was chosen: benchmarks/RESULTS.md, "Near-duplicates"
+BLOCK = 4096  # query vectors per range search: bounds the memory of the answers
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Images that are near-identical to each other; `copies` are the ids whose bytes equal another's."""
+
+    ids: list[int]
+    copies: list[int]
+
+
+def similar_pairs(vectors: np.ndarray, threshold: float) -> np.ndarray:
+    """Pairs (p 2) of row numbers i < j whose inner product is at least `threshold`, through FAISS range search."""
+    import faiss
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    pairs = []
+    for start in range(0, len(vectors), BLOCK):
+        lims, _, found = index.range_search(vectors[start:start + BLOCK], float(threshold))
+        rows = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64))
+        found = found.astype(np.int64)
+        keep = found > rows
+        pairs.append(np.stack([rows[keep], found[keep]], axis=1))
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+
+
+def duplicate_groups(store, threshold: float = DUPLICATE_SIMILARITY) -> list[DuplicateGroup]:
+    """The groups of near-identical images of an opened index (IndexStore), largest first."""
+    ok = store.ok_items.sort_values("id")
+    ids = ok["id"].to_numpy(np.int64)
+    if not len(ids):
+        return []
+    vectors = np.ascontiguousarray(store.vectors.reconstruct(ids), dtype=np.float32)
+    parent = np.arange(len(ids))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_of_content: dict[str, int] = {}
+    copies = set()
+    for row, sha in enumerate(ok["sha256"]):
+        if sha and sha in first_of_content:
+            parent[root(row)] = root(first_of_content[sha])
+            copies.add(int(ids[row]))
+        first_of_content.setdefault(sha, row)
+    for i, j in similar_pairs(vectors, threshold).tolist():
+        parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for row in range(len(ids)):
+        groups.setdefault(root(row), []).append(int(ids[row]))
+    found = [DuplicateGroup(g, [i for i in g if i in copies]) for g in groups.values() if len(g) > 1]
+    return sorted(found, key=lambda g: (-len(g.ids), g.ids[0]))
