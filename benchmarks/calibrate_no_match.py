@@ -1,15 +1,18 @@
-"""How the "nothing matches" notice does on an index, with the cutoff calibrated on that index.
+"""How the "nothing matches" notice does on indexes, each with the cutoff calibrated on itself.
 
     mammut index build mammut_search/bundled/demo/images --out data/cache/demo.index
-    python benchmarks/calibrate_no_match.py --index data/cache/demo.index                    # the demo's lists
-    python benchmarks/calibrate_no_match.py --index data/cache/demo.index --tune              # choose QUANTILE
-    python benchmarks/calibrate_no_match.py --index G.index --concepts benchmarks/no_match_concepts_google.json --half all
+    python benchmarks/make_second_collection.py --packages DIR --out data/cache/google-collection
+    mammut index build data/cache/google-collection/images --out data/cache/google.index
+    python benchmarks/calibrate_no_match.py --tune \\
+        --collection data/cache/demo.index benchmarks/no_match_concepts.json \\
+        --collection data/cache/google.index benchmarks/no_match_concepts_google.json     # choose QUANTILE
+    python benchmarks/calibrate_no_match.py --collection ... --collection ...               # held-out halves
 
-Concept lists: `present` names things in the collection, `absent` things not in it. The demo's lists
-(no_match_concepts.json) are split by position: even positions tune (`--tune` shows the fires at each quantile
-of the calibration words' matches there), odd positions are held out. A second collection's lists
-(benchmarks/make_second_collection.py) are all held out (`--half all`). Without --tune it counts how often the
-notice fires as the product decides it (the index's stored cutoff, hybrid search on).
+Concept lists: `present` names things in the collection, `absent` things not in it. Even positions tune: `--tune`
+shows the fires at each quantile of the calibration words' matches on the tuning halves, per collection and
+their mean (QUANTILE is the highest whose mean present fires stay at 2 or fewer). Odd positions are held out:
+without --tune it counts how often the notice fires as the product decides it (the index's stored cutoff, hybrid
+search on, so a query whose words are in some file name, folder or caption never gets the notice).
 """
 
 from __future__ import annotations
@@ -20,53 +23,72 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-QUANTILES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98)
+QUANTILES = (0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+HALVES = {"tune": slice(0, None, 2), "held-out": slice(1, None, 2), "all": slice(None)}
 
 
 def calibration_matches(searcher) -> np.ndarray:
     """The matches of the calibration words on the searcher's index (what the cutoff is a quantile of)."""
     from mammut_search import relevance
-    from mammut_search.ranking import nearest
 
-    gen = searcher.live.current
-    words = relevance.calibration_words(searcher.model.tokenizer)
-    latents = relevance.encode_texts(searcher.model, words)
-    return np.array([searcher.relevance.match(gen.store.vectors, *nearest(gen, row[None], relevance.CANDIDATES))
-                     for row in latents])
+    latents = relevance.encode_texts(searcher.model, relevance.calibration_words(searcher.model.tokenizer))
+    scores, _ = searcher.store.vectors.search(np.ascontiguousarray(latents, np.float32), 1)
+    return scores[:, 0]
+
+
+def tuning_fires(index: str, concepts: dict) -> np.ndarray:
+    """(absent fires, present fires, worded absent, worded present) at each of QUANTILES, on the tuning halves."""
+    from mammut_search.ranking import keyword_hits
+    from mammut_search.search import Searcher
+
+    with Searcher.open(index, device="cpu") as searcher:
+        groups = [concepts[name][HALVES["tune"]] for name in ("absent", "present")]
+        answers = {q: searcher.search_text(q, 1, rerank=False) for group in groups for q in group}
+        worded = {q for q in answers if keyword_hits(searcher.live.current, q, 1)}
+        cuts = np.quantile(calibration_matches(searcher), QUANTILES)
+    fires = [[sum(answers[q].match < cut and q not in worded for q in group) for group in groups] for cut in cuts]
+    return np.array([row + [len(worded & set(g)) for g in groups] for row in fires])
+
+
+def tune(collections: list[tuple[str, Path]]) -> None:
+    tables = []
+    for index, concepts in collections:
+        tables.append(tuning_fires(index, json.loads(concepts.read_text())))
+        print(f"{index} ({concepts.name}, tuning halves): words in names or captions for "
+              f"{tables[-1][0, 2]} absent, {tables[-1][0, 3]} present")
+    mean = np.mean(tables, axis=0)
+    print("quantile | " + " | ".join(Path(i).name for i, _ in collections) + " | mean   (absent / present fires)")
+    for row, quantile in enumerate(QUANTILES):
+        cells = [f"{t[row, 0]} / {t[row, 1]}" for t in tables] + [f"{mean[row, 0]:.1f} / {mean[row, 1]:.1f}"]
+        print(f"{quantile:.2f} | " + " | ".join(cells))
+
+
+def held_out(index: str, concepts: Path, half: str) -> None:
+    from mammut_search.search import Searcher
+
+    lists = json.loads(concepts.read_text())
+    with Searcher.open(index, device="cpu") as searcher:
+        print(f"{index}: cutoff {searcher.store.manifest.relevance.get('cutoff')} (stored in the manifest); "
+              f"{half} lists of {concepts.name}")
+        for name in ("absent", "present"):
+            group = lists[name][HALVES[half]]
+            fired = [q for q in group if searcher.search_text(q, 1, rerank=False).nothing_matches]
+            print(f"  notice fires for {len(fired)}/{len(group)} {name}: {', '.join(fired)}")
 
 
 def main() -> None:
-    from mammut_search.search import Searcher
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index", required=True)
-    parser.add_argument("--concepts", type=Path, default=HERE / "no_match_concepts.json")
-    parser.add_argument("--half", choices=["tune", "held-out", "all"], default="held-out")
+    parser.add_argument("--collection", nargs=2, action="append", required=True, metavar=("INDEX", "CONCEPTS"),
+                        help="an index and its concept lists (JSON with `present` and `absent`); repeatable")
+    parser.add_argument("--half", choices=list(HALVES), default="held-out")
     parser.add_argument("--tune", action="store_true", help="fires at each quantile, on the tuning halves")
     args = parser.parse_args()
-    concepts = json.loads(args.concepts.read_text())
-    half = {"tune": slice(0, None, 2), "held-out": slice(1, None, 2), "all": slice(None)}["tune" if args.tune else args.half]
-    present, absent = concepts["present"][half], concepts["absent"][half]
-    with Searcher.open(args.index, device="cpu") as searcher:
-        answers = {q: searcher.search_text(q, 1) for q in present + absent}
-        if args.tune:
-            from mammut_search.ranking import keyword_hits
-
-            worded = {q for q in answers if keyword_hits(searcher.live.current, q, 1)}
-            matches = calibration_matches(searcher)
-            for quantile in QUANTILES:
-                cut = float(np.quantile(matches, quantile))
-                fires = {name: sum(answers[q].match < cut and q not in worded for q in group)
-                         for name, group in (("absent", absent), ("present", present))}
-                print(f"quantile {quantile:.2f} (cutoff {cut:.4f}): fires for {fires['absent']}/{len(absent)} absent, "
-                      f"{fires['present']}/{len(present)} present")
-            return
-        cutoff = searcher.store.manifest.relevance.get("cutoff")
-    print(f"{args.index}: cutoff {cutoff} (stored in the manifest); {args.half} lists of {args.concepts.name}")
-    for name, group in (("absent", absent), ("present", present)):
-        fired = [q for q in group if answers[q].nothing_matches]
-        print(f"notice fires for {len(fired)}/{len(group)} {name}" + (f": {', '.join(fired)}" if name == "present" else ""))
+    collections = [(index, Path(concepts)) for index, concepts in args.collection]
+    if args.tune:
+        tune(collections)
+        return
+    for index, concepts in collections:
+        held_out(index, concepts, args.half)
 
 
 if __name__ == "__main__":

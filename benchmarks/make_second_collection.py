@@ -1,11 +1,13 @@
 """A second collection for validating the "nothing matches" notice: 300 Google-style emoji (64 px PNGs of
 `emoji-datasource-google@16.0.0`, names from `emoji-datasource@16.0.0`'s emoji.json; fetch both with
-`npm pack` and untar them into DIR), with held-out concept lists: 30 names of emoji in it and 30 of emoji not in
-it (sharing no content word with any name in it, nor with the demo's tuning lists).
+`npm pack` and untar them into DIR), with concept lists: 60 names of emoji in it and 60 of emoji not in it
+(sharing no content word with any name in it, nor with the demo's tuning lists); even positions tune, odd
+positions (the first 30 of each kind drawn) are held out.
 
     python benchmarks/make_second_collection.py --packages DIR --out data/cache/google-collection
 
-Files are named by code point, as in the demo, so that the keyword index cannot give the answers away.
+Its concepts.json is benchmarks/no_match_concepts_google.json. Files are named by code point, as in the demo,
+so that the keyword index cannot give the answers away.
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ import random
 import shutil
 from pathlib import Path
 
-SIZE, LISTED, SEED = 300, 30, 0
+SIZE, LISTED, SEED = 300, 30, 0  # LISTED held-out concepts of each kind, and as many more to tune on
 HERE = Path(__file__).resolve().parent
+
+
+def interleave(tuning: list[str], held_out: list[str]) -> list[str]:
+    """Tuning concepts at even positions, held-out ones at odd positions (as in no_match_concepts.json)."""
+    return [name for pair in zip(tuning, held_out) for name in pair]
 
 
 def main() -> None:
@@ -41,9 +48,13 @@ def main() -> None:
     images.mkdir(parents=True, exist_ok=True)
     for e in chosen:
         shutil.copy(args.packages / "package/img/google/64" / e["image"], images / e["image"])
-    present = [e["name"].lower() for e in chosen[:LISTED]]
-    absent = [e["name"].lower() for e in rest if not content_words(e["name"].lower()) & inside][:LISTED]
-    (args.out / "concepts.json").write_text(json.dumps({"present": present, "absent": absent}, indent=1))
+    present = [e["name"].lower() for e in chosen[:2 * LISTED]]
+    absent = [e["name"].lower() for e in rest if not content_words(e["name"].lower()) & inside][:2 * LISTED]
+    present, absent = (interleave(names[LISTED:], names[:LISTED]) for names in (present, absent))
+    about = ("Names of Google emoji in the second collection (present) and not in it (absent), for the 'nothing "
+             "matches' notice: even positions tune its quantile, odd positions test it.")
+    (args.out / "concepts.json").write_text(json.dumps({"about": about, "present": present, "absent": absent},
+                                                       indent=1) + "\n")
     print(f"{len(chosen)} images in {images}; {len(present)} present and {len(absent)} absent concepts")
 
 

@@ -9,6 +9,7 @@ from typing import Sequence
 
 RRF_K = 60  # the constant of the original paper; it damps the weight of the very first ranks
 KEYWORD_CANDIDATES = 100  # keyword hits fused with the vector candidates
+VECTOR_CANDIDATES = 50  # vector candidates fused with the keyword hits
 
 
 def fuse(rankings: Sequence[Sequence[int]], k: int) -> list[tuple[int, float]]:

@@ -48,7 +48,7 @@ class SearchResults:
     truncated: bool = False  # the query was longer than the model reads
     hybrid: bool = False  # the file names, folders and captions were searched too
     nothing_matches: bool = False  # no candidate fits the query better than this index's cutoff
-    match: float | None = None  # how far the best candidate beats its usual words (see mammut_search.relevance)
+    match: float | None = None  # the best similarity of any image to the query (see mammut_search.relevance)
     query_caption: str | None = None  # the generated caption of an image query
     notices: list[str] = field(default_factory=list)  # one-line messages for the user
 

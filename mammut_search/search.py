@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mammut_search import query as q, ranking, relevance, rerank as rr
+from mammut_search import hybrid, query as q, ranking, relevance, rerank as rr
 from mammut_search.errors import UserError
 from mammut_search.image_access import indexed_image
 from mammut_search.index.duplicates import DUPLICATE_SIMILARITY
@@ -36,14 +36,14 @@ class Searcher:
 
     def __init__(self, store, model, *, rerank_default: bool = RERANK_BY_DEFAULT,
                  rerank_candidates: int = RERANK_CANDIDATES, rerank_weight: float = RERANK_WEIGHT,
-                 no_match_margin: float | None = None):
+                 no_match_cutoff: float | None = None):
         self.model = model
         self.live = LiveIndex(store, model)
         self.rerank_default = rerank_default
         self.rerank_candidates = rerank_candidates
         self.rerank_weight = rerank_weight
         self.encoder = QueryEncoder(model)
-        self.relevance = relevance.RelevanceCutoff(model, self.encoder.lock, no_match_margin)
+        self.no_match_cutoff = no_match_cutoff  # None: the index's own calibration (relevance.py)
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None,
@@ -104,9 +104,10 @@ class Searcher:
         if not len(gen.ok_ids):
             return _with(results, EMPTY)
         latent = self.encoder.text(text)
-        ids, sims = ranking.nearest(gen, latent, max(k, self.rerank_candidates if rerank else 0, relevance.CANDIDATES))
-        results.match = self.relevance.match(gen.store.vectors, ids, sims)
-        cutoff = self.relevance.cutoff(gen.store.manifest)
+        ids, sims = ranking.nearest(gen, latent, max(k, self.rerank_candidates if rerank else 0,
+                                                       hybrid.VECTOR_CANDIDATES))
+        results.match = relevance.match(sims)
+        cutoff = relevance.cutoff(gen.store.manifest, self.no_match_cutoff)
         sim_of, scores, lift_of = dict(zip(ids.tolist(), sims.tolist())), sims, None
         if rerank and gen.store.tokens is None:
             _with(results, rr.NO_TOKENS.format(command=rebuild_command(gen.store.directory, gen.store.manifest)))

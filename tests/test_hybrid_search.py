@@ -11,6 +11,7 @@ import pytest
 from index_builder.build import BuildOptions, update_index
 from mammut_search.cli import main
 from mammut_search.index.keywords import KEYWORDS_FILE, item_fields, query_words
+from mammut_search import relevance
 from mammut_search.index.store import IndexStore
 from mammut_search.search import Searcher
 from search_testkit import build_test_index, one_torch_thread  # noqa: F401 (autouse fixture)
@@ -91,12 +92,13 @@ def test_the_relevance_cutoff_is_calibrated_on_the_index_and_again_by_each_updat
 
     index, _ = build_test_index(tmp_path, count=8)
     before = IndexStore.open(index).manifest.relevance
-    assert before["version"] == 1 and np.isfinite(before["cutoff"]) and before["queries"] > 0
+    assert before["version"] == relevance.VERSION and np.isfinite(before["cutoff"]) and before["queries"] > 0
     with Searcher.open(index, device="cpu") as searcher:
         answer = searcher.search_text("an octopus", 3, vectors_only=True)
-        assert searcher.relevance.cutoff(searcher.store.manifest) == before["cutoff"]
+        assert relevance.cutoff(searcher.store.manifest) == before["cutoff"]
         assert answer.nothing_matches == (answer.match < before["cutoff"])
         model = searcher.model
     write_collection(tmp_path / "images" / "more", count=16)
     after = update_index(index, model, options=BuildOptions(workers=0, progress=False)).manifest.relevance
-    assert after["version"] == 1 and after["cutoff"] != before["cutoff"]  # measured again on the new vectors
+    assert after["version"] == relevance.VERSION
+    assert after["cutoff"] != before["cutoff"]  # measured again on the new vectors

@@ -1,6 +1,7 @@
 """The bundled checkpoint on the demo collection. The "nothing matches" notice, with the cutoff calibrated on the
 demo index itself, on concepts its quantile was not chosen on (benchmarks/no_match_concepts.json, odd
-positions): it fires for most concepts the collection lacks, and almost never where the first result is right.
+positions): it fires for at least half the concepts the collection lacks, for few it holds, and almost never
+where the first result is right.
 Query arithmetic: a concept plus a colour."""
 
 import csv
@@ -11,6 +12,7 @@ import pytest
 
 from index_builder.build import BuildOptions, build_index
 from mammut_search.eval.domains import content_words
+from mammut_search import relevance
 from mammut_search.bundled import bundled_checkpoint_dir, demo_dir
 from mammut_search.inference import load_model
 from mammut_search.search import Searcher
@@ -34,18 +36,16 @@ def true_captions() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_the_notice_fires_for_absent_concepts_and_not_over_right_results(demo_searcher):
+def test_the_notice_fires_for_absent_concepts_and_seldom_for_present_ones(demo_searcher):
     caption_of = true_captions()
-    assert demo_searcher.store.manifest.relevance["cutoff"] == demo_searcher.relevance.cutoff(
+    assert demo_searcher.store.manifest.relevance["cutoff"] == relevance.cutoff(
         demo_searcher.store.manifest)  # the index's own calibration decides
     absent = [demo_searcher.search_text(q, 1, rerank=False) for q in CONCEPTS["absent"][1::2]]
-    assert sum(r.nothing_matches for r in absent) >= 16  # most of 30
-    flagged_over_a_right_result = 0
-    for query in CONCEPTS["present"][1::2]:
-        results = demo_searcher.search_text(query, 1, rerank=False)
-        first = caption_of[Path(results[0].path).name]
-        flagged_over_a_right_result += results.nothing_matches and bool(content_words(first) & content_words(query))
-    assert flagged_over_a_right_result <= 1  # of the 30 present concepts
+    assert sum(r.nothing_matches for r in absent) >= 15  # of 30
+    present = {q: demo_searcher.search_text(q, 1, rerank=False) for q in CONCEPTS["present"][1::2]}
+    assert sum(r.nothing_matches for r in present.values()) <= 4  # of 30; the aim is 3 (benchmarks/RESULTS.md)
+    assert sum(r.nothing_matches and bool(content_words(caption_of[Path(r[0].path).name]) & content_words(q))
+               for q, r in present.items()) <= 1  # flagged over a right first result
 
 
 @pytest.mark.slow

@@ -132,8 +132,8 @@ def test_rerank_default_and_switch(index):
 
 
 def test_nothing_matches_is_said_when_no_candidate_beats_the_baseline(index):
-    strict = Searcher.open(index[0], device="cpu", no_match_margin=float("inf"))
-    lenient = Searcher.open(index[0], device="cpu", no_match_margin=-float("inf"))
+    strict = Searcher.open(index[0], device="cpu", no_match_cutoff=float("inf"))
+    lenient = Searcher.open(index[0], device="cpu", no_match_cutoff=-float("inf"))
     results = strict.search_text("an octopus", 5, rerank=True)
     assert results.nothing_matches and len(results) == 5  # the closest are still given, flagged
     assert any("nothing in the index" in n for n in results.notices)
@@ -141,20 +141,16 @@ def test_nothing_matches_is_said_when_no_candidate_beats_the_baseline(index):
     assert strict.search_text("an octopus", 5, rerank=False).nothing_matches  # re-ranked or not
 
 
-def test_nothing_matches_compares_the_query_with_its_candidates_usual_words(index):
-    from mammut_search.ranking import nearest
-    from mammut_search.relevance import reference_words
-
+def test_nothing_matches_compares_the_querys_best_similarity_with_the_cutoff(index):
     searcher = Searcher.open(index[0], device="cpu")
-    words = reference_words(searcher.model.tokenizer, 800)
+    words = relevance.calibration_words(searcher.model.tokenizer)
     assert words and all(len(w) >= 4 and w.isalpha() for w in words)
-    match = searcher.search_text("an octopus", 5, rerank=False).match
-    ids, sims = nearest(searcher.live.current, searcher.model.encode_text(["an octopus"]).numpy(), 50)
-    latents = searcher.store.vectors.reconstruct(ids)
-    usual = np.sort(latents @ searcher.model.encode_text(words).numpy().T, axis=1)[:, -10:].mean(axis=1)
-    assert match == pytest.approx(float(np.max(sims - usual)), abs=1e-5)
-    above = Searcher.open(index[0], device="cpu", no_match_margin=match + 1e-4)
-    below = Searcher.open(index[0], device="cpu", no_match_margin=match - 1e-4)
+    results = searcher.search_text("an octopus", 5, rerank=False, vectors_only=True)
+    best = float(np.max(searcher.store.vectors.reconstruct(np.arange(searcher.store.vectors.ntotal))
+                        @ searcher.model.encode_text(["an octopus"]).numpy()[0]))
+    assert results.match == pytest.approx(best, abs=1e-5) == results[0].similarity
+    above = Searcher.open(index[0], device="cpu", no_match_cutoff=results.match + 1e-4)
+    below = Searcher.open(index[0], device="cpu", no_match_cutoff=results.match - 1e-4)
     assert above.search_text("an octopus", 5).nothing_matches
     assert not below.search_text("an octopus", 5).nothing_matches
 

@@ -24,7 +24,7 @@ MAX_UPLOAD = "200kb"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     index, checkpoint = build_test_index(tmp_path_factory.mktemp("collection"), readable_captions=True)
-    searcher = Searcher.open(index, device="cpu", no_match_margin=0.5)  # the tiny model's matches stay below
+    searcher = Searcher.open(index, device="cpu", no_match_cutoff=0.5)  # the tiny model's matches stay below
     port = free_port()
     app = ui_app.launch(searcher, port=port, max_file_size=MAX_UPLOAD, block=False, quiet=True)
     yield {"base": f"http://127.0.0.1:{port}", "port": port, "searcher": searcher, "index": index,

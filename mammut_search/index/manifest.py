@@ -222,6 +222,9 @@ def summary_rows(directory: Path, manifest: Manifest, *, search: str, model_devi
     checkpoint = manifest.checkpoint_sha256[:12] or "(unsaved)"
     where = "bundled" if manifest.checkpoint_dir is None else "own" if private else readable(manifest.checkpoint_dir)
     folders = [os.path.basename(os.path.normpath(r)) or r for r in manifest.roots] if private else manifest.roots
+    from mammut_search.relevance import cutoff as relevance_cutoff
+
+    cutoff = relevance_cutoff(manifest)
     rows = [] if private else [("index", str(Path(directory).resolve()))]
     rows += [
         ("images", f"{manifest.count} indexed, {manifest.skipped} files skipped"),
@@ -237,8 +240,8 @@ def summary_rows(directory: Path, manifest: Manifest, *, search: str, model_devi
                        "not possible: the index stores no decoder tokens (rebuild it)"),
         ("keywords", "file names, folders and captions" if "keywords.sqlite" in manifest.files else
                      "none (update or rebuild the index to search names and captions)"),
-        ("nothing-matches cutoff", f"{manifest.relevance['cutoff']:.4f}, calibrated on this index"
-                                   if "cutoff" in manifest.relevance else "none (update or rebuild the index)"),
+        ("nothing-matches cutoff", f"{cutoff:.4f}, calibrated on this index" if cutoff is not None
+                                   else "none (update or rebuild the index)"),
     ]
     if model_device is not None:
         rows.append(("model device", model_device))
