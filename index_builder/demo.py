@@ -19,19 +19,13 @@ from mammut_search.errors import UserError
 from mammut_search.bundled import bundled_checkpoint_dir, demo_dir
 from mammut_search.index.manifest import MANIFEST_FILE
 from mammut_search.model.checkpoint import WEIGHTS, file_sha256
+from mammut_search.user_cache import user_cache_dir
 
 from index_builder.build import BuildOptions, build_index
 
 log = logging.getLogger(__name__)
 INDEX_FOLDER = "demo.index"
 STAMP_FILE = "demo.json"  # beside the index: the identity of what it was built from
-
-
-def user_cache_dir() -> Path:
-    """Where mammut-search keeps what it can rebuild: $XDG_CACHE_HOME/mammut-search, else ~/.cache/mammut-search
-    (a relative XDG_CACHE_HOME is ignored, as the XDG base directory specification asks)."""
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "mammut-search"
 
 
 def demo_index(cache_dir: str | os.PathLike | None = None, *, checkpoint_dir: str | os.PathLike | None = None,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mammut_search import cpu_encoder
 from mammut_search.bundled import bundled_checkpoint_dir
 from mammut_search.images import load_image_with_size, to_rgb
 from mammut_search.model.checkpoint import load_checkpoint, save_checkpoint
@@ -177,9 +178,10 @@ class MammutModel:
 
     @torch.no_grad()
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels (b 3 H W) -> image encoder tokens (b j c), kept on the model's device."""
+        """pixels (b 3 H W) -> image encoder tokens (b j c), kept on the model's device (on a CPU through ONNX
+        Runtime where it runs: mammut_search.cpu_encoder)."""
         with self._autocast():
-            return self.net.image_features(to_device(pixels, self.device))
+            return cpu_encoder.image_features(self.net, to_device(pixels, self.device))
 
     @torch.no_grad()
     def latents_from_features(self, features: torch.Tensor) -> torch.Tensor:

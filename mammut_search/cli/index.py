@@ -110,9 +110,10 @@ def _update(args: argparse.Namespace) -> int:
 
 def _print_summary(store) -> None:
     run = store.manifest.last_run
+    rate = f", {run.encoded / run.seconds:.1f} images/s" if run.encoded and run.seconds else ""
     print(f"{store.directory}: {run.images} images indexed, {run.skipped} files skipped "
           f"({run.encoded} encoded, {run.resumed} resumed, {run.reused} reused, "
-          f"{run.removed} removed) in {run.seconds:.1f} s")
+          f"{run.removed} removed) in {run.seconds:.1f} s{rate}")
 
 
 def _info(args: argparse.Namespace) -> int:

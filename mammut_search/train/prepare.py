@@ -16,6 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mammut_search.atomic import atomic_write
+from mammut_search.cpu_encoder import image_features
 from mammut_search.errors import UserError
 from mammut_search.eval.metrics import tokenize
 from mammut_search.inference import preprocess_images
@@ -137,7 +138,7 @@ def encoder_input_fn(net: MaMMUT, runtime: Runtime, cached_features: bool):
     def features(images):
         pixels = preprocess_images(images, image_config).to(runtime.device)
         with runtime.autocast():
-            return net.image_features(pixels).float().cpu()
+            return image_features(net, pixels).float().cpu()  # on a CPU through ONNX Runtime
 
     return features
 
