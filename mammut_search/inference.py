@@ -131,6 +131,13 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def bf16_on_cuda(device: torch.device):
+    """The autocast context for running the model: bf16 on a GPU, none on a CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 class MammutModel:
     """A MaMMUT network with its tokenizer and preprocessing: latents for retrieval, captions, likelihoods.
 
@@ -153,9 +160,7 @@ class MammutModel:
         return self.config.retrieval_dim
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return bf16_on_cuda(self.device)
 
     # ----- images -----
 

@@ -62,8 +62,14 @@ def calibrate(model, vectors) -> dict[str, Any]:
 
 def cutoff(manifest, fixed: float | None = None) -> float | None:
     """The cutoff in force: `fixed` if given, else the index's calibration; None when there is neither (an index
-    calibrated for another statistic counts as none until it is updated)."""
+    calibrated for another statistic, or whose entry is not a finite number, counts as none until it is updated)."""
     if fixed is not None:
         return fixed
     entry = manifest.relevance
-    return entry.get("cutoff") if entry.get("version") == VERSION else None
+    value = entry.get("cutoff") if entry.get("version") == VERSION else None
+    return float(value) if _is_similarity(value) else None  # a hand-edited or damaged entry counts as none
+
+
+def _is_similarity(value: Any) -> bool:
+    """Whether a manifest value is a usable cosine similarity: a finite number (true and false are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))

@@ -165,3 +165,18 @@ def test_train_without_a_recipe_is_the_bundled_recipe(tmp_path, capsys):
     recipe.write_text("[model]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in printed["model"].items()
                                              if not isinstance(v, dict)))
     assert json.loads(json.dumps(load_config(recipe).resolved()["model"])) == printed["model"]
+
+
+@pytest.mark.parametrize("damage", [b"garbage", b"", "a dict without what resuming reads", "a list"])
+def test_resuming_from_a_damaged_training_state_is_one_line_naming_it(tmp_path, capsys, damage):
+    from mammut_search.cli import main
+
+    state = tmp_path / "run" / "last" / "train_state.pt"
+    state.parent.mkdir(parents=True)
+    if isinstance(damage, bytes):
+        state.write_bytes(damage)
+    else:
+        torch.save({"step": 3} if damage.startswith("a dict") else [1], state)
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {state}: damaged training state") and err.count("\n") == 1

@@ -56,18 +56,9 @@ def token_penalties(net: MaMMUT, vocab: int, device: torch.device) -> dict[str, 
 
 
 @torch.no_grad()
-def generate(
-    net: MaMMUT,
-    image_tokens: torch.Tensor,
-    *,
-    max_len: int = 24,
-    min_len: int = 2,
-    beam_width: int = 1,
-    no_repeat_ngram: int = 3,
-    use_cache: bool = True,
-    length_penalty: float = 1.0,
-    sync_every: int | None = None,
-) -> torch.Tensor:
+def generate(net: MaMMUT, image_tokens: torch.Tensor, *, max_len: int = 24, min_len: int = 2, beam_width: int = 1,
+             no_repeat_ngram: int = 3, use_cache: bool = True, length_penalty: float = 1.0,
+             sync_every: int | None = None) -> torch.Tensor:
     """Pooled image tokens (b q d) -> generated ids (b n) starting with <bos>, padded after <eos>.
 
     beam_width 1 is greedy decoding. Beams are ranked by total log-probability / length ** length_penalty.
@@ -82,12 +73,9 @@ def generate(
     if beam_width == 1 and use_cache:
         return greedy(net, image_tokens, max_len=max_len, min_len=min_len, no_repeat_ngram=no_repeat_ngram,
                       sync_every=sync_every)
-    c = net.config
+    c, w = net.config, beam_width
     b, device = image_tokens.shape[0], image_tokens.device
-    w = beam_width
-    if w > 1:
-        image_tokens = image_tokens.repeat_interleave(w, dim=0)  # (b*w q d)
-    cross_kv = net.cross_attention_kv(image_tokens)
+    cross_kv = net.cross_attention_kv(image_tokens.repeat_interleave(w, dim=0))  # beams side by side: (b*w q d)
     vocab = net.token_emb.weight.shape[0]
     penalties = token_penalties(net, vocab, device)
     # <bos>, up to max_len - 1 tokens, and the <eos> closing sequences that run out of length
@@ -106,14 +94,9 @@ def generate(
             logits, cache = net.decode(inputs, cross_kv, cache=cache, start=n - inputs.shape[1], last_only=True)
         else:
             logits, _ = net.decode(written, cross_kv, last_only=True)
-        guard = penalties["short" if n < min_len else "open"]
-        if w == 1:
-            # greedy reads only the best token, and log_softmax keeps the order of the logits: skip it
-            log_probs = logits[:, -1].float() + guard
-        else:
-            log_probs = logits[:, -1].float().log_softmax(dim=-1) + guard
-        log_probs = block_repeated_ngrams(log_probs, written, no_repeat_ngram)  # (b*w v)
-        log_probs = torch.where(finished[:, None], penalties["finished"], log_probs)
+        log_probs = _guarded_log_probs(logits[:, -1], written, penalties["short" if n < min_len else "open"],
+                                       no_repeat_ngram, normalise=w > 1)
+        log_probs = torch.where(finished[:, None], penalties["finished"], log_probs)  # (b*w v)
         if w == 1:  # greedy: the best token of each sequence, nothing to reorder
             token = log_probs.argmax(dim=-1)
         else:
@@ -121,8 +104,7 @@ def generate(
             scores, flat = candidates.topk(w, dim=-1)  # (b w)
             beam = (flat // vocab + beam_offsets).view(-1)
             token = (flat % vocab).view(-1)
-            sequences = sequences[beam]
-            finished = finished[beam]
+            sequences, finished = sequences[beam], finished[beam]
             if cache is not None:
                 cache = [(k[beam], v[beam]) for k, v in cache]
         sequences[:, n] = token
@@ -130,19 +112,38 @@ def generate(
         finished |= token == c.eos_id
         if (step + 1) % sync_every == 0 and finished.all():
             break
-    if sync_every > 1:  # steps run after every sequence had finished wrote only <pad>: drop them
-        n = int((sequences != c.pad_id).any(dim=0).nonzero().max()) + 1
-    # close sequences that ran out of length with <eos>
+    sequences = _closed(sequences, finished, n, c.pad_id, c.eos_id, trim=sync_every > 1)
+    return sequences if w == 1 else _best_beams(sequences, scores, c.pad_id, length_penalty)
+
+
+def _best_beams(sequences: torch.Tensor, scores: torch.Tensor, pad_id: int, length_penalty: float) -> torch.Tensor:
+    """Each image's best beam: sequences (b*w n) and total scores (b w) -> (b n), ranked by score / length **
+    length_penalty."""
+    b, w = scores.shape
+    lengths = (sequences != pad_id).sum(dim=-1).float().view(b, w)
+    best = (scores / lengths.clamp(min=1) ** length_penalty).argmax(dim=-1)
+    return sequences.view(b, w, -1)[torch.arange(b, device=sequences.device), best]
+
+
+def _guarded_log_probs(logits: torch.Tensor, written: torch.Tensor, guard: torch.Tensor, no_repeat_ngram: int,
+                       *, normalise: bool) -> torch.Tensor:
+    """Last-position logits (b v) -> scores with the length guard and repeated n-grams blocked. Greedy reads only
+    the best token, and log_softmax keeps the order of the logits, so it is skipped unless `normalise`."""
+    log_probs = logits.float().log_softmax(dim=-1) if normalise else logits.float()
+    return block_repeated_ngrams(log_probs + guard, written, no_repeat_ngram)
+
+
+def _closed(sequences: torch.Tensor, finished: torch.Tensor, n: int, pad_id: int, eos_id: int, *,
+            trim: bool) -> torch.Tensor:
+    """The first `n` columns of `sequences` (b m), sequences that ran out of length closed with <eos>. `trim`:
+    steps run after every sequence had finished wrote only <pad>, so they are dropped first."""
+    if trim:
+        n = int((sequences != pad_id).any(dim=0).nonzero().max()) + 1
     unfinished = ~finished
     if unfinished.any():
-        sequences[unfinished, n] = c.eos_id
+        sequences[unfinished, n] = eos_id
         n += 1
-    sequences = sequences[:, :n]
-    if w == 1:
-        return sequences
-    lengths = (sequences != c.pad_id).sum(dim=-1).float().view(b, w)
-    best = (scores / lengths.clamp(min=1) ** length_penalty).argmax(dim=-1)
-    return sequences.view(b, w, -1)[torch.arange(b, device=device), best]
+    return sequences[:, :n]
 
 
 @torch.no_grad()
