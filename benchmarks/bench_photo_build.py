@@ -205,9 +205,10 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    from mammut_search.inference import auto_batch_size, default_checkpoint_dir, load_model
+    from mammut_search.bundled import bundled_checkpoint_dir
+    from mammut_search.inference import auto_batch_size, load_model
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint_dir()
+    checkpoint = Path(args.checkpoint) if args.checkpoint else bundled_checkpoint_dir()
     folder = make_photos(args.images, Path(args.cache_dir))
     model = load_model(checkpoint, device="cpu")
     encoder, batch = model.config.image_encoder, auto_batch_size(model)

@@ -1,7 +1,7 @@
 """Photo knowledge across domains: the held-out emoji styles, OpenClipart objects and real photos, for the new
 default, its levers, the previous default and the ImageNet bridge alone (no training), side by side.
 
-    python benchmarks/photo_knowledge.py --checkpoint data/checkpoints/default [--previous OLD_CHECKPOINT]
+    python benchmarks/photo_knowledge.py --checkpoint mammut_search/bundled/checkpoint [--previous OLD_CHECKPOINT]
         [--label NAME=CHECKPOINT ...] [--weights 0 0.5 1 2] [--gates 0 10] [--rerank] [--oracle-query]
         [--styles-apart] [--image-size 224]
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mammut_search.bundled import bundled_checkpoint_dir
 from mammut_search.eval.domains import caption_hits, domain_metrics
 from mammut_search.eval.domains import validation_sets as domain_sets
 from mammut_search.images import load_image
@@ -181,7 +182,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default="data/checkpoints/default")
+    parser.add_argument("--checkpoint", default=str(bundled_checkpoint_dir()))
     parser.add_argument("--previous", default="", help="the previous default checkpoint, for its row")
     parser.add_argument("--label", nargs="*", default=[], metavar="NAME=CHECKPOINT", help="more rows (levers)")
     parser.add_argument("--manifest", default="data/cache/corpus/manifest.parquet")

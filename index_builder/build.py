@@ -26,6 +26,7 @@ from mammut_search.model.config import CAPTION_BEAM_WIDTH
 from mammut_search.index.manifest import MANIFEST_FILE, Manifest, RunStats, model_identity
 from mammut_search.index.store import OK, IndexStore, items_frame
 from mammut_search.index.tokens import TOKENS_VERSION, describe, tokens_writer
+from mammut_search.index.vectors import require_faiss
 
 from index_builder.encode import CHANGED, Encoded, EncodeJob, encode
 from index_builder.scan import FoundFile, hash_files, scan_roots
@@ -86,6 +87,7 @@ def build_index(roots: Iterable[str | os.PathLike], out: str | os.PathLike, mode
     roots = [os.path.abspath(os.fsdecode(r)) for r in roots]
     if not roots:
         raise UserError("give at least one folder to index")
+    require_faiss()  # before the encoding, not after it: a plain `pip install mammut-search` has no FAISS
     check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     with locked(out), disk_space_errors(out):

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from mammut_search.atomic import atomic_write
+from mammut_search.user_cache import user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +228,7 @@ def weights_fingerprint(encoder: nn.Module) -> tuple:
 
 def cache_dir() -> Path:
     """Where exported graphs are kept: $XDG_CACHE_HOME/mammut-search/onnx (default ~/.cache)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mammut-search" / "onnx"
+    return user_cache_dir() / "onnx"
 
 
 def cached_graph(key: str, export) -> bytes:

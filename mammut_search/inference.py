@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from mammut_search import cpu_encoder
+from mammut_search.bundled import bundled_checkpoint_dir
 from mammut_search.images import load_image_with_size, to_rgb
 from mammut_search.model.checkpoint import load_checkpoint, save_checkpoint
 from mammut_search.model.config import CAPTION_BEAM_WIDTH, CAPTION_MAX_LEN, ImageEncoderConfig, MammutConfig
@@ -273,11 +274,6 @@ class MammutModel:
 
 def load_model(checkpoint_dir: str | Path | None = None, device: str | torch.device | None = None) -> MammutModel:
     """Load a checkpoint directory (default: the bundled one) onto `device` (default: CUDA if available)."""
-    directory = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir()
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else bundled_checkpoint_dir()
     net, tokenizer, sha = load_checkpoint(directory)
     return MammutModel(net, tokenizer, device=device, sha256=sha)
-
-
-def default_checkpoint_dir() -> Path:
-    """The checkpoint bundled with the project (data/checkpoints/default)."""
-    return Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "default"

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mammut_search import cpu_encoder
-from mammut_search.inference import default_checkpoint_dir, load_model
+from mammut_search.bundled import bundled_checkpoint_dir, demo_dir
+from mammut_search.inference import load_model
 from mammut_search.model.decoding import generate
 from mammut_search.testing import tiny_model
 
@@ -62,7 +63,7 @@ def test_latents_through_the_runtime_equal_pytorchs(cache):
 
 @pytest.fixture(scope="session")
 def bundled():
-    return load_model(default_checkpoint_dir(), device="cpu")
+    return load_model(bundled_checkpoint_dir(), device="cpu")
 
 
 def photo_like_jpegs(folder: Path, count: int) -> list[Path]:
@@ -80,7 +81,7 @@ def photo_like_jpegs(folder: Path, count: int) -> list[Path]:
 
 
 def test_bundled_model_gives_pytorchs_latents_and_captions_on_demo_images_and_photos(bundled, tmp_path):
-    demo = sorted((REPO / "data" / "demo" / "images").iterdir())[::12]  # 25 of the 300
+    demo = sorted((demo_dir() / "images").iterdir())[::12]  # 25 of the 300
     x = bundled.preprocess_files(demo + photo_like_jpegs(tmp_path / "photos", 3))
     features = bundled.image_features(x)
     assert cpu_encoder.cpu_encoder(bundled.net) is not None
@@ -92,7 +93,7 @@ def test_bundled_model_gives_pytorchs_latents_and_captions_on_demo_images_and_ph
 
 
 def test_greedy_captions_leaving_the_batch_early_equal_the_reference_loop(bundled):
-    demo = sorted((REPO / "data" / "demo" / "images").iterdir())[:40]
+    demo = sorted((demo_dir() / "images").iterdir())[:40]
     tokens = bundled.decoder_tokens(bundled.image_features(bundled.preprocess_files(demo)))
     fast = generate(bundled.net, tokens)  # greedy with the cache: finished captions leave the batch
     reference = generate(bundled.net, tokens, use_cache=False)  # every row to the end, no cache

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from mammut_search import atomic
 from mammut_search.errors import UserError
-from mammut_search.inference import default_checkpoint_dir
+from mammut_search.bundled import bundled_checkpoint_dir
 from mammut_search.model.checkpoint import WEIGHTS, file_sha256, save_checkpoint
 from mammut_search.testing import tiny_model
 from mammut_search.train.loop import train
@@ -64,7 +64,7 @@ def test_resume_writes_only_into_the_run_it_resumes(corpus, tmp_path):  # noqa: 
 def test_export_replaces_no_checkpoint_unless_asked(corpus, tmp_path):  # noqa: F811
     assert load_config("data/recipes/default.toml").export == ""
     assert load_config("data/recipes/validation.toml").export == ""
-    bundled = default_checkpoint_dir()
+    bundled = bundled_checkpoint_dir()
     shipped = weights_sha(bundled)
     for target in (bundled, tmp_path / "run-a" / "best"):
         if target != bundled:

@@ -91,6 +91,7 @@ def test_checkpoint_keeps_classifier_and_class_embeddings(model, tmp_path):
     assert loaded.caption(pixels) == model.caption(pixels)
 
 
+@pytest.mark.slow
 def test_label_only_examples_train_and_export(corpus, tmp_path, monkeypatch):  # noqa: F811
     names = [[f"class {i}", f"kind {i % 7}"] for i in range(NUM_CLASSES)]
     monkeypatch.setattr(prepare, "imagenet_label_texts", lambda config: ([n[0] for n in names], names))

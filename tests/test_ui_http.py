@@ -336,6 +336,7 @@ print(len(answer), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
 """
 
 
+@pytest.mark.slow
 def test_one_upload_of_a_huge_16_bit_png_costs_under_a_gigabyte(served, tmp_path):
     import os
     import subprocess
@@ -354,6 +355,7 @@ def test_one_upload_of_a_huge_16_bit_png_costs_under_a_gigabyte(served, tmp_path
     assert hits == 3 and peak < 1 << 30, f"{peak / 2**20:.0f} MiB"
 
 
+@pytest.mark.slow
 def test_wrong_passwords_are_answered_ever_more_slowly(served):
     import time
     from concurrent.futures import ThreadPoolExecutor

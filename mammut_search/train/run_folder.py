@@ -127,10 +127,10 @@ def check_export(config: TrainConfig, *, overwrite: bool) -> None:
     """An export never replaces a checkpoint (the bundled one above all) unless asked to."""
     if not config.export:
         return
-    from mammut_search.inference import default_checkpoint_dir
+    from mammut_search.bundled import bundled_checkpoint_dir
 
     target = Path(config.export)
-    bundled = target.resolve() == default_checkpoint_dir().resolve()
+    bundled = target.resolve() == bundled_checkpoint_dir().resolve()
     if (bundled or (target / "config.json").exists()) and not overwrite:
         what = "the bundled checkpoint" if bundled else "a checkpoint"
         raise UserError(f"export = {config.export!r} is {what}; export elsewhere, or pass --overwrite to replace it")
