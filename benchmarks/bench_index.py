@@ -5,7 +5,7 @@ captions, the decoder), checkpointed shards and the commit; the forward figure r
 same images already decoded and preprocessed. Their ratio says how well decoding hides behind the model.
 
     python benchmarks/bench_index.py                      # default-architecture model, random weights
-    python benchmarks/bench_index.py --checkpoint data/checkpoints/default --images 512
+    python benchmarks/bench_index.py --checkpoint mammut_search/bundled/checkpoint --images 512
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from mammut_search.inference import MammutModel, default_checkpoint_dir, load_model
+from mammut_search.bundled import bundled_checkpoint_dir
+from mammut_search.inference import MammutModel, load_model
 from mammut_search.search import RERANK_CANDIDATES, Searcher
 from mammut_search.index.store import IndexStore, items_frame
 
@@ -43,9 +44,9 @@ QUERIES = [
 
 def default_model(device: str | None) -> tuple[MammutModel, str]:
     """The bundled checkpoint, or the default architecture with random weights."""
-    if (default_checkpoint_dir() / "model.safetensors").exists():
+    if (bundled_checkpoint_dir() / "model.safetensors").exists():
         model = load_model(None, device=device)
-        return model, f"the bundled checkpoint data/checkpoints/default ({model.checkpoint_sha256[:12]})"
+        return model, f"the bundled checkpoint ({model.checkpoint_sha256[:12]})"
     from mammut_search.model.config import MammutConfig
     from mammut_search.model.mammut import MaMMUT
     from mammut_search.testing import TINY_TEXTS

@@ -1,6 +1,6 @@
 """How the "nothing matches" notice does on indexes, each with the cutoff calibrated on itself.
 
-    mammut index build data/demo/images --out data/cache/demo.index
+    mammut index build mammut_search/bundled/demo/images --out data/cache/demo.index
     python benchmarks/make_second_collection.py --packages DIR --out data/cache/google-collection
     mammut index build data/cache/google-collection/images --out data/cache/google.index
     python benchmarks/calibrate_no_match.py --tune \\

@@ -18,6 +18,7 @@ import torch
 from mammut_search.eval import metrics
 from mammut_search.model.checkpoint import load_checkpoint
 from mammut_search.inference import preprocess_images
+from mammut_search.model.retrieval import image_retrieval_vectors
 from mammut_search.train.data import open_image, read_manifest
 from mammut_search.train.validation import text_latents
 
@@ -29,7 +30,7 @@ def heldout_recall(checkpoint: str, manifest: str, batch: int = 128) -> dict[str
     frame = read_manifest(manifest)
     rows = frame[frame["split"] == "heldout_concepts"].reset_index(drop=True)
     latents = torch.cat([
-        net.image_latents(net.image_features(preprocess_images(
+        image_retrieval_vectors(net, net.image_features(preprocess_images(
             [open_image(p) for p in rows["path"][s:s + batch]], net.config.image_encoder))).float()
         for s in range(0, len(rows), batch)])
     recalls = []

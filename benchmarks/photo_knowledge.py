@@ -1,7 +1,7 @@
 """Photo knowledge across domains: the held-out emoji styles, OpenClipart objects and real photos, for the new
 default, its levers, the previous default and the ImageNet bridge alone (no training), side by side.
 
-    python benchmarks/photo_knowledge.py --checkpoint data/checkpoints/default [--previous OLD_CHECKPOINT]
+    python benchmarks/photo_knowledge.py --checkpoint mammut_search/bundled/checkpoint [--previous OLD_CHECKPOINT]
         [--label NAME=CHECKPOINT ...] [--weights 0 0.5 1 2] [--gates 0 10] [--rerank] [--oracle-query]
         [--styles-apart] [--image-size 224]
 
@@ -22,10 +22,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mammut_search.bundled import bundled_checkpoint_dir
 from mammut_search.eval.domains import caption_hits, domain_metrics
 from mammut_search.eval.domains import validation_sets as domain_sets
 from mammut_search.images import load_image
 from mammut_search.inference import MammutModel, load_model
+from mammut_search.model.retrieval import fuse, query_gate, text_semantic
 from mammut_search.search import RERANK_CANDIDATES, RERANK_WEIGHT
 from mammut_search.train.data import read_manifest
 
@@ -127,7 +129,7 @@ def score_query_oracle(model: MammutModel, sets: dict, features: dict) -> dict:
     def encode_text(texts):
         latents = F.normalize(model.encode_text(texts)[:, :net.config.dim_latents], dim=-1)
         semantic = F.normalize(minilm.encode(list(texts), progress=False).float(), dim=-1)
-        return net.fuse(latents, net.query_gate(net.text_semantic(latents)) * semantic)
+        return fuse(net, latents, query_gate(net, text_semantic(net, latents)) * semantic)
 
     return {n: recall(model.latents_from_features(f), sets[n][1], encode_text) for n, f in features.items()}
 
@@ -180,7 +182,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default="data/checkpoints/default")
+    parser.add_argument("--checkpoint", default=str(bundled_checkpoint_dir()))
     parser.add_argument("--previous", default="", help="the previous default checkpoint, for its row")
     parser.add_argument("--label", nargs="*", default=[], metavar="NAME=CHECKPOINT", help="more rows (levers)")
     parser.add_argument("--manifest", default="data/cache/corpus/manifest.parquet")

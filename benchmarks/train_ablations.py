@@ -3,7 +3,7 @@ classifier x class-name embeddings), the label-only examples, OpenClipart in tra
 pretrained text side. Validation as in training: the held-out styles (their mean), objects and photos.
 Reuses the cached encoder features of the default recipe.
 
-    python benchmarks/train_ablations.py [--steps 400] [--out runs/ablations] [--card data/checkpoints/default]
+    python benchmarks/train_ablations.py [--steps 400] [--out runs/ablations] [--card mammut_search/bundled/checkpoint]
 
 Prints a markdown table, writes runs/ablations/ablations.json, and adds the table to the checkpoint's card.
 """

@@ -26,6 +26,7 @@ from mammut_search.model.config import CAPTION_BEAM_WIDTH
 from mammut_search.index.manifest import MANIFEST_FILE, Manifest, RunStats, model_identity
 from mammut_search.index.store import OK, IndexStore, items_frame
 from mammut_search.index.tokens import TOKENS_VERSION, describe, tokens_writer
+from mammut_search.index.vectors import require_faiss
 
 from index_builder.encode import CHANGED, Encoded, EncodeJob, encode
 from index_builder.scan import FoundFile, hash_files, scan_roots
@@ -51,15 +52,30 @@ class BuildOptions:
 def default_workers(device) -> int:
     """Decoding processes for a model on `device`.
 
-    GPU: every core but the one feeding the model (up to 8). CPU: the model's threads already use every core,
-    so decoding cannot hide behind it, only take its share (on 2 cores one worker process was no faster than
-    decoding inline); small machines decode inline, saving a process, and larger ones give a quarter of their
-    cores to decoding.
+    GPU: every core but the one feeding the model (up to 8). CPU: a quarter of the cores (at least one, up to
+    8), each taken from the model's threads (`model_threads`): decoding in its own process overlaps the model,
+    and single-threaded stages do not wait for each other's threads at every operation, which on a shared
+    machine cost the two-threaded model on 2 cores more than half its speed (benchmarks/RESULTS.md).
     """
-    cores = os.cpu_count() or 2
+    cores = os.cpu_count() or 1
     if torch.device(device).type == "cuda":
         return max(1, min(8, cores - 1))
-    return 0 if cores <= 2 else min(8, cores // 4)
+    return 0 if cores < 2 else max(1, min(8, cores // 4))
+
+
+@contextlib.contextmanager
+def model_threads(device, workers: int) -> Iterator[int]:
+    """While a build runs on a CPU: the model's compute threads (PyTorch's, which ONNX Runtime's follow) leave
+    a core to each decoding process, and never exceed what the process was set to; restored afterwards."""
+    before = torch.get_num_threads()
+    threads = before
+    if torch.device(device).type == "cpu":
+        threads = max(1, min(before, (os.cpu_count() or 1) - workers))
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
 
 
 def build_index(roots: Iterable[str | os.PathLike], out: str | os.PathLike, model, *,
@@ -71,6 +87,7 @@ def build_index(roots: Iterable[str | os.PathLike], out: str | os.PathLike, mode
     roots = [os.path.abspath(os.fsdecode(r)) for r in roots]
     if not roots:
         raise UserError("give at least one folder to index")
+    require_faiss()  # before the encoding, not after it: a plain `pip install mammut-search` has no FAISS
     check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     with locked(out), disk_space_errors(out):
@@ -262,11 +279,12 @@ def run_encoder(model, jobs: list[EncodeJob], shards: ShardWriter, options: Buil
     with tqdm(total=len(jobs), desc="encoding", unit="img", disable=not options.progress or not jobs) as bar:
         workers = options.workers if options.workers is not None else default_workers(model.device)
         batch_size = options.batch_size or auto_batch_size(model)
-        for batch in encode(model, jobs, batch_size=batch_size, workers=workers,
-                            captions=options.captions, beam_width=options.caption_beam_width):
-            shards.add([e for e in batch if e.status != CHANGED])  # a changed file is retried, not resumed
-            bar.update(len(batch))
-            yield from batch
+        with model_threads(model.device, workers):
+            for batch in encode(model, jobs, batch_size=batch_size, workers=workers,
+                                captions=options.captions, beam_width=options.caption_beam_width):
+                shards.add([e for e in batch if e.status != CHANGED])  # a changed file is retried, not resumed
+                bar.update(len(batch))
+                yield from batch
 
 
 def make_vectors(previous: IndexStore | None, items, results: dict[str, Encoded], latent_dim: int, *,

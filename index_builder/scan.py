@@ -100,18 +100,12 @@ def _walk(directory: str, extensions: frozenset[str], visited: set[tuple[int, in
         stack.extend(reversed(subdirectories))
 
 
-def file_sha256(path: str) -> str:
-    """Hex sha256 of a regular file's bytes; NotRegularFileError (an OSError) for a FIFO, device or directory,
-    which are never read (a FIFO would block and /dev/zero never ends)."""
-    return sha256_regular(path)
-
-
 def hash_files(paths: list[str], *, threads: int = 4, progress: bool = True) -> dict[str, str | OSError]:
     """path -> sha256, or the OSError that stopped reading it. Threads, because hashlib releases the GIL."""
 
     def one(path: str) -> str | OSError:
         try:
-            return file_sha256(path)
+            return sha256_regular(path)  # a FIFO, device or directory is never read
         except OSError as e:
             return e
 

@@ -18,11 +18,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mammut_search import cpu_encoder
+from mammut_search.bundled import bundled_checkpoint_dir
 from mammut_search.images import load_image_with_size, to_rgb
 from mammut_search.model.checkpoint import load_checkpoint, save_checkpoint
 from mammut_search.model.config import CAPTION_BEAM_WIDTH, CAPTION_MAX_LEN, ImageEncoderConfig, MammutConfig
 from mammut_search.model.decoding import generate, score_texts
 from mammut_search.model.mammut import MaMMUT
+from mammut_search.model.retrieval import image_retrieval_vectors, query_retrieval_vectors
 from mammut_search.model.tokenizer import Tokenizer
 
 ImageBatch = Sequence[Image.Image] | torch.Tensor
@@ -60,13 +63,16 @@ def square_pixels(image: Image.Image, config: ImageEncoderConfig) -> np.ndarray:
     Any mode is converted to RGB (transparency onto the configured background). A large image is first reduced
     by the largest power of two that keeps both sides ≥ `decode_side` (as the safe loader's JPEG draft decoding
     does, so both give nearly the same pixels), then resized bicubic to fit the square with its aspect kept,
-    and centred on the background colour.
+    and centred on the background colour; for an open_clip checkpoint, resized and cut to the centre square
+    as open_clip does.
     """
     size = config.image_size
     rgb = image if image.mode == "RGB" else to_rgb(image, tuple(config.background))
     factor = power_of_two_reduction(rgb.size, decode_side(config))
     if factor > 1:
         rgb = rgb.reduce(factor)
+    if getattr(config, "centre_crop", False):  # open_clip checkpoints; our own encoders see the whole image
+        return centre_crop_pixels(rgb, size)
     scale = size / max(rgb.size)
     w, h = max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))
     if (w, h) != rgb.size:
@@ -78,6 +84,17 @@ def square_pixels(image: Image.Image, config: ImageEncoderConfig) -> np.ndarray:
     left, top = (size - w) // 2, (size - h) // 2
     canvas[top:top + h, left:left + w] = np.asarray(rgb)
     return canvas
+
+
+def centre_crop_pixels(rgb: Image.Image, size: int) -> np.ndarray:
+    """open_clip's preprocessing: the shortest side resized (bicubic) to `size`, the longer in proportion
+    (rounded down), then the centre square cut (offsets rounded) -> uint8 (size size 3)."""
+    w, h = rgb.size
+    resized = (size, max(size, int(size * h / w))) if w <= h else (max(size, int(size * w / h)), size)
+    if resized != rgb.size:
+        rgb = rgb.resize(resized, Image.Resampling.BICUBIC)
+    left, top = round((resized[0] - size) / 2), round((resized[1] - size) / 2)
+    return np.asarray(rgb.crop((left, top, left + size, top + size)))
 
 
 def power_of_two_reduction(image_size: tuple[int, int], side: int) -> int:
@@ -129,6 +146,13 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def bf16_on_cuda(device: torch.device):
+    """The autocast context for running the model: bf16 on a GPU, none on a CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 class MammutModel:
     """A MaMMUT network with its tokenizer and preprocessing: latents for retrieval, captions, likelihoods.
 
@@ -151,9 +175,7 @@ class MammutModel:
         return self.config.retrieval_dim
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return bf16_on_cuda(self.device)
 
     # ----- images -----
 
@@ -176,15 +198,16 @@ class MammutModel:
 
     @torch.no_grad()
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels (b 3 H W) -> image encoder tokens (b j c), kept on the model's device."""
+        """pixels (b 3 H W) -> image encoder tokens (b j c), kept on the model's device (on a CPU through ONNX
+        Runtime where it runs: mammut_search.cpu_encoder)."""
         with self._autocast():
-            return self.net.image_features(to_device(pixels, self.device))
+            return cpu_encoder.image_features(self.net, to_device(pixels, self.device))
 
     @torch.no_grad()
     def latents_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        """image tokens (b j c) -> unit-norm image latents (b l), float32 on the CPU."""
+        """image tokens (b j c) -> unit-norm retrieval vectors of the images (b r), float32 on the CPU."""
         with self._autocast():
-            return self.net.image_latents(features).float().cpu()
+            return image_retrieval_vectors(self.net, features).float().cpu()
 
     @torch.no_grad()
     def decoder_tokens(self, features: torch.Tensor) -> torch.Tensor:
@@ -238,10 +261,10 @@ class MammutModel:
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Strings -> unit-norm query vectors (b r) from the decoder's contrastive pass (CLS token)."""
+        """Strings -> unit-norm retrieval vectors of the queries (b r), from the decoder's contrastive pass."""
         ids = self.tokenizer.encode(list(texts), self.config.max_text_len).to(self.device)
         with self._autocast():
-            return self.net.query_latents(ids).float().cpu()
+            return query_retrieval_vectors(self.net, ids).float().cpu()
 
     def save(self, directory: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
         """Write a checkpoint directory; remembers and returns its sha256."""
@@ -251,11 +274,6 @@ class MammutModel:
 
 def load_model(checkpoint_dir: str | Path | None = None, device: str | torch.device | None = None) -> MammutModel:
     """Load a checkpoint directory (default: the bundled one) onto `device` (default: CUDA if available)."""
-    directory = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir()
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else bundled_checkpoint_dir()
     net, tokenizer, sha = load_checkpoint(directory)
     return MammutModel(net, tokenizer, device=device, sha256=sha)
-
-
-def default_checkpoint_dir() -> Path:
-    """The checkpoint bundled with the project (data/checkpoints/default)."""
-    return Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "default"

@@ -51,6 +51,8 @@ class LiveIndex:
     def check_item(self, item_id: Any) -> int:
         """An id of an indexed image of the generation served, or a UserError."""
         try:
+            if isinstance(item_id, bool) or isinstance(item_id, float) and not item_id.is_integer():
+                raise ValueError(item_id)  # 1.5, nan and inf are no ids, True is not 1
             value = int(item_id)
         except (TypeError, ValueError):
             raise UserError(f"{item_id!r}: not an image id") from None

@@ -54,8 +54,10 @@ def make_hits(gen, latent: np.ndarray, ranking: list[tuple[int, float]], sim_of:
 
 
 def combine(latents: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """Σ weight · latent/|latent|, made unit norm again (1 l): query arithmetic on the latents."""
-    total = sum(w * v.reshape(-1) / max(float(np.linalg.norm(v)), 1e-12) for v, w in zip(latents, weights))
+    """Σ weight · latent/|latent|, made unit norm again (1 l): query arithmetic on the latents. The weights are
+    scaled by the largest first, which changes nothing but keeps huge ones from overflowing."""
+    scale = max(abs(float(w)) for w in weights) or 1.0
+    total = sum(w / scale * v.reshape(-1) / max(float(np.linalg.norm(v)), 1e-12) for v, w in zip(latents, weights))
     total = np.asarray(total, np.float32)
     return (total / max(float(np.linalg.norm(total)), 1e-12)).reshape(1, -1)
 

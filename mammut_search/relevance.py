@@ -11,7 +11,6 @@ notice does on their held-out halves, and why the best similarity and not a clev
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ TEXT_BATCH = 200
 
 def vocabulary_words(tokenizer) -> list[str]:
     """The tokenizer's whole words (lower-case letters, 4 or more), sorted."""
-    return sorted(w for w in tokenizer.hf.get_vocab() if re.fullmatch(r"[a-z]{4,}", w))
+    return tokenizer.whole_words()
 
 
 def calibration_words(tokenizer, count: int = CALIBRATION_WORDS) -> list[str]:
@@ -62,8 +61,14 @@ def calibrate(model, vectors) -> dict[str, Any]:
 
 def cutoff(manifest, fixed: float | None = None) -> float | None:
     """The cutoff in force: `fixed` if given, else the index's calibration; None when there is neither (an index
-    calibrated for another statistic counts as none until it is updated)."""
+    calibrated for another statistic, or whose entry is not a finite number, counts as none until it is updated)."""
     if fixed is not None:
         return fixed
     entry = manifest.relevance
-    return entry.get("cutoff") if entry.get("version") == VERSION else None
+    value = entry.get("cutoff") if entry.get("version") == VERSION else None
+    return float(value) if _is_similarity(value) else None  # a hand-edited or damaged entry counts as none
+
+
+def _is_similarity(value: Any) -> bool:
+    """Whether a manifest value is a usable cosine similarity: a finite number (true and false are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))

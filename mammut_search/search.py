@@ -16,7 +16,7 @@ import numpy as np
 from mammut_search import hybrid, query as q, ranking, relevance, rerank as rr
 from mammut_search.errors import UserError
 from mammut_search.image_access import indexed_image
-from mammut_search.index.duplicates import DUPLICATE_SIMILARITY
+from mammut_search.index.duplicates import DUPLICATE_SIMILARITY, check_threshold
 from mammut_search.index.manifest import rebuild_command
 from mammut_search.live_index import LiveIndex
 from mammut_search.query import DEFAULT_K, QueryTerm
@@ -122,9 +122,7 @@ class Searcher:
     def search_terms(self, terms: list[QueryTerm], k: int = DEFAULT_K, *, vectors_only: bool = False) -> SearchResults:
         """Rank the indexed images by a weighted sum of the latents of texts and images (each unit norm; a
         negative weight steers away); the texts of positive terms are searched as words too."""
-        gen, k = self.live.served(), q.check_k(k)
-        if not any(t.weight for t in terms):
-            raise UserError("a combined query needs at least one term with a weight other than 0")
+        gen, k, terms = self.live.served(), q.check_k(k), q.check_terms(terms)
         latent = ranking.combine([self.encoder.text(t.text) if t.text is not None
                                   else self.encoder.image(t.image)[0] for t in terms],
                                  [t.weight for t in terms])
@@ -132,7 +130,8 @@ class Searcher:
         if not len(gen.ok_ids):
             return _with(results, EMPTY)
         ids, sims = ranking.nearest(gen, latent, k)
-        texts = "" if vectors_only else " ".join(t.text for t in terms if t.text is not None and t.weight > 0)
+        texts = "" if vectors_only else " ".join(q.prepare_text(self.model, t.text)[0] for t in terms
+                                                 if t.text is not None and t.weight > 0)  # as cut for the model
         self._fuse(results, gen, latent, ids, sims, dict(zip(ids.tolist(), sims.tolist())), texts, k)
         return results
 
@@ -156,7 +155,7 @@ class Searcher:
 
     def duplicates(self, item_id: int, *, threshold: float = DUPLICATE_SIMILARITY) -> SearchResults:
         """The near-identical images of an indexed image (latents at least `threshold` similar, copies too)."""
-        return self.similar(item_id, q.MAX_K, min_similarity=threshold)
+        return self.similar(item_id, q.MAX_K, min_similarity=check_threshold(threshold))
 
     def caption(self, image: Image.Image | str | os.PathLike | bytes, *, beam_width: int | None = None) -> str:
         """The generated caption of one image (a PIL image, a file path or the file's bytes), decoded as the

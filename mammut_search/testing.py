@@ -50,3 +50,37 @@ def end_rank() -> None:
     sys.stderr.flush()
     os._exit(0)
 
+
+
+# an open_clip MaMMUT with the real vocabulary and context, every width tiny (the layout of the fork's
+# mammut_ViT-*.json configs: avg_all pooling, cross-attention every second text block)
+TINY_OPEN_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16,
+                   "output_tokens": True, "pool_type": "avg_all", "final_ln_after_pool": True},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2,
+                 "output_tokens": True, "cross_attn_ratio": 2, "does_full_decoding": True},
+    "custom_text": True,
+}
+
+
+def write_open_clip_mammut(directory, model_cfg: dict | None = None, *, seed: int = 0):
+    """Random weights of an open_clip MaMMUT written as the hub holds them -> (open_clip_model.safetensors,
+    open_clip_config.json) paths. The names are open_clip's (OpenMammut spells them so)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from mammut_search.model.open_clip_convert import config_from_open_clip
+    from mammut_search.model.openmammut import OpenMammut
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model_cfg = model_cfg or TINY_OPEN_CLIP_CONFIG
+    torch.manual_seed(seed)
+    net = OpenMammut(config_from_open_clip(model_cfg, {}, source="random weights"))
+    weights, config = directory / "open_clip_model.safetensors", directory / "open_clip_config.json"
+    save_file({name: t.contiguous() for name, t in net.state_dict().items()}, str(weights))
+    config.write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.25] * 3}}))
+    return weights, config

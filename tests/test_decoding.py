@@ -1,5 +1,6 @@
 """Caption decoding with and without the key/value cache, beam search, and query likelihood."""
 
+import pytest
 import torch
 from PIL import Image
 
@@ -66,6 +67,7 @@ def test_max_len_and_no_endless_repetition(model):
         assert model.config.eos_id in row
 
 
+@pytest.mark.slow
 def test_score_text_ranks_matching_caption_first_on_overfitted_model():
     m = tiny_model(seed=3)
     imgs = pictures()

@@ -225,6 +225,7 @@ def kill_build_after_first_shard(checkpoint: Path, root: Path, out: Path) -> Non
     process.stderr.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("had_index", [False, True], ids=["fresh", "over-an-older-index"])
 def test_build_killed_with_sigkill_resumes_without_reencoding(tmp_path, model, had_index):
     from mammut_search import load_model

@@ -33,6 +33,7 @@ SLOW_CLI = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1], ids=["inline", "worker-process"])
 def test_ctrl_c_stops_a_build_with_one_line_and_leaves_the_index_usable(tmp_path, model, workers):
     checkpoint, root, out = tmp_path / "ckpt", tmp_path / "photos", tmp_path / "photos.index"

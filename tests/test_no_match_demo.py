@@ -13,7 +13,8 @@ import pytest
 from index_builder.build import BuildOptions, build_index
 from mammut_search.eval.domains import content_words
 from mammut_search import relevance
-from mammut_search.inference import default_checkpoint_dir, load_model
+from mammut_search.bundled import bundled_checkpoint_dir, demo_dir
+from mammut_search.inference import load_model
 from mammut_search.search import Searcher
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,14 +24,14 @@ CONCEPTS = json.loads((REPO / "benchmarks" / "no_match_concepts.json").read_text
 @pytest.fixture(scope="module")
 def demo_searcher(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo.index"
-    build_index([str(REPO / "data" / "demo" / "images")], out, load_model(device="cpu"),
-                checkpoint_dir=default_checkpoint_dir(), options=BuildOptions(progress=False))
+    build_index([str(demo_dir() / "images")], out, load_model(device="cpu"),
+                checkpoint_dir=bundled_checkpoint_dir(), options=BuildOptions(progress=False))
     with Searcher.open(out, device="cpu") as searcher:
         yield searcher
 
 
 def true_captions() -> dict[str, str]:
-    with open(REPO / "data" / "demo" / "captions.csv", newline="") as f:
+    with open(demo_dir() / "captions.csv", newline="") as f:
         return {Path(image).name: caption for image, caption in csv.reader(f)}
 
 

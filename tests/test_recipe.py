@@ -22,10 +22,10 @@ def test_default_toml_is_the_dataclass_default():
 
 
 def test_the_bundled_checkpoint_is_the_default_model():
-    from mammut_search.inference import default_checkpoint_dir
+    from mammut_search.bundled import bundled_checkpoint_dir
     from mammut_search.model.checkpoint import read_config
 
-    shipped = read_config(default_checkpoint_dir()).to_dict()
+    shipped = read_config(bundled_checkpoint_dir()).to_dict()
     default = MammutConfig(vocab_size=shipped["vocab_size"]).to_dict()
     set_by_training = {"vocab_size", "pad_id", "bos_id", "eos_id", "training"}
     assert {k: v for k, v in default.items() if k not in set_by_training} == \

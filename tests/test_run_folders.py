@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from mammut_search import atomic
 from mammut_search.errors import UserError
-from mammut_search.inference import default_checkpoint_dir
+from mammut_search.bundled import bundled_checkpoint_dir
 from mammut_search.model.checkpoint import WEIGHTS, file_sha256, save_checkpoint
 from mammut_search.testing import tiny_model
 from mammut_search.train.loop import train
@@ -64,7 +64,7 @@ def test_resume_writes_only_into_the_run_it_resumes(corpus, tmp_path):  # noqa: 
 def test_export_replaces_no_checkpoint_unless_asked(corpus, tmp_path):  # noqa: F811
     assert load_config("data/recipes/default.toml").export == ""
     assert load_config("data/recipes/validation.toml").export == ""
-    bundled = default_checkpoint_dir()
+    bundled = bundled_checkpoint_dir()
     shipped = weights_sha(bundled)
     for target in (bundled, tmp_path / "run-a" / "best"):
         if target != bundled:
@@ -165,3 +165,18 @@ def test_train_without_a_recipe_is_the_bundled_recipe(tmp_path, capsys):
     recipe.write_text("[model]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in printed["model"].items()
                                              if not isinstance(v, dict)))
     assert json.loads(json.dumps(load_config(recipe).resolved()["model"])) == printed["model"]
+
+
+@pytest.mark.parametrize("damage", [b"garbage", b"", "a dict without what resuming reads", "a list"])
+def test_resuming_from_a_damaged_training_state_is_one_line_naming_it(tmp_path, capsys, damage):
+    from mammut_search.cli import main
+
+    state = tmp_path / "run" / "last" / "train_state.pt"
+    state.parent.mkdir(parents=True)
+    if isinstance(damage, bytes):
+        state.write_bytes(damage)
+    else:
+        torch.save({"step": 3} if damage.startswith("a dict") else [1], state)
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {state}: damaged training state") and err.count("\n") == 1

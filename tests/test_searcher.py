@@ -271,7 +271,7 @@ def test_searcher_falls_back_to_the_bundled_checkpoint_when_the_index_one_is_gon
     index, checkpoint = build_test_index(tmp_path, count=4)
     bundled = tmp_path / "bundled"
     shutil.move(checkpoint, bundled)
-    monkeypatch.setattr("mammut_search.inference.default_checkpoint_dir", lambda: bundled)
+    monkeypatch.setattr("mammut_search.inference.bundled_checkpoint_dir", lambda: bundled)
     assert len(Searcher.open(index, device="cpu").search_text("a red circle", 2)) == 2
 
 

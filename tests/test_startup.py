@@ -41,7 +41,7 @@ def index(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("argv", [
     ["--help"], [], ["--version"], ["index", "--help"], ["search", "--help"],
     ["search", "a red apple"],  # no --index: an argument error
-    ["search", "--index"], ["index", "build"], ["caption"], ["eval"], ["ui"], ["nonsense"],
+    ["search", "--index"], ["index", "build"], ["caption"], ["eval"], ["ui"], ["demo", "--help"], ["nonsense"],
 ])
 def test_help_and_argument_errors_do_not_import_torch(argv):
     report = run_cli(*argv)

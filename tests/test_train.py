@@ -85,6 +85,7 @@ def read_log(run_dir):
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_tiny_run_lowers_both_losses_and_writes_a_card(corpus, tmp_path):
     config = tiny_recipe(tmp_path, steps=40, export=f"'{tmp_path / 'export'}'", word_weight=0.5,
                          word_max_share=0.5)
@@ -116,6 +117,7 @@ def test_word_vocabulary_shares_words_and_drops_function_and_template_words():
     assert rows == [[0, 1], [1, 2], [0, 3], [4]]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(corpus, tmp_path):
     straight = tiny_recipe(tmp_path, steps=20)
     train(straight, tmp_path / "straight", frame=corpus, progress=False)

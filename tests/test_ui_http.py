@@ -280,6 +280,21 @@ def test_a_bad_upload_is_described_without_the_servers_paths(served):
     assert "/tmp" not in text and "gradio" not in text
 
 
+def test_words_plus_an_upload_name_it_as_the_uploaded_image_never_by_the_servers_path(served):
+    item = served["searcher"].store.ok_items.iloc[2]
+    with httpx.Client(base_url=served["base"], timeout=60) as client:
+        with open(item["path"], "rb") as f:
+            good = client.post("/gradio_api/upload", files={"files": ("query.png", f, "image/png")}).json()[0]
+        bad = client.post("/gradio_api/upload", files={"files": ("x.png", b"not an image", "image/png")}).json()[0]
+    event, (gallery, message, _) = call(served["base"], "search",
+                                        ["a red circle", 4, False, False, file_data(good), 0.5])
+    assert event == "complete" and len(gallery) == 4 and "0\\.5×the uploaded image" in message
+    event, (gallery, message, _) = call(served["base"], "search", ["a red circle", 4, False, False, file_data(bad), -1])
+    assert event == "complete" and message.startswith("⚠️ The uploaded image cannot be used: not an image")
+    for text in (message, json.dumps(gallery)):
+        assert "/tmp" not in text and "gradio" not in text
+
+
 def test_query_images_are_decoded_a_few_at_a_time(served, monkeypatch):
     import threading
     import time
@@ -321,6 +336,7 @@ print(len(answer), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
 """
 
 
+@pytest.mark.slow
 def test_one_upload_of_a_huge_16_bit_png_costs_under_a_gigabyte(served, tmp_path):
     import os
     import subprocess
@@ -339,6 +355,7 @@ def test_one_upload_of_a_huge_16_bit_png_costs_under_a_gigabyte(served, tmp_path
     assert hits == 3 and peak < 1 << 30, f"{peak / 2**20:.0f} MiB"
 
 
+@pytest.mark.slow
 def test_wrong_passwords_are_answered_ever_more_slowly(served):
     import time
     from concurrent.futures import ThreadPoolExecutor

@@ -8,11 +8,12 @@ folders are on Gradio's block list as well.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 from PIL import Image
@@ -176,16 +177,18 @@ def search_text(searcher: Searcher, query: str, k: float, rerank: bool, vectors_
     """Text query, plus the uploaded image when its weight is not 0 -> (gallery of thumbnails with captions and
     scores, message, ids of the shown images). Terms typed with ` + ` and ` - ` are words only here: a browser
     never names a file of the server."""
-    if not (query or "").strip():
+    if not str(query or "").strip():
         return [], "Type a few words first, for example *a red apple*.", []
     if isinstance(image, UserError) and weight:
         raise image
     if image and weight:
         terms = [QueryTerm(text=t.text, weight=t.weight) for t in parse_arithmetic(query, files=False) or []]
-        answer = searcher.search_terms((terms or [QueryTerm(text=query)]) + [QueryTerm(image=image, weight=float(weight))],
-                                       int(k), vectors_only=bool(vectors_only))
+        upload = QueryTerm(image=image, weight=weight, name="the uploaded image")  # not the server's copy's path
+        with uploaded_image():
+            answer = searcher.search_terms((terms or [QueryTerm(text=query)]) + [upload], k,
+                                           vectors_only=bool(vectors_only))
     else:
-        answer = searcher.search_text(query, int(k), rerank=bool(rerank), vectors_only=bool(vectors_only), files=False)
+        answer = searcher.search_text(query, k, rerank=bool(rerank), vectors_only=bool(vectors_only), files=False)
     return gallery(searcher, answer), summary(answer), answer.ids
 
 
@@ -195,7 +198,7 @@ def show_item(searcher: Searcher, ids: list[int], k: float, index: Any) -> tuple
     if not isinstance(index, int) or not 0 <= index < len(ids):
         raise UserError("that image is no longer on the page; search again")
     item = searcher.item(ids[index])
-    answer, twins = searcher.similar(item["id"], int(k)), searcher.duplicates(item["id"])
+    answer, twins = searcher.similar(item["id"], k), searcher.duplicates(item["id"])
     names = ", ".join(markdown_text(_file_name(hit.path)) for hit in twins.hits[:10])
     more = f" and {len(twins) - 10} more" if len(twins) > 10 else ""
     text = (f"**Caption:** {markdown_text(item['caption']) or '(none)'}  \n"
@@ -213,13 +216,20 @@ def search_image(searcher: Searcher, upload: str | bytes | UserError | None, k: 
         raise upload
     if not upload:
         return "", [], []
+    with uploaded_image():
+        answer = searcher.search_image(upload, k, with_caption=True)
+    text = f"**Caption:** {markdown_text(answer.query_caption)}  \n{len(answer)} nearest images:"
+    return text, gallery(searcher, answer), answer.ids
+
+
+@contextlib.contextmanager
+def uploaded_image() -> Iterator[None]:
+    """Errors of loading an uploaded image speak of "the uploaded image", never of the server's copy of it."""
     try:
-        answer = searcher.search_image(upload, int(k), with_caption=True)
+        yield
     except ImageLoadError as e:
         reason = getattr(e, "reason", None) or "it cannot be read as an image"
         raise UserError(f"the uploaded image cannot be used: {reason}") from None
-    text = f"**Caption:** {markdown_text(answer.query_caption)}  \n{len(answer)} nearest images:"
-    return text, gallery(searcher, answer), answer.ids
 
 
 def gallery(searcher: Searcher, answer: SearchResults) -> list[tuple[Image.Image, str]]:

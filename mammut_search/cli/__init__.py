@@ -10,14 +10,18 @@ import importlib
 import os
 import sys
 
+from mammut_search import __version__
+
 SUBCOMMANDS = {
     "index": ("build, update or inspect an image index (index build | update | info | duplicates)", "index"),
     "search": ("search an index with a text query or an image", "search"),
     "caption": ("write a caption for each image (no index needed)", "caption"),
     "eval": ("recall@k both ways and caption quality on a captioned collection", "eval"),
+    "convert": ("turn another format's weights (open_clip MaMMUT: LAION's openMaMMUT) into a checkpoint", "convert"),
     "train": ("train a MaMMUT checkpoint", "train"),
     "corpus": ("fetch and render the offline training corpus and the demo collection", "corpus"),
     "ui": ("start the browser interface for an index", "ui"),
+    "demo": ("index the bundled demo collection (once, into the user's cache) and serve the browser UI", "demo"),
 }
 
 
@@ -27,7 +31,7 @@ def build_parser(load_modules: set[str] | None = None) -> argparse.ArgumentParse
         prog="mammut",
         description="Search image collections with MaMMUT: one model that retrieves images and captions them.",
     )
-    parser.add_argument("--version", action="version", version="mammut-search 0.1.0")
+    parser.add_argument("--version", action="version", version=f"mammut-search {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, module_name) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from mammut_search.cli.options import DEVICE_HELP, device_option
+
 # Decoding bounds: the cost grows with beam width x length. One image with the bundled model on a 2-core CPU:
 # beam 64 held 441 MB (as beam 1 does), beam 256 540 MB; beam 100,000 exhausted 24 GB. Captions are trained
 # up to 32 tokens; 128 leaves room for any checkpoint without letting a typo run for minutes.
@@ -16,7 +18,7 @@ MAX_CAPTION_LEN = 128
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image files to caption")
     parser.add_argument("--checkpoint", help="checkpoint directory (default: the bundled model)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--device", type=device_option, help=DEVICE_HELP)
     add_decoding_arguments(parser, "as indexes and the UI use")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
 

@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "imagenet: only fetch the ImageNet class names into CACHE_DIR/imagenet/classes.json")
     demo = sub.add_parser("demo", help="copy validation-style images from the built corpus into a demo folder")
     demo.add_argument("--cache-dir", type=Path, default=Path("data/cache"), help="default: data/cache")
-    demo.add_argument("--out", type=Path, default=Path("data/demo"), help="default: data/demo")
+    demo.add_argument("--out", type=Path, default=Path("data/demo"),
+                      help="default: data/demo (to ship it, copy it over mammut_search/bundled/demo)")
     demo.add_argument("--count", type=int, default=300, help="number of images (default 300)")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mammut_search.cli.options import DEVICE_HELP, device_option
+
 CONVENTIONS_HELP = """\
 inputs (--captions): a Karpathy split JSON (dataset_coco.json, dataset_flickr30k.json), COCO captions JSON
   (captions_val2017.json; images beside it or in ../val2017/), a CSV/TSV/JSONL/parquet of image,caption rows
@@ -74,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mammut_search.cli.caption import add_decoding_arguments
 
     add_decoding_arguments(parser, "as indexes use")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--device", type=device_option, help=DEVICE_HELP)
     parser.add_argument("--batch-size", type=_positive, help="images per batch (default: chosen for the device)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

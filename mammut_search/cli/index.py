@@ -8,6 +8,8 @@ import json
 import logging
 import sys
 
+from mammut_search.cli.options import DEVICE_HELP, device_option
+
 
 INTERRUPTED = ("interrupted: the index is as it was; run the same command again to go on (images encoded so far "
                "are kept)")
@@ -52,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--device", type=device_option, help=DEVICE_HELP)
     parser.add_argument("--batch-size", type=_positive,
                         help="images per model batch (default: chosen for the device and its memory)")
     parser.add_argument("--workers", type=_non_negative, default=None,
@@ -110,9 +112,10 @@ def _update(args: argparse.Namespace) -> int:
 
 def _print_summary(store) -> None:
     run = store.manifest.last_run
+    rate = f", {run.encoded / run.seconds:.1f} images/s" if run.encoded and run.seconds else ""
     print(f"{store.directory}: {run.images} images indexed, {run.skipped} files skipped "
           f"({run.encoded} encoded, {run.resumed} resumed, {run.reused} reused, "
-          f"{run.removed} removed) in {run.seconds:.1f} s")
+          f"{run.removed} removed) in {run.seconds:.1f} s{rate}")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -165,21 +168,29 @@ def _duplicates(args: argparse.Namespace) -> int:
 
 
 def _similarity(text: str) -> float:
-    value = float(text)
+    value = _number(float, text, "a cosine similarity, a number between -1 and 1")
     if not -1.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"a cosine similarity lies between -1 and 1, got {text}")
     return value
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _number(int, text, "a whole number, at least 1")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
 
 
 def _non_negative(text: str) -> int:
-    value = int(text)
+    value = _number(int, text, "a whole number, 0 or more")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
+
+
+def _number(kind: type, text: str, expected: str):
+    """`text` as an int or a float, or an argparse error saying what was expected (not the parser's name)."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None

@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from mammut_search.cli.options import DEVICE_HELP, device_option
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mammut_search.search import DEFAULT_K, RERANK_BY_DEFAULT
@@ -27,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="search the images' latents only, not their file names, folders and captions")
     parser.add_argument("--checkpoint", help="checkpoint directory (default: the one the index was built with, "
                                              "else the bundled model)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--device", type=device_option, help=DEVICE_HELP)
     parser.add_argument("--json", action="store_true", help="print the whole answer as one JSON object")
 
 

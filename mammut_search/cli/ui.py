@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from mammut_search.cli.options import DEVICE_HELP, device_option
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, help="index directory (made by mammut index build)")
@@ -17,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload", default="10mb", help="largest image upload (default %(default)s)")
     parser.add_argument("--checkpoint", help="checkpoint directory (default: the one the index was built with, "
                                              "else the bundled model)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--device", type=device_option, help=DEVICE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,8 +5,11 @@ No image is decoded."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from mammut_search.errors import UserError
 
 DUPLICATE_SIMILARITY = 0.95  # how it was chosen: benchmarks/RESULTS.md, "Near-duplicates"
 BLOCK = 4096  # query vectors per range search: bounds the memory of the answers
@@ -18,6 +21,13 @@ class DuplicateGroup:
 
     ids: list[int]
     copies: list[int]
+
+
+def check_threshold(threshold: Any) -> float:
+    """A least similarity of near-duplicates, a finite number (above 1: byte copies only), or a UserError naming it."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or not np.isfinite(threshold):
+        raise UserError(f"a near-duplicate threshold is a cosine similarity, a number, got {threshold!r}")
+    return float(threshold)
 
 
 def similar_pairs(vectors: np.ndarray, threshold: float) -> np.ndarray:
@@ -38,6 +48,7 @@ def similar_pairs(vectors: np.ndarray, threshold: float) -> np.ndarray:
 
 def duplicate_groups(store, threshold: float = DUPLICATE_SIMILARITY) -> list[DuplicateGroup]:
     """The groups of near-identical images of an opened index (IndexStore), largest first."""
+    threshold = check_threshold(threshold)
     ok = store.ok_items.sort_values("id")
     ids = ok["id"].to_numpy(np.int64)
     if not len(ids):

@@ -82,17 +82,24 @@ class KeywordIndex:
         self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
                                    check_same_thread=False)
         self._lock = threading.Lock()
+        self._damaged = False  # said once; then searched no more
 
     def search(self, text: str, limit: int) -> list[KeywordHit]:
         """The items holding any of the query's words, by BM25 rank, at most `limit`."""
         words = query_words(text)
-        if not words:
+        if not words or self._damaged:
             return []
         match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
         marks = ", ".join(f"highlight(words, {c}, '{_MARK_OPEN}', '{_MARK_CLOSE}')" for c in range(len(COLUMNS)))
         sql = f"SELECT rowid, {marks} FROM words WHERE words MATCH ? ORDER BY rank LIMIT ?"
-        with self._lock:
-            rows = self._db.execute(sql, (match, int(limit))).fetchall()
+        try:
+            with self._lock:
+                rows = self._db.execute(sql, (match, int(limit))).fetchall()
+        except sqlite3.DatabaseError as e:  # a damaged file of the right size: the images' latents still answer
+            self._damaged = True
+            log.warning("%s: cannot search the keyword index (%s); searching the images' latents only; "
+                        "rebuild the index to mend it", self.path, e)
+            return []
         return [KeywordHit(int(r[0]), _marked(r[1]) + tuple(w for w in _marked(r[2]) if w not in _marked(r[1])),
                            _marked(r[3])) for r in rows]
 

@@ -8,6 +8,7 @@ last committed index stays loadable whatever moment a writer is killed at.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -44,10 +45,7 @@ ITEMS_SCHEMA = pa.schema([
     ("caption", pa.string()), ("status", pa.string()),
 ])
 
-
-def empty_items() -> pd.DataFrame:
-    """An items table with no rows and the right column types."""
-    return items_frame([])
+log = logging.getLogger(__name__)
 
 
 def items_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -129,6 +127,9 @@ class IndexStore:
             if KEYWORDS_FILE in self.manifest.files and path.exists() \
                     and path.stat().st_size == self.manifest.files[KEYWORDS_FILE]:
                 keywords = open_keywords(path)
+            elif KEYWORDS_FILE in self.manifest.files:
+                log.warning("%s: missing or changed; searching the images' latents only; rebuild the index to "
+                            "mend it", path)
             self._keywords = keywords
         return self._keywords
 
@@ -155,11 +156,6 @@ class IndexStore:
     def size_bytes(self) -> int:
         """Bytes the index directory's files take."""
         return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
-
-    def is_current(self) -> bool:
-        """Whether this is still the committed generation (False once an update committed a newer one)."""
-        latest = previous_manifest(self.directory)
-        return latest is None or latest.generation == self.manifest.generation
 
     @staticmethod
     def commit(index_dir: str | Path, items: pd.DataFrame, vectors, manifest: Manifest, *,

@@ -48,10 +48,6 @@ class StoredTokens:
     def shape(self) -> tuple[int, int]:
         return tuple(self.array.shape[1:])
 
-    def has(self, item_id: int) -> bool:
-        row = np.searchsorted(self.ids, item_id)
-        return bool(row < len(self.ids) and self.ids[row] == item_id)
-
     def rows(self, ids: Sequence[int]) -> np.ndarray:
         """Tokens (b q d), float32, of ok item ids; KeyError for an id that has none."""
         wanted = np.asarray(ids, np.int64)

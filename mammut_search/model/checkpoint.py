@@ -6,6 +6,7 @@ fsynced and renamed into place, config.json last, so a crash never leaves a half
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,6 +20,8 @@ from mammut_search.atomic import atomic_write
 from mammut_search.model.config import MammutConfig
 from mammut_search.errors import CheckpointError
 from mammut_search.model.mammut import MaMMUT
+from mammut_search.model.openmammut import KIND as OPEN_CLIP_KIND
+from mammut_search.model.openmammut import OpenMammut, OpenMammutConfig
 from mammut_search.model.tokenizer import Tokenizer
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
@@ -38,8 +41,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
+def config_from_dict(data: dict) -> MammutConfig | OpenMammutConfig:
+    """A config.json's contents -> the config of the kind it names (our own MaMMUT when it names none)."""
+    if isinstance(data, dict) and data.get("kind") == OPEN_CLIP_KIND:
+        return OpenMammutConfig.from_dict(data)
+    return MammutConfig.from_dict(data)
+
+
+def build_network(config: MammutConfig | OpenMammutConfig) -> MaMMUT | OpenMammut:
+    """The network of a config's kind, with fresh weights."""
+    return OpenMammut(config) if isinstance(config, OpenMammutConfig) else MaMMUT(config)
+
+
 def save_checkpoint(
-    directory: str | Path, net: MaMMUT, tokenizer: Tokenizer, *, dtype: torch.dtype = torch.float32
+    directory: str | Path, net: MaMMUT | OpenMammut, tokenizer: Tokenizer, *, dtype: torch.dtype = torch.float32
 ) -> str:
     """Write a checkpoint directory; returns its identity (sha256 of model.safetensors)."""
     directory = Path(directory)
@@ -72,20 +87,21 @@ def current_umask() -> int:
     return mask
 
 
-def read_config(directory: str | Path) -> MammutConfig:
-    """config.json -> MammutConfig, refusing a missing or malformed file with its path."""
+def read_config(directory: str | Path) -> MammutConfig | OpenMammutConfig:
+    """config.json -> the model config of its kind, refusing a missing or malformed file with its path."""
     path = Path(directory) / CONFIG
     if not Path(directory).is_dir():
         raise CheckpointError(f"{directory}: not a checkpoint directory (it does not exist or is not a folder)")
     try:
-        return MammutConfig.from_dict(json.loads(path.read_text()))
+        return config_from_dict(json.loads(path.read_text()))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing; a checkpoint holds {CONFIG}, {WEIGHTS} and {TOKENIZER}") from None
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: not a valid model config ({e})") from None
 
 
-def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[MaMMUT, Tokenizer, str]:
+def load_checkpoint(directory: str | Path,
+                    device: str | torch.device = "cpu") -> tuple[MaMMUT | OpenMammut, Tokenizer, str]:
     """Checkpoint directory -> (network in eval mode, tokenizer, sha256 of the weights).
 
     Refuses, naming the file: a missing file, a truncated or corrupt weights file, or weights whose names
@@ -108,7 +124,11 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights_path}: corrupt or truncated weights ({e})") from None
-    net = MaMMUT(config)
+    # an open_clip MaMMUT keeps no tensor outside its state dict: built on no memory, its weights loaded in place
+    # (hundreds of millions of initial values would only be overwritten)
+    empty = isinstance(config, OpenMammutConfig)
+    with torch.device("meta") if empty else contextlib.nullcontext():
+        net = build_network(config)
     expected = net.state_dict()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -120,5 +140,5 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
             raise CheckpointError(
                 f"{weights_path}: {name} has shape {tuple(tensor.shape)}, config expects {tuple(expected[name].shape)}"
             )
-    net.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+    net.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, assign=empty)
     return net.to(device).eval(), tokenizer, file_sha256(weights_path)

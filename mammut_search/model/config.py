@@ -8,7 +8,7 @@ from typing import Any
 
 # The one caption decoding setting: index builds, `mammut caption`, image queries and `mammut eval` all use
 # it, so one image gets one caption wherever it is shown (an index records the width it was built with).
-# Greedy or beam was chosen by caption metrics on data/demo (benchmarks/RESULTS.md, "Caption decoding").
+# Greedy or beam was chosen by caption metrics on the bundled demo (benchmarks/RESULTS.md, "Caption decoding").
 CAPTION_BEAM_WIDTH = 1
 CAPTION_MAX_LEN = 24
 

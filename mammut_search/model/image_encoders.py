@@ -53,7 +53,15 @@ class EfficientNetLite0Encoder(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (b 3 H W) -> tokens (b (h w) 1280), h = w = grid when set; then, with the classifier token,
         the map's global average (b 1 1280): what the ImageNet classifier reads."""
-        fmap = self.net.extract_features(pixels)
+        return self.tokens_from_map(self.feature_map(pixels))
+
+    def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (b 3 H W) -> the backbone's last feature map (b 1280 h w): the costly part, which a CPU
+        runtime may run instead (its ONNX export cannot express the adaptive pooling of `tokens_from_map`)."""
+        return self.net.extract_features(pixels)
+
+    def tokens_from_map(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The last feature map (b 1280 h w) -> tokens, as `forward` returns them."""
         grid = F.adaptive_avg_pool2d(fmap, self.grid) if self.grid else fmap
         tokens = rearrange(grid, "b c h w -> b (h w) c")
         if not self.classifier_token:

@@ -122,14 +122,10 @@ class MaMMUT(nn.Module):
         return pooled[:, 0], tokens
 
     def image_latents(self, features: torch.Tensor) -> torch.Tensor:
-        """features (b j c) -> the unit-norm vectors images are indexed by (b r): the contrastive latent, and
-        with fusion on its semantic part beside it."""
-        _, semantic = self.split_features(features)  # the classifier runs once for all three readers
+        """features (b j c) -> unit-norm contrastive image latents (b l) (what an index stores: model.retrieval)."""
+        _, semantic = self.split_features(features)  # the classifier runs once for both readers
         cls, _ = self.pool_image(features, semantic=semantic)
-        latents = self.contrastive_image_latents(cls, features, semantic=semantic)
-        if not self.config.fusion_weight:
-            return latents
-        return self.fuse(latents, F.normalize(semantic.float(), dim=-1).to(latents.dtype))
+        return self.contrastive_image_latents(cls, features, semantic=semantic)
 
     def contrastive_image_latents(self, cls: torch.Tensor, features: torch.Tensor,
                                   token_index: torch.Tensor | None = None,
@@ -156,33 +152,6 @@ class MaMMUT(nn.Module):
         n = self.config.image_encoder.grid_tokens
         grid = features.new_zeros(b, n, c).scatter(1, token_index[..., None].expand(-1, -1, c), features)
         return grid.flatten(1) * (n / kept)
-
-    def fuse(self, latents: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
-        """Unit-norm latents (b l) and unit-norm semantic vectors (b s), the latter scaled by the fusion weight
-        (and for queries by their gate) -> unit-norm retrieval vectors (b (l+s))."""
-        return F.normalize(torch.cat([latents, self.config.fusion_weight * semantic], dim=-1), dim=-1)
-
-    def query_gate(self, semantic: torch.Tensor) -> torch.Tensor:
-        """Unit-norm semantic estimates of queries (b s) -> how much each names an ImageNet class (b 1)."""
-        c = self.config
-        if not c.fusion_gate:
-            return semantic.new_ones(semantic.shape[0], 1)
-        classes = F.normalize(self.class_embeddings.float(), dim=-1).to(semantic.dtype)
-        best = (semantic @ classes.t()).amax(dim=-1, keepdim=True)
-        return torch.sigmoid(c.fusion_gate * (best - c.fusion_gate_center))
-
-    def text_semantic(self, latents: torch.Tensor) -> torch.Tensor:
-        """Text latents (b l) -> unit-norm estimates of their sentence embeddings (b s)."""
-        return F.normalize(self.text_to_semantic(latents).float(), dim=-1).to(latents.dtype)
-
-    def query_latents(self, text: torch.Tensor) -> torch.Tensor:
-        """ids (b n) -> the unit-norm vectors queries search with (b r): the text latent, and with fusion on the
-        gated estimate of the query's sentence embedding beside it."""
-        latents = self.text_latents(text)
-        if not self.config.fusion_weight:
-            return latents
-        semantic = self.text_semantic(latents)
-        return self.fuse(latents, self.query_gate(semantic) * semantic)
 
     # ----- contrastive text pass -----
 

@@ -1,13 +1,20 @@
-"""Text tokenizer: a HF `tokenizers` model with beginning, end and padding tokens, saved as tokenizer.json."""
+"""Text tokenizer: a HF `tokenizers` model with beginning, end and padding tokens, saved as tokenizer.json.
+
+Three framings are recognised by their special tokens: our own BPE's, BERT's (MiniLM's WordPiece) and CLIP's
+(open_clip checkpoints: <start_of_text> ... <end_of_text>, padded with id 0, text cleaned as open_clip cleans it).
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterable
 
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+from mammut_search.model.clip_tokenizer import END, START, clip_clean
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 # BERT-style WordPiece vocabularies (e.g. MiniLM's) frame texts with [CLS] ... [SEP]
@@ -19,13 +26,21 @@ class Tokenizer:
 
     def __init__(self, hf: HFTokenizer):
         self.hf = hf
+        self.clean = str.strip
+        clip = [hf.token_to_id(name) for name in (START, END)]
         for names in ((PAD, BOS, EOS), BERT_SPECIALS):
             ids = [hf.token_to_id(name) for name in names]
             if None not in ids:
                 self.pad_id, self.bos_id, self.eos_id = ids
                 break
         else:
-            raise ValueError(f"tokenizer has neither {(PAD, BOS, EOS)} nor {BERT_SPECIALS} special tokens")
+            if None in clip:
+                raise ValueError(f"tokenizer has none of {(PAD, BOS, EOS)}, {BERT_SPECIALS}, {(START, END)} "
+                                 "special tokens")
+            # open_clip pads with id 0, a real token ("!"): the pad id only fills rows after <end_of_text>
+            self.pad_id, (self.bos_id, self.eos_id), self.clean = 0, clip, clip_clean
+        # ids that decoding drops (it stops at <eos>, after which CLIP's pads come)
+        self.not_text = {self.bos_id} if self.clean is clip_clean else {self.bos_id, self.pad_id}
         self.hf.no_padding()
         self.hf.no_truncation()
 
@@ -46,7 +61,7 @@ class Tokenizer:
         if max_len < 3:
             raise ValueError("max_len must leave room for <bos>, one token and <eos>")
         rows = []
-        for encoding in self.hf.encode_batch([text.strip() for text in texts], add_special_tokens=False):
+        for encoding in self.hf.encode_batch([self.clean(text) for text in texts], add_special_tokens=False):
             rows.append([self.bos_id, *encoding.ids[: max_len - 2], self.eos_id])
         width = max(len(row) for row in rows)
         out = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -56,7 +71,14 @@ class Tokenizer:
 
     def token_count(self, text: str) -> int:
         """Number of word-piece tokens in a text, without the frame."""
-        return len(self.hf.encode(text.strip(), add_special_tokens=False).ids)
+        return len(self.hf.encode(self.clean(text), add_special_tokens=False).ids)
+
+    def whole_words(self) -> list[str]:
+        """The vocabulary's whole words of lower-case letters, 4 or more, sorted (in CLIP's vocabulary the tokens
+        that close a word, '</w>' dropped; elsewhere the tokens that are such words)."""
+        vocab = self.hf.get_vocab()
+        pattern = r"([a-z]{4,})</w>" if self.clean is clip_clean else r"([a-z]{4,})"
+        return sorted(m[1] for w in vocab if (m := re.fullmatch(pattern, w)))
 
     def decode(self, ids: Iterable[int]) -> str:
         """ids -> text, stopping at <eos> and dropping special tokens."""
@@ -65,7 +87,7 @@ class Tokenizer:
             i = int(i)
             if i == self.eos_id:
                 break
-            if i not in (self.bos_id, self.pad_id):
+            if i not in self.not_text:
                 words.append(i)
         return self.hf.decode(words, skip_special_tokens=True).strip()
 

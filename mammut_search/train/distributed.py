@@ -31,11 +31,6 @@ class Runtime:
     def main(self) -> bool:
         return self.rank == 0
 
-    def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
 
 def setup_runtime(config: TrainConfig) -> Runtime:
     """Join the process group under torchrun (WORLD_SIZE > 1) and pick the device."""

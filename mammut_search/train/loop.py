@@ -53,11 +53,12 @@ from mammut_search.train.prepare import (
     training_rows,
 )
 from mammut_search.train.recipe import TrainConfig
-from mammut_search.train.run_folder import (
+from mammut_search.train.run_folder import (  # noqa: F401 (TRAIN_STATE: named through this module too)
     TRAIN_STATE,
     check_export,
     claim_run_dir,
     find_resume_dir,
+    load_train_state,
     save_run_checkpoint,
 )
 
@@ -195,7 +196,7 @@ def start_network(config: TrainConfig, frame: pd.DataFrame, runtime: Runtime,
         resume_dir = find_resume_dir(resume)
         net, tokenizer, _ = load_checkpoint(resume_dir)
         net.config.training = {}
-        return net, tokenizer, torch.load(resume_dir / TRAIN_STATE, map_location="cpu", weights_only=False)
+        return net, tokenizer, load_train_state(resume_dir)
     texts = caption_table(training_rows(config, frame))
     if config.label_weight > 0 and config.model.get("semantic_dim", MammutConfig.semantic_dim):
         texts += [t for names in imagenet_label_texts(config)[1] for t in names]

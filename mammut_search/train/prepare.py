@@ -16,10 +16,11 @@ from torch import nn
 from tqdm import tqdm
 
 from mammut_search.atomic import atomic_write
+from mammut_search.cpu_encoder import image_features
 from mammut_search.errors import UserError
 from mammut_search.eval.metrics import tokenize
-from mammut_search.inference import preprocess_images
-from mammut_search.model.checkpoint import file_sha256
+from mammut_search.files import sha256_regular
+from mammut_search.inference import bf16_on_cuda, preprocess_images
 from mammut_search.model.config import ImageEncoderConfig
 from mammut_search.model.mammut import MaMMUT
 from mammut_search.model.tokenizer import Tokenizer
@@ -136,8 +137,8 @@ def encoder_input_fn(net: MaMMUT, runtime: Runtime, cached_features: bool):
 
     def features(images):
         pixels = preprocess_images(images, image_config).to(runtime.device)
-        with runtime.autocast():
-            return net.image_features(pixels).float().cpu()
+        with bf16_on_cuda(runtime.device):
+            return image_features(net, pixels).float().cpu()  # on a CPU through ONNX Runtime
 
     return features
 
@@ -163,7 +164,7 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
     max_len = net.config.max_text_len
     data_card = {
         "manifest": str(config.manifest),
-        "manifest_sha256": file_sha256(config.manifest) if Path(config.manifest).is_file() else "",
+        "manifest_sha256": sha256_regular(config.manifest) if Path(config.manifest).is_file() else "",
         "splits": {str(k): int(v) for k, v in frame["split"].value_counts().items()},
         "concepts_per_split": {str(k): int(v) for k, v in frame.groupby("split")["concept_id"].nunique().items()},
         "train_images": len(train), "train_concepts": int(train["concept_id"].nunique()),

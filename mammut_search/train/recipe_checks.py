@@ -38,7 +38,7 @@ TRAINING_RULES: dict[str, Rule] = {
 }
 MODEL_RULES: dict[str, Rule] = {
     **{name: AT_LEAST_1 for name in ("dim", "depth", "heads", "dim_head", "ff_mult", "num_img_queries",
-                                     "dim_latents", "semantic_top_k")},
+                                     "dim_latents", "semantic_top_k", "cross_attend_every")},
     "max_text_len": ((lambda v: v >= 4), "at least 4 (a start, an end and two words)"),
 }
 IMAGE_RULES: dict[str, Rule] = {
@@ -46,6 +46,8 @@ IMAGE_RULES: dict[str, Rule] = {
     "image_size": ((lambda v: v >= 32), "at least 32 pixels"),
     "trainable_blocks": ((lambda v: 0 <= v <= 16), "between 0 and 16 (EfficientNet-Lite0 has 16 blocks)"),
     **{name: AT_LEAST_1 for name in ("patch_size", "vit_dim", "vit_depth", "vit_heads")},
+    "std": ((lambda v: all(x > 0 for x in v)), "a list of 3 numbers above 0 (pixels are divided by them)"),
+    "background": ((lambda v: all(0 <= x <= 255 for x in v)), "a list of 3 numbers from 0 to 255"),
 }
 
 

@@ -49,8 +49,27 @@ def save_train_state(state: dict, path: Path) -> None:
 
 def run_recipe(path: str | Path) -> TrainConfig:
     """The recipe a run directory was trained with (from its train_state.pt)."""
-    state = torch.load(find_resume_dir(Path(path)) / TRAIN_STATE, map_location="cpu", weights_only=False)
-    return TrainConfig.from_dict(state["recipe"])
+    return TrainConfig.from_dict(load_train_state(Path(path))["recipe"])
+
+
+STATE_KEYS = ("recipe", "step", "best_score", "best_step", "history", "optimizer", "torch_rng")  # what resuming reads
+
+
+def load_train_state(path: Path) -> dict:
+    """The train_state.pt of a run directory or its `last/`; a UserError naming it when it is unreadable or lacks
+    what resuming reads (a crash while it was copied by hand, a file from elsewhere)."""
+    file = find_resume_dir(path) / TRAIN_STATE
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a damaged pickle raises anything from EOFError to ValueError
+        state, reason = None, f"{type(e).__name__}: {e}".splitlines()[0]
+    else:
+        missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else []
+        reason = "" if isinstance(state, dict) and not missing else f"no {', '.join(missing or ['dictionary'])}"
+    if reason:
+        raise UserError(f"{file}: damaged training state ({reason}); the run cannot be resumed from it, only "
+                        f"started again (--overwrite)")
+    return state
 
 
 def find_resume_dir(path: Path) -> Path:
@@ -108,10 +127,10 @@ def check_export(config: TrainConfig, *, overwrite: bool) -> None:
     """An export never replaces a checkpoint (the bundled one above all) unless asked to."""
     if not config.export:
         return
-    from mammut_search.inference import default_checkpoint_dir
+    from mammut_search.bundled import bundled_checkpoint_dir
 
     target = Path(config.export)
-    bundled = target.resolve() == default_checkpoint_dir().resolve()
+    bundled = target.resolve() == bundled_checkpoint_dir().resolve()
     if (bundled or (target / "config.json").exists()) and not overwrite:
         what = "the bundled checkpoint" if bundled else "a checkpoint"
         raise UserError(f"export = {config.export!r} is {what}; export elsewhere, or pass --overwrite to replace it")

@@ -21,6 +21,7 @@ from mammut_search.eval import metrics
 from mammut_search.eval.domains import caption_hits
 from mammut_search.model.decoding import generate
 from mammut_search.model.mammut import MaMMUT
+from mammut_search.model.retrieval import image_retrieval_vectors, query_retrieval_vectors
 from mammut_search.model.tokenizer import Tokenizer
 from mammut_search.train.data import sentence_query
 
@@ -64,18 +65,19 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch:
 
 @torch.no_grad()
 def image_latents(net: MaMMUT, inputs: torch.Tensor, *, features: bool, device, batch: int = 256) -> torch.Tensor:
-    """Cached encoder inputs (i ...) -> unit-norm image latents (i l)."""
-    encode = (lambda x: net.image_latents(x)) if features else (lambda x: net.image_latents(net.image_features(x)))
+    """Cached encoder inputs (i ...) -> unit-norm retrieval vectors of the images (i r)."""
+    encode = ((lambda x: image_retrieval_vectors(net, x)) if features
+              else (lambda x: image_retrieval_vectors(net, net.image_features(x))))
     return _batched(encode, inputs, batch, device)
 
 
 @torch.no_grad()
 def text_latents(net: MaMMUT, tokenizer: Tokenizer, texts: list[str], device, batch: int = 512) -> torch.Tensor:
-    """texts -> unit-norm text latents (t l)."""
+    """texts -> unit-norm retrieval vectors of the texts as queries (t r)."""
     out = []
     for s in range(0, len(texts), batch):
         ids = tokenizer.encode(texts[s:s + batch], net.config.max_text_len).to(device)
-        out.append(net.query_latents(ids).float().cpu())
+        out.append(query_retrieval_vectors(net, ids).float().cpu())
     return torch.cat(out)
 
 

@@ -1,0 +1,27 @@
+"""Argument types shared by the subcommands: a value this program cannot use is refused while the arguments are
+parsed, in one line, before any model is loaded."""
+
+from __future__ import annotations
+
+import argparse
+
+DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: cuda when available)"
+
+
+def device_option(text: str) -> str:
+    """An argparse type: `cpu`, `cuda`, `cuda:N` of a GPU this machine has, or `mps` where torch has it."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: give cpu, cuda or cuda:N")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: torch sees no Apple GPU here; use cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA GPU (torch sees none); use cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return text
