@@ -68,3 +68,10 @@ def test_update_reports_encoded_and_skipped_files_truthfully(tmp_path, model, ca
     text = caplog.text
     assert "encoded 1 image" in text and "2 files could not be decoded" in text
     assert "encoding 3 files" not in text
+
+
+def test_the_readme_stays_short_with_the_details_in_docs():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme) <= 12_000
+    for link in ("docs/model.md", "docs/quality.md", "docs/training.md", "docs/search.md", "docs/scaling.md"):
+        assert link in readme and (REPO / link).is_file()
