@@ -138,7 +138,7 @@ class _Client:
 def throttled_login(user: str, password: str) -> Callable:
     """Gradio's login check for one user name and password, slowed down after wrong ones, per client address:
     each wrong try waits LOGIN_FIRST_DELAY seconds, doubling up to LOGIN_MAX_DELAY, and one address's tries are
-    answered one at a time (guessing in parallel is no faster; 200 guesses took 3.4 s without this). Another
+    answered one at a time (so guessing in parallel is no faster than guessing in turn). Another
     address is never kept waiting by them. A right login resets its address's delay. (Behind a reverse proxy
     every client has the proxy's address.)"""
     clients: OrderedDict[str, _Client] = OrderedDict()
