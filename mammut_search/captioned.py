@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from mammut_search.errors import UserError
-from mammut_search.files import read_regular
+from mammut_search.files import printable, read_regular
 from mammut_search.images import has_image_extension
 
 COLUMNS = ("path", "captions", "concept_id", "name", "split")
@@ -163,13 +163,6 @@ def describe_problems(problems: Sequence[dict[str, str]], shown: int = 5) -> str
     """"where: reason; where: reason ..." for the first `shown` problems, file names made printable."""
     text = "; ".join(f"{printable(p['where'])}: {printable(p['reason'])}" for p in problems[:shown])
     return text + (" ..." if len(problems) > shown else "")
-
-
-def printable(text: str) -> str:
-    """A file name as one safe line of a terminal: control characters (escape sequences, NUL, newlines) and
-    undecodable bytes written as backslash escapes."""
-    text = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 # ----- JSON documents -----

@@ -64,3 +64,9 @@ def sha256_regular(path: str | os.PathLike) -> str:
             left -= len(chunk)
     return digest.hexdigest()
 
+
+def printable(text: str) -> str:
+    """Text (a file name, a caption) as one safe terminal line: undecodable bytes of a name as \\xNN, and
+    newlines, tabs and terminal escapes (any non-printable character) as Python writes them (\\n, \\t, \\x1b)."""
+    text = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

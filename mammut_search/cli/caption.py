@@ -51,7 +51,7 @@ def bounded_int(low: int, high: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammut_search.captioned import printable
+    from mammut_search.files import printable
     from mammut_search.inference import load_model
     from mammut_search.errors import ImageLoadError
 

@@ -10,6 +10,7 @@ import json
 import sys
 
 from mammut_search.cli.options import DEVICE_HELP, device_option
+from mammut_search.files import printable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,11 +65,3 @@ def print_table(results) -> None:
         print("no results", file=sys.stderr)
     for hit in results:
         print(f"{hit.rank}\t{hit.score:.4f}\t{printable(hit.path)}\t{printable(hit.caption)}\t{printable(hit.why())}")
-
-
-def printable(text: str) -> str:
-    """Text safe to print on a terminal line: undecodable bytes of a name as \\xNN, and newlines, tabs and
-    terminal escapes (any non-printable character) as Python writes them (\\n, \\t, \\x1b)."""
-    from mammut_search.index.store import readable
-
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in readable(text))

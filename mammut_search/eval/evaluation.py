@@ -23,9 +23,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from mammut_search.atomic import atomic_write
-from mammut_search.captioned import OUTSIDE_HINT, CaptionedImages, describe_problems, printable, went_outside
-from mammut_search.eval import metrics
+from mammut_search.captioned import OUTSIDE_HINT, CaptionedImages, describe_problems, went_outside
 from mammut_search.errors import ImageLoadError, UserError
+from mammut_search.eval import metrics
+from mammut_search.files import printable
 from mammut_search.inference import auto_batch_size
 from mammut_search.model.config import CAPTION_BEAM_WIDTH, CAPTION_MAX_LEN
 

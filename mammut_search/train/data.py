@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from mammut_search.captioned import describe_problems, printable, read_captioned
+from mammut_search.captioned import describe_problems, read_captioned
 from mammut_search.errors import UserError
+from mammut_search.files import printable
 from mammut_search.inference import preprocess_images
 from mammut_search.model.config import ImageEncoderConfig
 
