@@ -192,12 +192,7 @@ def _read_karpathy(path: Path, document: dict, images_root) -> CaptionedImages:
     """Karpathy's split file: images[] {filepath, filename, split, sentences[].raw}."""
     root = os.path.abspath(images_root if images_root is not None else path.parent)
     rows, problems, first_entry = [], [], {}
-    for number, entry in enumerate(document["images"]):
-        where = f"{path.name}: images[{number}]"
-        filename = _string(entry.get("filename")) if isinstance(entry, dict) else ""
-        if not filename:
-            problems.append({"where": where, "reason": "no filename"})
-            continue
+    for number, where, entry, filename in _named_entries(path, document["images"], "filename", problems):
         image = _absolute(root, os.path.join(_string(entry.get("filepath")), filename))
         if image in first_entry:
             problems.append({"where": where, "reason": f"duplicate entry: images[{first_entry[image]}] names {filename}"
@@ -220,17 +215,23 @@ def _read_karpathy(path: Path, document: dict, images_root) -> CaptionedImages:
     return CaptionedImages(frame, problems + more, "karpathy", str(path), _string(document.get("dataset")), root)
 
 
+def _named_entries(path: Path, images: list, key: str, problems: list[dict[str, str]]) -> Iterable[tuple]:
+    """(number, where, entry, its `key`) for each images[] entry that names a file; the others are problems."""
+    for number, entry in enumerate(images):
+        where = f"{path.name}: images[{number}]"
+        name = _string(entry.get(key)) if isinstance(entry, dict) else ""
+        if name:
+            yield number, where, entry, name
+        else:
+            problems.append({"where": where, "reason": f"no {key}"})
+
+
 def _read_coco(path: Path, document: dict, images_root) -> CaptionedImages:
     """COCO captions: images[] {id, file_name} + annotations[] {image_id, caption}; split from the file name."""
     root = os.path.abspath(images_root if images_root is not None else _coco_images_folder(path))
     captions, problems = _coco_captions(path, document["annotations"])
     rows, number_of_id = [], {}
-    for number, entry in enumerate(document["images"]):
-        where = f"{path.name}: images[{number}]"
-        file_name = _string(entry.get("file_name")) if isinstance(entry, dict) else ""
-        if not file_name:
-            problems.append({"where": where, "reason": "no file_name"})
-            continue
+    for number, where, entry, file_name in _named_entries(path, document["images"], "file_name", problems):
         image_id = entry.get("id")
         if not _is_id(image_id):
             problems.append({"where": where, "reason": f"id is {_kind(image_id)}, not a whole number or text"})
