@@ -100,8 +100,7 @@ class KeywordIndex:
             log.warning("%s: cannot search the keyword index (%s); searching the images' latents only; "
                         "rebuild the index to mend it", self.path, e)
             return []
-        return [KeywordHit(int(r[0]), _marked(r[1]) + tuple(w for w in _marked(r[2]) if w not in _marked(r[1])),
-                           _marked(r[3])) for r in rows]
+        return [_hit(*row) for row in rows]
 
     def close(self) -> None:
         self._db.close()
@@ -114,6 +113,13 @@ def open_keywords(path: Path) -> KeywordIndex | None:
     except sqlite3.Error as e:
         log.warning("%s: cannot open the keyword index (%s); searching vectors only", path, e)
         return None
+
+
+def _hit(item_id: int, name: str | None, folders: str | None, caption: str | None) -> KeywordHit:
+    """A result row -> its hit: the marked words of the name and folders (each once), and of the caption."""
+    name_words = _marked(name)
+    return KeywordHit(int(item_id), name_words + tuple(w for w in _marked(folders) if w not in name_words),
+                      _marked(caption))
 
 
 def _marked(text: str | None) -> tuple[str, ...]:
