@@ -146,6 +146,17 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def missing_gpu(device: torch.device) -> str | None:
+    """Why a CUDA `device` cannot be used on this machine (no GPU, or fewer than its index), or None."""
+    if device.type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return "this machine has no CUDA GPU (torch sees none)"
+    if (device.index or 0) >= torch.cuda.device_count():
+        return f"this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+    return None
+
+
 def bf16_on_cuda(device: torch.device):
     """The autocast context for running the model: bf16 on a GPU, none on a CPU."""
     if device.type == "cuda":

@@ -20,8 +20,9 @@ def device_option(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a device: give cpu, cuda or cuda:N")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise argparse.ArgumentTypeError(f"{text!r}: torch sees no Apple GPU here; use cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA GPU (torch sees none); use cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    from mammut_search.inference import missing_gpu
+
+    missing = missing_gpu(device)
+    if missing:
+        raise argparse.ArgumentTypeError(f"{text!r}: {missing}; use cpu")
     return text

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 
 from mammut_search.errors import UserError
+from mammut_search.inference import missing_gpu
 from mammut_search.model.config import ImageEncoderConfig, MammutConfig
 
 # model settings that come from the tokenizer or the run, never from a recipe
@@ -153,11 +154,8 @@ def device_problems(device: Any) -> list[str]:
         return []
     if kind != "cuda" or (index and not index.isdigit()):
         return [f"device = {device!r}: must be 'auto', 'cpu' or 'cuda' (or 'cuda:N')"]
-    if not torch.cuda.is_available():
-        return [f"device = {device!r}: this machine has no CUDA GPU (torch sees none); use 'auto' or 'cpu'"]
-    if index and int(index) >= torch.cuda.device_count():
-        return [f"device = {device!r}: this machine has {torch.cuda.device_count()} GPU(s)"]
-    return []
+    missing = missing_gpu(torch.device(device))
+    return [f"device = {device!r}: {missing}; use 'auto' or 'cpu'"] if missing else []
 
 
 def cross_problems(data: dict[str, Any]) -> list[str]:
