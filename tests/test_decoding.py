@@ -6,6 +6,7 @@ from PIL import Image
 
 from mammut_search.model.decoding import block_repeated_ngrams, generate
 from mammut_search.testing import tiny_model
+from model_testkit import training_losses
 
 
 def pictures():
@@ -78,7 +79,7 @@ def test_score_text_ranks_matching_caption_first_on_overfitted_model():
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     for _ in range(150):
         opt.zero_grad()
-        net(ids, pixels=pixels)["loss"].backward()
+        training_losses(net, ids, pixels)["loss"].backward()
         opt.step()
     net.eval()
     for i in range(len(imgs)):

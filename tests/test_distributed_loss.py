@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mammut_search.testing import end_rank, tiny_model
+from model_testkit import training_losses
 
 TEXTS = ["a red apple", "an octopus", "a black dog", "the blue sea", "a green tree", "a yellow star"]
 
@@ -30,7 +31,7 @@ def worker(rank, world, init_file, out_file, split):
     model = tiny_model(seed=0)  # built after the group exists; distributed is decided per call anyway
     ids, pixels, groups = batch(model)
     part = slice(*split[rank])
-    losses = model.net(ids[part], pixels=pixels[part], group_ids=groups[part])
+    losses = training_losses(model.net, ids[part], pixels[part], groups[part])
     losses["contrastive"].backward()
     for p in model.net.parameters():
         if p.grad is not None:
@@ -47,7 +48,7 @@ def worker(rank, world, init_file, out_file, split):
 def test_two_process_contrastive_loss_matches_single_process(tmp_path):
     model = tiny_model(seed=0)
     ids, pixels, groups = batch(model)
-    single = model.net(ids, pixels=pixels, group_ids=groups)
+    single = training_losses(model.net, ids, pixels, groups)
     single["contrastive"].backward()
     expected = grads(model.net)
 

@@ -1,5 +1,5 @@
-"""The image tokens' layout: learned positions before the attention pool and the linear grid latent both see
-it, dropped tokens keep their place, and both travel with the checkpoint."""
+"""The image tokens' layout: the attention pool reads the tokens as a set, the linear grid latent sees their
+layout, dropped tokens keep their place, and the grid map travels with the checkpoint."""
 
 import torch
 
@@ -12,51 +12,13 @@ def image_latent(net, features, token_index=None):
     return torch.nn.functional.normalize(net.img_to_latents(cls), dim=-1)
 
 
-def with_random_positions(**overrides):
-    model = tiny_model(seed=0, **overrides)
-    if model.net.img_pos_emb is not None:
-        with torch.no_grad():
-            model.net.img_pos_emb.normal_()
-    return model
-
-
-def test_pool_is_order_blind_without_positions_and_sees_layout_with_them():
+def test_pool_is_order_blind():
+    """The attention pool reads the image tokens as a set: the layout reaches the latent through the grid map."""
     features = torch.randn(2, 16, 32)  # 32 px / 8 px patches = 16 tokens
     swapped = features[:, torch.randperm(16, generator=torch.Generator().manual_seed(0))]
-    blind = with_random_positions().net
+    net = tiny_model(seed=0).net
     with torch.no_grad():
-        assert torch.allclose(image_latent(blind, features), image_latent(blind, swapped), atol=1e-5)
-    seeing = with_random_positions(image_token_positions=True).net
-    assert seeing.img_pos_emb.shape == (16, 32)
-    with torch.no_grad():
-        assert not torch.allclose(image_latent(seeing, features), image_latent(seeing, swapped), atol=1e-3)
-
-
-def test_dropped_tokens_keep_their_own_positions():
-    net = with_random_positions(image_token_positions=True).net
-    features = torch.randn(2, 16, 32)
-    keep = torch.tensor([[0, 3, 5, 9], [15, 2, 7, 1]])
-
-    def gather(x):
-        return x.gather(1, keep[..., None].expand(-1, -1, 32))
-
-    with torch.no_grad():
-        positions = net.img_pos_emb
-        net.img_pos_emb = None  # the same pool, fed tokens that already carry their positions
-        expected = image_latent(net, gather(features + positions))
-        net.img_pos_emb = positions
-        assert torch.allclose(image_latent(net, gather(features), keep), expected, atol=1e-5)
-        # positions 0..3 instead of each token's own give another latent
-        assert not torch.allclose(image_latent(net, gather(features), torch.arange(4).expand(2, 4)), expected,
-                                  atol=1e-3)
-
-
-def test_positions_round_trip_through_the_checkpoint(tmp_path):
-    model = with_random_positions(image_token_positions=True)
-    model.save(tmp_path / "ckpt")
-    loaded = load_model(tmp_path / "ckpt", device="cpu")
-    assert loaded.config.image_token_positions
-    assert torch.equal(loaded.net.img_pos_emb, model.net.img_pos_emb)
+        assert torch.allclose(image_latent(net, features), image_latent(net, swapped), atol=1e-5)
 
 
 def test_grid_latent_sees_the_layout_and_survives_the_checkpoint(tmp_path):

@@ -120,3 +120,28 @@ def test_temp_files_of_a_killed_writer_are_removed_by_the_next_commit(tmp_path):
         (tmp_path / "i" / name).write_bytes(b"half written")
     commit(tmp_path / "i")
     assert sorted(p.name for p in (tmp_path / "i").iterdir()) == ["index.faiss", "items.parquet", "keywords.sqlite", "manifest.json"]
+
+
+def test_retired_model_settings_load_at_their_value_and_keep_old_indexes_matching(tmp_path):
+    import hashlib
+
+    from mammut_search.errors import CheckpointError
+    from mammut_search.inference import load_model
+    from mammut_search.model.config import RETIRED_SETTINGS
+    from mammut_search.testing import tiny_model
+
+    checkpoint = tmp_path / "ckpt"
+    tiny_model(seed=0).save(checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    model = load_model(checkpoint, device="cpu")
+    # the identity an index recorded when these settings were still fields of the config
+    then = {k: v for k, v in {**config, **RETIRED_SETTINGS}.items() if k != "training"}
+    recorded = hashlib.sha256((model.checkpoint_sha256 + "\n" + json.dumps(then, sort_keys=True)).encode())
+    assert model_identity(model) == recorded.hexdigest()
+
+    (checkpoint / "config.json").write_text(json.dumps({**config, **RETIRED_SETTINGS}))
+    assert model_identity(load_model(checkpoint, device="cpu")) == model_identity(model)
+    (checkpoint / "config.json").write_text(json.dumps({**config, "contrastive_mask": "causal"}))
+    with pytest.raises(CheckpointError, match="contrastive_mask = 'causal' is no longer supported") as refused:
+        load_model(checkpoint, device="cpu")
+    assert "\n" not in str(refused.value)

@@ -22,7 +22,7 @@ BAD_OVERRIDES = [
     ("views=2", "views"), ("stream=ram", "stream"), ("precision=fp16", "precision"), ("device=tpu", "device"), ("bogus=1", "bogus"),
     ("style_shares={a=0.8, b=0.5}", "style_shares"), ("accum_steps=1000", "accum_steps"),
     ("model.image_encoder.classifier_token=false", "semantic_dim"), ("model.image_encoder.grid=-1", "grid"),
-    ("targets={seen_recall='high'}", "targets"), ("model.cross_attend_every=0", "cross_attend_every"),
+    ("targets={seen_recall='high'}", "targets"), ("model.contrastive_mask='causal'", "contrastive_mask"),
     ("model.image_encoder.std=[0, 0.5, 0.5]", "std"), ("model.image_encoder.background=[300, 0, 0]", "background"),
 ]
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from mammut_search.atomic import atomic_write
 from mammut_search.errors import IndexStoreError
+from mammut_search.model.config import RETIRED_SETTINGS, MammutConfig
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -158,6 +159,8 @@ def model_identity(model) -> str:
     if not model.checkpoint_sha256:
         return ""
     config = {k: v for k, v in model.config.to_dict().items() if k != "training"}
+    if isinstance(model.config, MammutConfig):
+        config = {**RETIRED_SETTINGS, **config}
     text = model.checkpoint_sha256 + "\n" + json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

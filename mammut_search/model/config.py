@@ -74,13 +74,9 @@ class MammutConfig:
     heads: int = 4
     dim_head: int = 64
     ff_mult: int = 2
-    cross_attend_every: int = 1
     num_img_queries: int = 16
     dim_latents: int = 256
     max_text_len: int = 32
-    contrastive_mask: str = "bidirectional"  # the paper's default; "causal" is the reference code's
-    # learned positions added to the image tokens before the attention pool (a CNN's feature map carries none)
-    image_token_positions: bool = False
     # a linear map of the whole token grid added to the image latent: keeps the layout that pooling averages away
     image_grid_latent: bool = True
     # ImageNet knowledge: the classifier token's top-k class probabilities weight fixed embeddings of the class
@@ -110,8 +106,6 @@ class MammutConfig:
             raise ValueError("semantic_dim needs image_encoder.classifier_token = true")
         if self.fusion_weight and not self.semantic_dim:
             raise ValueError("fusion_weight needs a semantic token (semantic_dim > 0)")
-        if self.contrastive_mask not in ("bidirectional", "causal"):
-            raise ValueError(f"contrastive_mask must be 'bidirectional' or 'causal', not {self.contrastive_mask!r}")
 
     @property
     def retrieval_dim(self) -> int:
@@ -124,9 +118,24 @@ class MammutConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MammutConfig":
-        """Inverse of to_dict; unknown keys are an error so a typo never goes unnoticed."""
+        """Inverse of to_dict; unknown keys are an error so a typo never goes unnoticed. Retired settings are
+        accepted at the one value this code implements."""
+        for key, value in RETIRED_SETTINGS.items():
+            if key in data and data[key] != value:
+                raise ValueError(f"{key} = {data[key]!r} is no longer supported (only {value!r})")
+        data = {k: v for k, v in data.items() if k not in RETIRED_SETTINGS}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**data)
+
+
+# Settings that were switches once and are now fixed, with the value the model always uses: a checkpoint that
+# still names them at that value loads, and an index's model identity hashes them so that indexes built before
+# they were retired still match their checkpoint.
+RETIRED_SETTINGS: dict[str, Any] = {
+    "contrastive_mask": "bidirectional",  # the paper's contrastive text pass (the reference code's was causal)
+    "cross_attend_every": 1,  # cross-attention after every decoder layer
+    "image_token_positions": False,  # no learned positions on the image tokens (the grid latent keeps the layout)
+}

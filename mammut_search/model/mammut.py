@@ -1,7 +1,7 @@
 """MaMMUT (Kuo et al. 2023, https://arxiv.org/abs/2303.16839): one text decoder trained with two passes.
 
-- contrastive pass: the decoder's self-attention layers only (no cross-attention), bidirectional by default,
-  read out at a CLS token -> text latent; the image's attention-pooled CLS query -> image latent.
+- contrastive pass: the decoder's self-attention layers only (no cross-attention), bidirectional, read out at a
+  CLS token -> text latent; the image's attention-pooled CLS query -> image latent.
 - captioning pass: the same decoder, causal, with cross-attention to the attention-pooled image tokens.
 
 einstein notation: b batch, n text length, j image tokens, d model width, c image feature width.
@@ -17,7 +17,6 @@ from einops import rearrange, repeat
 from torch import nn
 
 from mammut_search.model.config import MammutConfig
-from mammut_search.model.contrastive import contrastive_loss
 from mammut_search.model.image_encoders import build_image_encoder
 from mammut_search.model.layers import CrossAttention, LayerNorm, ParallelTransformerBlock, Rotary
 
@@ -41,9 +40,6 @@ class MaMMUT(nn.Module):
             c.dim, context_dim=c.image_encoder.feature_dim, dim_head=c.dim_head, heads=c.heads, norm_context=True
         )
         self.img_attn_pool_norm = LayerNorm(c.dim)
-        # without them the pool sees the image tokens as an unordered set and loses the layout
-        self.img_pos_emb = (nn.Parameter(torch.zeros(c.image_encoder.grid_tokens, c.image_encoder.feature_dim))
-                            if c.image_token_positions else None)
         self.text_cls_norm = LayerNorm(c.dim)
         self.img_to_latents = nn.Linear(c.dim, c.dim_latents, bias=False)
         grid = c.image_encoder.grid_tokens * c.image_encoder.feature_dim
@@ -69,9 +65,7 @@ class MaMMUT(nn.Module):
         )
         self.cross_attn_layers = nn.ModuleList(
             CrossAttention(c.dim, dim_head=c.dim_head, heads=c.heads, parallel_ff=True, ff_mult=c.ff_mult)
-            if (layer + 1) % c.cross_attend_every == 0
-            else nn.Identity()
-            for layer in range(c.depth)
+            for _ in range(c.depth)
         )
         self.to_logits_norm = LayerNorm(c.dim)
         nn.init.normal_(self.token_emb.weight, std=0.02)
@@ -108,8 +102,6 @@ class MaMMUT(nn.Module):
         may be empty) instead of the one the classifier token gives.
         """
         grid, semantic = self.split_features(features, semantic)
-        if self.img_pos_emb is not None and grid.shape[1]:
-            grid = grid + (self.img_pos_emb if token_index is None else self.img_pos_emb[token_index])
         context = grid
         if semantic is not None:
             context = torch.cat([grid, self.semantic_to_context(semantic)[:, None].to(grid.dtype)], dim=1)
@@ -168,9 +160,7 @@ class MaMMUT(nn.Module):
         tokens[rows, lengths] = self.text_cls_token.to(tokens.dtype)
         positions = torch.arange(n + 1, device=text.device)
         keys_valid = positions[None, :] <= lengths[:, None]  # words and CLS; pads are masked
-        mask = rearrange(keys_valid, "b j -> b 1 1 j")
-        if self.config.contrastive_mask == "causal":
-            mask = mask & torch.ones(n + 1, n + 1, dtype=torch.bool, device=text.device).tril()
+        mask = rearrange(keys_valid, "b j -> b 1 1 j")  # bidirectional: every word sees every other
         rotary = self.rotary(0, n + 1, tokens.dtype)
         for block in self.self_attn_layers:
             tokens, _ = block(tokens, rotary=rotary, attn_mask=mask)
@@ -179,12 +169,9 @@ class MaMMUT(nn.Module):
 
     # ----- captioning pass -----
 
-    def cross_attention_kv(self, image_tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+    def cross_attention_kv(self, image_tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Pooled image tokens (b q d) -> per layer cross-attention keys/values, computed once per image."""
-        return [
-            layer.context_kv(image_tokens) if isinstance(layer, CrossAttention) else None
-            for layer in self.cross_attn_layers
-        ]
+        return [layer.context_kv(image_tokens) for layer in self.cross_attn_layers]
 
     def decode(
         self,
@@ -215,8 +202,7 @@ class MaMMUT(nn.Module):
             layer_cache = cache[i] if cache is not None else None
             x, kv = block(x, rotary=rotary, attn_mask=mask, cache=layer_cache)
             new_cache.append(kv)
-            if cross_kv[i] is not None:
-                x = x + cross(x, cross_kv[i])
+            x = x + cross(x, cross_kv[i])
         if last_only:
             x = x[:, -1:]
         if hidden:
@@ -232,34 +218,7 @@ class MaMMUT(nn.Module):
         log_probs = logits.float().log_softmax(dim=-1).gather(-1, targets[..., None])[..., 0]
         return log_probs * (targets != self.config.pad_id)
 
-    # ----- training -----
-
-    def forward(
-        self,
-        text: torch.Tensor,
-        *,
-        pixels: torch.Tensor | None = None,
-        features: torch.Tensor | None = None,
-        group_ids: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Both losses for a batch of (caption ids (b n), image) pairs. Give pixels (b 3 H W) or precomputed
-        encoder features (b j c). group_ids (b): pairs sharing an id are positives of each other."""
-        if features is None:
-            features = self.image_features(pixels)
-        image_cls, image_tokens = self.pool_image(features)
-        losses = {}
-        c = self.config
-        if c.caption_loss_weight > 0:
-            losses["caption"] = self.caption_loss(text, image_tokens)
-        if c.contrastive_loss_weight > 0:
-            image_latents = self.contrastive_image_latents(image_cls, features)
-            text_latents = self.text_latents(text)  # the whole caption, <eos> included
-            losses["contrastive"] = contrastive_loss(text_latents.float(), image_latents.float(),
-                                                     self.temperature_scale(), group_ids)
-        losses["loss"] = c.caption_loss_weight * losses.get("caption", 0.0) + c.contrastive_loss_weight * losses.get(
-            "contrastive", 0.0
-        )
-        return losses
+    # ----- the losses training minimises (train/objective.py) -----
 
     def caption_loss(self, caption: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         """Teacher-forced cross-entropy of caption ids (b n) given the pooled image tokens (b q d), averaged over

@@ -39,7 +39,7 @@ TRAINING_RULES: dict[str, Rule] = {
 }
 MODEL_RULES: dict[str, Rule] = {
     **{name: AT_LEAST_1 for name in ("dim", "depth", "heads", "dim_head", "ff_mult", "num_img_queries",
-                                     "dim_latents", "semantic_top_k", "cross_attend_every")},
+                                     "dim_latents", "semantic_top_k")},
     "max_text_len": ((lambda v: v >= 4), "at least 4 (a start, an end and two words)"),
 }
 IMAGE_RULES: dict[str, Rule] = {
