@@ -87,8 +87,10 @@ def read_log(run_dir):
 
 @pytest.mark.slow
 def test_tiny_run_lowers_both_losses_and_writes_a_card(corpus, tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "summary.json").write_text('{"size": 64, "images": 25}')  # as `corpus build` writes
     config = tiny_recipe(tmp_path, steps=40, export=f"'{tmp_path / 'export'}'", word_weight=0.5,
-                         word_max_share=0.5)
+                         word_max_share=0.5, manifest=f"'{tmp_path / 'corpus' / 'manifest.parquet'}'")
     card = train(config, tmp_path / "run", frame=corpus, progress=False)
     losses = [e for e in read_log(tmp_path / "run") if "caption" in e]
     first, last = losses[:2], losses[-2:]
@@ -99,6 +101,7 @@ def test_tiny_run_lowers_both_losses_and_writes_a_card(corpus, tmp_path):
     model = load_model(tmp_path / "export", device="cpu")
     written = model.config.training
     assert written["steps"] == 40 and written["wall_time_s"] > 0 and written["data"]["train_images"] == 24
+    assert written["data"]["render_px"] == 64  # the drawings' render size, which the validation figures depend on
     assert written["data"]["source"]["left_out"] == {"unreadable image": 1}  # broken.png
     assert written["data"]["source"]["left_out_examples"][0]["where"].endswith("broken.png")
     assert set(written["validation"]) == {"val", "val_unseen"}

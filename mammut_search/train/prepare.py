@@ -4,6 +4,7 @@ the sampler, validation splits; and each step's batch."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from mammut_search.atomic import atomic_write
 from mammut_search.cpu_encoder import image_features
 from mammut_search.errors import UserError
 from mammut_search.eval.metrics import tokenize
-from mammut_search.files import sha256_regular
+from mammut_search.files import read_regular, sha256_regular
 from mammut_search.inference import bf16_on_cuda, preprocess_images
 from mammut_search.model.config import ImageEncoderConfig
 from mammut_search.model.mammut import MaMMUT
@@ -65,6 +66,16 @@ class LabelExamples:
 
     class_embeddings: torch.Tensor  # (1000 s) MiniLM embeddings of the class prompts
     class_text_ids: list[list[list[int]]]  # per class, its texts' token ids
+
+
+def corpus_render_size(manifest: str | Path) -> dict[str, int]:
+    """{"render_px": N}: the size `mammut corpus build` rendered the drawings at, read from the summary.json
+    beside its manifest (validation figures on drawings move with it); {} for any other manifest."""
+    try:
+        summary = read_regular(Path(manifest).parent / "summary.json", max_bytes=1 << 20)
+        return {"render_px": int(json.loads(summary)["size"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def imagenet_label_texts(config: TrainConfig) -> tuple[list[str], list[list[str]]]:
@@ -165,6 +176,7 @@ def prepare_data(config: TrainConfig, net: MaMMUT, tokenizer: Tokenizer, runtime
     data_card = {
         "manifest": str(config.manifest),
         "manifest_sha256": sha256_regular(config.manifest) if Path(config.manifest).is_file() else "",
+        **corpus_render_size(config.manifest),
         "splits": {str(k): int(v) for k, v in frame["split"].value_counts().items()},
         "concepts_per_split": {str(k): int(v) for k, v in frame.groupby("split")["concept_id"].nunique().items()},
         "train_images": len(train), "train_concepts": int(train["concept_id"].nunique()),
