@@ -428,3 +428,14 @@ def test_the_result_of_an_unknown_event_is_a_sentence(served):  # asked after a 
     text = httpx.get(f"{served['base']}/gradio_api/call/search/no-such-event", timeout=60).text
     assert text.startswith("event: error\ndata: ")
     assert is_sentence(json.loads(text.splitlines()[1][len("data: "):])), text
+
+
+def test_an_uploaded_image_with_a_weight_is_a_query_without_words(served):
+    from mammut_search.query import QueryTerm
+
+    searcher = served["searcher"]
+    picture = searcher.store.ok_items.sort_values("id")["path"].iloc[0]
+    gallery, message, ids = ui_app.search_text(searcher, "  ", 6, False, False, picture, 1.0)
+    assert ids == searcher.search_terms([QueryTerm(image=picture)], 6).ids and len(ids) == len(gallery) > 0
+    assert ids[0] == int(searcher.store.ok_items.sort_values("id")["id"].iloc[0])  # the image itself first
+    assert ui_app.search_text(searcher, "", 6, False, False, picture, 0.0)[1].startswith("Type a few words")

@@ -140,7 +140,7 @@ def search_options(rerank_default: bool) -> tuple[gr.Slider, gr.Slider, gr.Check
         k = gr.Slider(1, SLIDER_MAX_K, value=min(12, SLIDER_MAX_K), step=1, label="How many results",
                       elem_id="top-k")
         image_weight = gr.Slider(-1, 1, value=0, step=0.1, elem_id="image-weight",
-                                 label="Add the image below to the words, with this weight (negative: away from it)")
+                                 label="Add the image below to the words (or search by it alone), with this weight (negative: away from it)")
         with gr.Column():
             rerank = gr.Checkbox(value=rerank_default, elem_id="rerank",
                                  label="Re-rank with the caption decoder (likelihood of your words given each image)")
@@ -176,17 +176,18 @@ def search_text(searcher: Searcher, query: str, k: float, rerank: bool, vectors_
                 image: str | bytes | UserError | None = None, weight: float = 0.0) -> tuple[list, str, list[int]]:
     """Text query, plus the uploaded image when its weight is not 0 -> (gallery of thumbnails with captions and
     scores, message, ids of the shown images). Terms typed with ` + ` and ` - ` are words only here: a browser
-    never names a file of the server."""
-    if not str(query or "").strip():
-        return [], "Type a few words first, for example *a red apple*.", []
+    never names a file of the server. With no words, the uploaded image with its weight is the whole query."""
+    words = str(query or "").strip()
     if isinstance(image, UserError) and weight:
         raise image
+    if not words and not (image and weight):
+        return [], "Type a few words first, for example *a red apple*.", []
     if image and weight:
         terms = [QueryTerm(text=t.text, weight=t.weight) for t in parse_arithmetic(query, files=False) or []]
+        terms = terms or ([QueryTerm(text=query)] if words else [])
         upload = QueryTerm(image=image, weight=weight, name="the uploaded image")  # not the server's copy's path
         with uploaded_image():
-            answer = searcher.search_terms((terms or [QueryTerm(text=query)]) + [upload], k,
-                                           vectors_only=bool(vectors_only))
+            answer = searcher.search_terms(terms + [upload], k, vectors_only=bool(vectors_only))
     else:
         answer = searcher.search_text(query, k, rerank=bool(rerank), vectors_only=bool(vectors_only), files=False)
     return gallery(searcher, answer), summary(answer), answer.ids
