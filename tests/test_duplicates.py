@@ -40,6 +40,23 @@ def test_range_search_pairs_match_brute_force():
     assert {tuple(p) for p in similar_pairs(vectors, 0.9).tolist()} == expected and len(expected) >= 55
 
 
+def test_the_approximate_search_of_large_collections_finds_the_planted_pairs(monkeypatch):
+    from mammut_search.index import duplicates
+
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(4000, 32)).astype(np.float32)
+    twins = rng.choice(4000, 80, replace=False)
+    vectors[twins[40:]] = vectors[twins[:40]] + 0.05 * rng.normal(size=(40, 32))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    similarities = vectors @ vectors.T
+    expected = {(i, j) for i, j in zip(*np.nonzero(similarities >= 0.9)) if i < j}
+    monkeypatch.setattr(duplicates, "EXACT_UP_TO", 1000)
+    assert type(duplicates.range_index(vectors)).__name__ == "IndexIVFFlat"
+    found = {tuple(p) for p in similar_pairs(vectors, 0.9).tolist()}
+    assert found <= expected and len(found) >= 0.95 * len(expected) >= 38
+    assert all(i < j for i, j in found)
+
+
 def test_groups_hold_byte_copies_and_resaved_images(index):
     directory, drawings = index
     store = IndexStore.open(directory)

@@ -4,6 +4,7 @@ No image is decoded."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,11 @@ from mammut_search.errors import UserError
 
 DUPLICATE_SIMILARITY = 0.95  # how it was chosen: benchmarks/RESULTS.md, "Near-duplicates"
 BLOCK = 4096  # query vectors per range search: bounds the memory of the answers
+# beyond this many images the range search is approximate (an inverted file): how these were chosen,
+# benchmarks/RESULTS.md, "Near-duplicates"
+EXACT_UP_TO = 20_000
+PROBES = 8
+TRAINING_PER_LIST = 39  # FAISS's own minimum of training points per list
 
 
 @dataclass(frozen=True)
@@ -30,23 +36,45 @@ def check_threshold(threshold: Any) -> float:
     return float(threshold)
 
 
-def similar_pairs(vectors: np.ndarray, threshold: float) -> np.ndarray:
-    """Pairs (p 2) of row numbers i < j whose inner product is at least `threshold`, through FAISS range search."""
-    import faiss
+def similar_pairs(vectors: np.ndarray, threshold: float, *, progress: bool = False) -> np.ndarray:
+    """Pairs (p 2) of row numbers i < j whose inner product is at least `threshold`, through FAISS range search:
+    exact up to EXACT_UP_TO rows, through an inverted-file index beyond (a pair is kept when either image finds
+    the other)."""
+    from tqdm import tqdm
 
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    pairs = []
-    for start in range(0, len(vectors), BLOCK):
+    index = range_index(vectors)
+    pairs = [np.zeros((0, 2), np.int64)]
+    for start in tqdm(range(0, len(vectors), BLOCK), desc="comparing images", unit="block", disable=not progress):
         lims, _, found = index.range_search(vectors[start:start + BLOCK], float(threshold))
         rows = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64))
         found = found.astype(np.int64)
-        keep = found > rows
-        pairs.append(np.stack([rows[keep], found[keep]], axis=1))
-    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+        other = found != rows
+        rows, found = rows[other], found[other]
+        pairs.append(np.stack([np.minimum(rows, found), np.maximum(rows, found)], axis=1))
+    return np.unique(np.concatenate(pairs), axis=0)
 
 
-def duplicate_groups(store, threshold: float = DUPLICATE_SIMILARITY) -> list[DuplicateGroup]:
+def range_index(vectors: np.ndarray):
+    """A FAISS inner-product index over `vectors` (n d): flat (exact) for up to EXACT_UP_TO rows; beyond, an
+    inverted file of about 4 sqrt(n) lists, PROBES of them searched, trained on a sample (near-identical vectors
+    fall in the same or neighbouring lists; the exact search is quadratic)."""
+    import faiss
+
+    n, dim = vectors.shape
+    if n <= EXACT_UP_TO:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        lists = min(int(4 * math.sqrt(n)), n // TRAINING_PER_LIST)
+        index = faiss.index_factory(dim, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(0).choice(n, lists * TRAINING_PER_LIST, replace=False)
+        index.train(vectors[np.sort(sample)])
+        index.nprobe = PROBES
+    index.add(vectors)
+    return index
+
+
+def duplicate_groups(store, threshold: float = DUPLICATE_SIMILARITY, *,
+                     progress: bool = False) -> list[DuplicateGroup]:
     """The groups of near-identical images of an opened index (IndexStore), largest first."""
     threshold = check_threshold(threshold)
     ok = store.ok_items.sort_values("id")
@@ -69,7 +97,7 @@ def duplicate_groups(store, threshold: float = DUPLICATE_SIMILARITY) -> list[Dup
             parent[root(row)] = root(first_of_content[sha])
             copies.add(int(ids[row]))
         first_of_content.setdefault(sha, row)
-    for i, j in similar_pairs(vectors, threshold).tolist():
+    for i, j in similar_pairs(vectors, threshold, progress=progress).tolist():
         parent[root(i)] = root(j)
     groups: dict[int, list[int]] = {}
     for row in range(len(ids)):
