@@ -64,9 +64,10 @@ def test_missing_directory_and_bad_config_are_refused(model, tmp_path):
     with pytest.raises(CheckpointError, match="nowhere"):
         load_model(tmp_path / "nowhere")
     model.save(tmp_path / "ckpt")
-    (tmp_path / "ckpt" / "config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="config.json"):
-        load_model(tmp_path / "ckpt")
+    for text in ("{not json", "[1, 2]", '"a string"'):
+        (tmp_path / "ckpt" / "config.json").write_text(text)
+        with pytest.raises(CheckpointError, match="config.json"):
+            load_model(tmp_path / "ckpt")
 
 
 def test_fp16_checkpoint_loads_close_to_fp32(model, tmp_path):

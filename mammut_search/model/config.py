@@ -120,6 +120,8 @@ class MammutConfig:
     def from_dict(cls, data: dict[str, Any]) -> "MammutConfig":
         """Inverse of to_dict; unknown keys are an error so a typo never goes unnoticed. Retired settings are
         accepted at the one value this code implements."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON object of settings is expected, not {type(data).__name__}")
         for key, value in RETIRED_SETTINGS.items():
             if key in data and data[key] != value:
                 raise ValueError(f"{key} = {data[key]!r} is no longer supported (only {value!r})")
