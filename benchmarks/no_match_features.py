@@ -7,7 +7,10 @@ For every concept of a collection's lists and every calibration word (mammut_sea
 - csls: the best cross-domain similarity local scaling score, 2 s(q, i) - r(i) - r(q), where r(i) is image i's
   mean similarity to its K nearest calibration words and r(q) the query's mean similarity to its K nearest
   images (Conneau et al. 2018, https://arxiv.org/abs/1710.04087: it discounts images near every text, "hubs");
-- capratio: log p(query | first image) minus log p(that image's generated caption | first image), per token;
+- hub: the best similarity over the image's own level, max_i s(q, i) - r(i);
+- imgpct: the share of calibration words less similar to the query's first image than the query is;
+- logp: log p(query | first image) per token;
+- capratio: logp minus log p(that image's generated caption | first image), per token;
 - worded: whether the query's words are in some file name, folder or caption (such a query never gets the notice);
 - right: whether the first image's true name (--captions, as the demo's captions.csv) shares a content word with
   the query.
@@ -32,7 +35,7 @@ K = 10  # neighbourhood of the CSLS scores, the paper's
 
 
 def likelihoods(searcher, texts: list[str], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(lifts (t LIFTED), log p(text | first image) - log p(its caption | first image) (t))."""
+    """(lifts (t LIFTED), log p(text | first image) (t), log p(its caption | first image) (t))."""
     import torch
 
     from mammut_search.rerank import likelihood_lifts
@@ -45,7 +48,7 @@ def likelihoods(searcher, texts: list[str], ids: np.ndarray) -> tuple[np.ndarray
     with torch.no_grad():
         query = model.score_text_from_tokens(tokens, texts).double().numpy()
         caption = model.score_text_from_tokens(tokens, [captions[int(i)] for i in ids[:, 0]]).double().numpy()
-    return lifts, query - caption
+    return lifts, query, caption
 
 
 def statistics(searcher, texts: list[str], words: np.ndarray, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -56,13 +59,16 @@ def statistics(searcher, texts: list[str], words: np.ndarray, images: np.ndarray
     latents = np.ascontiguousarray(relevance.encode_texts(searcher.model, texts), np.float32)
     sims, ids = searcher.store.vectors.search(latents, TOP)
     started = time.perf_counter()
-    lifts, capratio = likelihoods(searcher, texts, ids)
+    lifts, logp, caption = likelihoods(searcher, texts, ids)
     print(f"  {len(texts)} queries' likelihoods in {time.perf_counter() - started:.1f} s")
-    every = latents @ images.T  # t n
-    image_level = np.sort(images @ words.T, axis=1)[:, -K:].mean(axis=1)
+    every, to_words = latents @ images.T, images @ words.T  # t n, n w
+    image_level = np.sort(to_words, axis=1)[:, -K:].mean(axis=1)
     query_level = np.sort(every, axis=1)[:, -K:].mean(axis=1)
     csls = (2 * every - image_level[None, :] - query_level[:, None]).max(axis=1)
-    return {"sims": sims, "ids": ids, "lifts": lifts, "csls": csls, "capratio": capratio}
+    first = every.argmax(axis=1)
+    imgpct = (to_words[first] < every.max(axis=1)[:, None]).mean(axis=1)
+    return {"sims": sims, "ids": ids, "lifts": lifts, "csls": csls, "hub": (every - image_level[None, :]).max(axis=1),
+            "imgpct": imgpct, "logp": logp, "capratio": logp - caption}
 
 
 def right_first(searcher, texts: list[str], ids: np.ndarray, captions: Path) -> np.ndarray:

@@ -5,12 +5,14 @@ target on every tuning list, the margin of a list being min(absent fires - 15, 3
 30 concepts; rules are ranked by that worst margin over the tuning lists, then by its mean. Held-out figures
 (odd positions of the lists that have halves) are printed beside, never used.
 
-    python benchmarks/no_match_features.py --collection INDEX CONCEPTS --out benchmarks/out/features-NAME.npz
+    python benchmarks/no_match_features.py --collection INDEX CONCEPTS --captions CSV \\
+        --out benchmarks/out/features-NAME.npz
     python benchmarks/no_match_rules.py --halves demo benchmarks/out/features-demo.npz \\
         --halves google benchmarks/out/features-google.npz \\
         --tuning fx benchmarks/out/features-fx.npz --tuning twitter benchmarks/out/features-twitter.npz
 
---halves: even positions tune, odd positions are held out; --tuning: every position tunes. --curve RULE prints
+--halves: even positions tune, odd positions are held out; --tuning: every position tunes. A rule named "/u" is
+calibrated on the calibration words whose words are in no name or caption of the index only. --curve RULE prints
 one rule's tuning fires at every quantile instead, with how many flagged present concepts had a right first image.
 """
 
@@ -32,15 +34,20 @@ STATISTICS: dict[str, Callable[[dict, str], np.ndarray]] = {
     "lift1": lambda f, kind: f[f"{kind}_lifts"][:, 0],  # likelihood ratio of the first image
     "liftmax": lambda f, kind: f[f"{kind}_lifts"].max(axis=1),  # best of the first 5
     "s1+0.1lift1": lambda f, kind: f[f"{kind}_sims"][:, 0] + 0.1 * f[f"{kind}_lifts"][:, 0],  # re-ranking's weight
-    "csls": lambda f, kind: f[f"{kind}_csls"],
-    "capratio": lambda f, kind: f[f"{kind}_capratio"],
+    **{name: (lambda f, kind, name=name: f[f"{kind}_{name}"])
+       for name in ("csls", "hub", "imgpct", "logp", "capratio")},
 }
 
 
-def below(*names: str) -> Callable:
+def calibration(f: dict, name: str, unworded: bool) -> np.ndarray:
+    """A statistic of the calibration words; `unworded`: of those whose words are in no name or caption only."""
+    return STATISTICS[name](f, "calib")[~f["calib_worded"]] if unworded else STATISTICS[name](f, "calib")
+
+
+def below(*names: str, unworded: bool = False) -> Callable:
     """Fires when every named statistic is below its own quantile p of the calibration words'."""
     def rule(f: dict, kind: str, p: float) -> np.ndarray:
-        return np.all([STATISTICS[n](f, kind) < np.quantile(STATISTICS[n](f, "calib"), p) for n in names], axis=0)
+        return np.all([STATISTICS[n](f, kind) < np.quantile(calibration(f, n, unworded), p) for n in names], axis=0)
     return rule
 
 
@@ -58,7 +65,12 @@ RULES = {**{name: below(name) for name in STATISTICS},
          "s1 & liftmax": below("s1", "liftmax"), "s1 & csls": below("s1", "csls"),
          "s1 & capratio": below("s1", "capratio"), "s1 & gap10 & lift1": below("s1", "gap10", "lift1"),
          "mean rank(s1, lift1)": mean_rank("s1", "lift1"), "mean rank(s1, gap10)": mean_rank("s1", "gap10"),
-         "mean rank(s1, capratio)": mean_rank("s1", "capratio")}
+         "mean rank(s1, capratio)": mean_rank("s1", "capratio"), "s1 & hub": below("s1", "hub"),
+         "s1 & imgpct": below("s1", "imgpct"), "s1 & logp": below("s1", "logp"), "hub & lift1": below("hub", "lift1"),
+         "csls & lift1": below("csls", "lift1"), "mean rank(s1, hub)": mean_rank("s1", "hub"),
+         # calibrated on the words found in no name or caption only
+         **{f"{' & '.join(names)} /u": below(*names, unworded=True) for names in
+            (("s1",), ("csls",), ("gap10",), ("s1", "gap10"), ("s1", "csls"), ("s1", "lift1"))}}
 
 
 def fires(f: dict, rule: Callable, p: float, half: slice) -> tuple[int, int, int]:
