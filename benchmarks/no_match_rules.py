@@ -34,6 +34,7 @@ STATISTICS: dict[str, Callable[[dict, str], np.ndarray]] = {
     "lift1": lambda f, kind: f[f"{kind}_lifts"][:, 0],  # likelihood ratio of the first image
     "liftmax": lambda f, kind: f[f"{kind}_lifts"].max(axis=1),  # best of the first 5
     "s1+0.1lift1": lambda f, kind: f[f"{kind}_sims"][:, 0] + 0.1 * f[f"{kind}_lifts"][:, 0],  # re-ranking's weight
+    "s1+0.1liftmax": lambda f, kind: f[f"{kind}_sims"][:, 0] + 0.1 * f[f"{kind}_lifts"].max(axis=1),
     **{name: (lambda f, kind, name=name: f[f"{kind}_{name}"])
        for name in ("csls", "hub", "imgpct", "logp", "capratio")},
 }
@@ -64,7 +65,8 @@ RULES = {**{name: below(name) for name in STATISTICS},
          "s1 & gap10": below("s1", "gap10"), "s1 & lift1": below("s1", "lift1"),
          "s1 & liftmax": below("s1", "liftmax"), "s1 & csls": below("s1", "csls"),
          "s1 & capratio": below("s1", "capratio"), "s1 & gap10 & lift1": below("s1", "gap10", "lift1"),
-         "mean rank(s1, lift1)": mean_rank("s1", "lift1"), "mean rank(s1, gap10)": mean_rank("s1", "gap10"),
+         "mean rank(s1, lift1)": mean_rank("s1", "lift1"), "mean rank(s1, liftmax)": mean_rank("s1", "liftmax"),
+         "mean rank(s1, gap10)": mean_rank("s1", "gap10"),
          "mean rank(s1, capratio)": mean_rank("s1", "capratio"), "s1 & hub": below("s1", "hub"),
          "s1 & imgpct": below("s1", "imgpct"), "s1 & logp": below("s1", "logp"), "hub & lift1": below("hub", "lift1"),
          "csls & lift1": below("csls", "lift1"), "mean rank(s1, hub)": mean_rank("s1", "hub"),
