@@ -7,12 +7,13 @@ positions (the first 30 of each kind drawn) are held out.
     python benchmarks/make_second_collection.py --packages DIR --out data/cache/google-collection
 
 Its concepts.json is benchmarks/no_match_concepts_google.json. Files are named by code point, as in the demo,
-so that the keyword index cannot give the answers away.
+so that the keyword index cannot give the answers away; captions.csv gives each image's true name.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import random
 import shutil
@@ -25,6 +26,12 @@ HERE = Path(__file__).resolve().parent
 def interleave(tuning: list[str], held_out: list[str]) -> list[str]:
     """Tuning concepts at even positions, held-out ones at odd positions (as in no_match_concepts.json)."""
     return [name for pair in zip(tuning, held_out) for name in pair]
+
+
+def write_captions(out: Path, names: list[tuple[str, str]]) -> None:
+    """OUT/captions.csv: each image's true name, as the demo's captions.csv (for telling right results)."""
+    with open(out / "captions.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("image", "caption")] + [(f"images/{file}", name) for file, name in names])
 
 
 def main() -> None:
@@ -48,6 +55,7 @@ def main() -> None:
     images.mkdir(parents=True, exist_ok=True)
     for e in chosen:
         shutil.copy(args.packages / "package/img/google/64" / e["image"], images / e["image"])
+    write_captions(args.out, [(e["image"], e["name"].lower()) for e in chosen])
     present = [e["name"].lower() for e in chosen[:2 * LISTED]]
     absent = [e["name"].lower() for e in rest if not content_words(e["name"].lower()) & inside][:2 * LISTED]
     present, absent = (interleave(names[LISTED:], names[:LISTED]) for names in (present, absent))

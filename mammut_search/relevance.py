@@ -5,8 +5,9 @@ The statistic (`match`) is the query's best similarity to any indexed image. The
 index itself when it is built or updated: words spread over the tokenizer's vocabulary, mostly unrelated to any
 one collection, are run as queries, and the cutoff is the QUANTILE of their best similarities. A model or a
 collection that shifts every similarity shifts the calibration words' with it. benchmarks/RESULTS.md, "Nothing
-matches", says how the quantile was chosen (on the tuning halves of two collections' concept lists), how the
-notice does on their held-out halves, and why the best similarity and not a cleverer statistic.
+matches", says how the quantile was chosen (on the tuning lists of four collections, two of them for tuning
+only), how the notice does on the held-out halves of the other two, and why the best similarity and not one of
+the other statistics and likelihood ratios tried there.
 """
 
 from __future__ import annotations
