@@ -255,7 +255,7 @@ class MammutModel:
         return self.score_text_from_tokens(self.decoder_tokens(features), texts)
 
     def encode_image(self, images: ImageBatch) -> torch.Tensor:
-        """PIL images or pixels (b 3 H W) -> unit-norm image latents (b l)."""
+        """PIL images or pixels (b 3 H W) -> unit-norm retrieval vectors of the images (b r): what an index stores."""
         return self.latents_from_features(self.image_features(self._pixels(images)))
 
     def caption(self, images: ImageBatch, *, beam_width: int = CAPTION_BEAM_WIDTH,
