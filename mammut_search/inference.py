@@ -30,9 +30,10 @@ from mammut_search.model.tokenizer import Tokenizer
 
 ImageBatch = Sequence[Image.Image] | torch.Tensor
 
-# Large images are box-reduced (cheap) only down to twice the input size: the bicubic resize from there keeps
-# the pixels within about one grey level of a bicubic resize from full size.
-REDUCING_GAP = 2
+# Large images are reduced (box filter, or a JPEG's DCT scaling) by powers of two while both sides stay at least
+# this many times the input size, then resized bicubic. 1 decodes a camera-sized JPEG at 1/4 or 1/8 scale; the
+# quality it was checked for (retrieval and captions on the validation photos) is in benchmarks/RESULTS.md.
+REDUCING_GAP = 1
 
 
 # ----- the one image pipeline -----
