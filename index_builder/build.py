@@ -66,9 +66,8 @@ def default_workers(device) -> int:
 
 @contextlib.contextmanager
 def model_threads(device, workers: int) -> Iterator[int]:
-    """While a build runs on a CPU: the model's compute threads (PyTorch's) leave a core to each decoding
-    process, and never exceed what the process was set to; restored afterwards. The image encoder (ONNX
-    Runtime) runs with these or with all the process's threads, whichever measures faster (encode.ThreadChooser)."""
+    """While a build runs on a CPU: the model's compute threads (PyTorch's, which ONNX Runtime's follow) leave
+    a core to each decoding process, and never exceed what the process was set to; restored afterwards."""
     before = torch.get_num_threads()
     threads = before
     if torch.device(device).type == "cpu":
@@ -281,10 +280,9 @@ def run_encoder(model, jobs: list[EncodeJob], shards: ShardWriter, options: Buil
     with tqdm(total=len(jobs), desc="encoding", unit="img", disable=not options.progress or not jobs) as bar:
         workers = options.workers if options.workers is not None else default_workers(model.device)
         batch_size = options.batch_size or auto_batch_size(model)
-        ceiling = torch.get_num_threads()
-        with model_threads(model.device, workers) as threads:
+        with model_threads(model.device, workers):
             batches = encode(model, jobs, batch_size=batch_size, workers=workers, captions=options.captions,
-                             beam_width=options.caption_beam_width, encoder_threads=(threads, ceiling))
+                             beam_width=options.caption_beam_width)
             if jobs:  # while the first images decode: the text side of the relevance calibration done at the end
                 calibration_latents(model)
             for batch in batches:

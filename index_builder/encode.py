@@ -8,7 +8,6 @@ import functools
 import logging
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -16,7 +15,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mammut_search.cpu_encoder import runtime_threads
 from mammut_search.errors import ImageLoadError
 from mammut_search.images import load_image_and_sha256
 from mammut_search.inference import decode_side, pixels_tensor, square_pixels
@@ -93,18 +91,12 @@ def collate(samples: list[dict], config: ImageEncoderConfig) -> dict:
 
 
 def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: int = 1, captions: bool = True,
-           beam_width: int = CAPTION_BEAM_WIDTH, caption_max_len: int = CAPTION_MAX_LEN,
-           encoder_threads: Sequence[int] = ()) -> Iterator[list[Encoded]]:
+           beam_width: int = CAPTION_BEAM_WIDTH, caption_max_len: int = CAPTION_MAX_LEN) -> Iterator[list[Encoded]]:
     """Batch by batch, one Encoded per job. Decoding (workers > 0: in worker processes) overlaps the model, and
-    starts now: what the caller does before it asks for the first batch overlaps the first images' decoding.
-    With several `encoder_threads`, the CPU encoder's thread count is chosen among them by measured speed."""
+    starts now: what the caller does before it asks for the first batch overlaps the first images' decoding."""
     if not jobs:
         return iter(())
-    chooser = ThreadChooser(encoder_threads) if len(set(encoder_threads)) > 1 else None
-    batches = _loader(model, jobs, batch_size, workers)
-    if chooser is not None:  # while the first images decode
-        chooser.warm_up(model)
-    return _encoded(model, batches, chooser, captions, beam_width, caption_max_len)
+    return _encoded(model, _loader(model, jobs, batch_size, workers), captions, beam_width, caption_max_len)
 
 
 def _loader(model, jobs: Sequence[EncodeJob], batch_size: int, workers: int):
@@ -119,57 +111,19 @@ def _loader(model, jobs: Sequence[EncodeJob], batch_size: int, workers: int):
     return _started(loader)
 
 
-def _encoded(model, batches, chooser: "ThreadChooser | None", captions: bool, beam_width: int,
-             caption_max_len: int) -> Iterator[list[Encoded]]:
+def _encoded(model, batches, captions: bool, beam_width: int, caption_max_len: int) -> Iterator[list[Encoded]]:
     """The model's results of decoded batches."""
     for batch in batches:
         samples, pixels = batch["samples"], batch["pixels"]
         latents, tokens, texts = None, None, None
         if pixels is not None:
-            # pinned by the loader on a GPU: copied asynchronously
-            features = model.image_features(pixels) if chooser is None else chooser.features(model, pixels)
+            features = model.image_features(pixels)  # pinned by the loader on a GPU: copied asynchronously
             latents = model.latents_from_features(features).numpy().astype(np.float32, copy=False)
             decoder_tokens = model.decoder_tokens(features)
             tokens = decoder_tokens.to(torch.float16).cpu().numpy()
             if captions:
                 texts = model.captions_from_tokens(decoder_tokens, beam_width=beam_width, max_len=caption_max_len)
         yield list(_results(samples, latents, tokens, texts))
-
-
-class ThreadChooser:
-    """The CPU image encoder's thread count, by measured speed. With the cores free, a runtime thread per core is
-    fastest; with other work on them, one thread is (each operation waits for its slowest thread, and a
-    descheduled one stalls it), and leaves a core to the decoding process. Which holds changes while a build
-    runs, so now and then a batch is split into one part per choice, each timed, and the fastest is kept."""
-
-    def __init__(self, choices: Sequence[int], *, min_probe: int = 16, probe_every: int = 8):
-        self.choices = sorted(set(choices))
-        self.best = self.choices[0]
-        self.min_probe, self.probe_every = min_probe, probe_every
-        self.since_probe = None  # batches since the last probe; None before the first
-
-    def warm_up(self, model) -> None:
-        """Make each choice's runtime session (and its first run) now, outside any timing."""
-        size = model.config.image_encoder.image_size
-        for threads in self.choices:
-            with runtime_threads(threads):
-                model.image_features(torch.zeros(1, 3, size, size))
-
-    def features(self, model, pixels: torch.Tensor) -> torch.Tensor:
-        """model.image_features(pixels) with the chosen thread count, or split and timed to choose it anew."""
-        due = self.since_probe is None or self.since_probe >= self.probe_every
-        if not due or len(pixels) < self.min_probe:
-            self.since_probe = None if self.since_probe is None else self.since_probe + 1
-            with runtime_threads(self.best):
-                return model.image_features(pixels)
-        parts, seconds = [], {}
-        for threads, part in zip(self.choices, torch.tensor_split(pixels, len(self.choices))):
-            start = time.perf_counter()
-            with runtime_threads(threads):
-                parts.append(model.image_features(part))
-            seconds[threads] = (time.perf_counter() - start) / max(1, len(part))
-        self.best, self.since_probe = min(seconds, key=seconds.get), 0
-        return torch.cat(parts)
 
 
 def ramped_batches(count: int, batch_size: int) -> list[list[int]]:

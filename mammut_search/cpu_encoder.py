@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import sys
-import threading
 import warnings
 import weakref
 from pathlib import Path
@@ -43,27 +42,6 @@ PROBE_BATCH = 2
 
 # network -> its CpuImageEncoder, or None once the runtime refused it (said once, then PyTorch)
 _encoders: "weakref.WeakKeyDictionary[nn.Module, CpuImageEncoder | None]" = weakref.WeakKeyDictionary()
-
-
-# the runtime's thread count where a caller set its own (runtime_threads), per calling thread
-_threads = threading.local()
-
-
-@contextlib.contextmanager
-def runtime_threads(threads: int | None):
-    """While this runs, the runtime uses `threads` threads in this calling thread instead of PyTorch's setting
-    (None: PyTorch's); PyTorch's own operations keep theirs."""
-    before = getattr(_threads, "count", None)
-    _threads.count = threads
-    try:
-        yield
-    finally:
-        _threads.count = before
-
-
-def current_threads() -> int:
-    """The runtime's thread count for a run from this calling thread now."""
-    return getattr(_threads, "count", None) or torch.get_num_threads()
 
 
 class RuntimeRefused(RuntimeError):
@@ -102,8 +80,8 @@ def cpu_encoder(net: nn.Module) -> "CpuImageEncoder | None":
 
 class CpuImageEncoder:
     """An image encoder module run by ONNX Runtime with as many threads as PyTorch has (the one setting of
-    the process's compute threads: torch.set_num_threads), or as runtime_threads says. Weights changed in place
-    since the export (a training step, load_state_dict) are noticed and exported again."""
+    the process's compute threads: torch.set_num_threads). Weights changed in place since the export (a
+    training step, load_state_dict) are noticed and exported again."""
 
     def __init__(self, encoder: nn.Module, image_size: int, config: dict):
         try:
@@ -133,8 +111,8 @@ class CpuImageEncoder:
 
     @property
     def threads(self) -> int:
-        """Compute threads a run uses now: PyTorch's setting, unless runtime_threads set another."""
-        return current_threads()
+        """Compute threads a run uses now: PyTorch's setting."""
+        return torch.get_num_threads()
 
     def session(self):
         """The ONNX Runtime session for the current thread setting (one per setting, made on first use)."""

@@ -288,15 +288,3 @@ def test_an_unwritable_cache_costs_a_line_not_the_runtime(tmp_path, monkeypatch,
     assert cpu_encoder.cpu_encoder(model.net) is not None
     assert F.cosine_similarity(latents, pytorch_latents(model, x)).min() >= 0.9999
     assert len(caplog.records) == 1 and "cannot keep" in caplog.records[0].getMessage()
-
-
-def test_a_caller_can_give_the_runtime_its_own_thread_count_without_changing_pytorchs(cache):
-    model = tiny_model(seed=0)
-    model.encode_image(pixels())
-    encoder = cpu_encoder.cpu_encoder(model.net)
-    torch_threads = torch.get_num_threads()
-    with cpu_encoder.runtime_threads(3):
-        model.encode_image(pixels())
-        assert encoder.session().get_session_options().intra_op_num_threads == 3
-        assert torch.get_num_threads() == torch_threads
-    assert encoder.session().get_session_options().intra_op_num_threads == torch_threads

@@ -487,36 +487,3 @@ def test_an_empty_folder_gives_an_empty_index_that_updates(tmp_path, model):
     write_good_images(tmp_path / "empty", 2)
     updated = update_index(tmp_path / "i", model, options=options())
     assert updated.manifest.count == 2 and updated.vectors.ntotal == 2
-
-
-class ThreadTimedModel:
-    """image_features = the pixels' first value per image, taking `seconds[threads]` per image."""
-
-    def __init__(self, seconds):
-        self.seconds = seconds
-
-    def image_features(self, pixels):
-        from mammut_search.cpu_encoder import current_threads
-
-        time.sleep(self.seconds[current_threads()] * len(pixels))
-        return pixels[:, :1, 0, 0].clone()
-
-
-def test_the_encoder_thread_count_is_chosen_by_measured_speed_and_measured_again_now_and_then():
-    import torch
-
-    from index_builder.encode import ThreadChooser
-
-    chooser = ThreadChooser([1, 2], min_probe=4, probe_every=2)
-    model = ThreadTimedModel({1: 0.004, 2: 0.001})
-    batch = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 3, 2, 2)
-    assert chooser.features(model, batch[:2]).flatten().tolist() == [0, 1]  # too small to measure on
-    assert chooser.best == 1
-    assert chooser.features(model, batch).flatten().tolist() == list(range(8))  # split, timed, in order
-    assert chooser.best == 2
-    model.seconds = {1: 0.001, 2: 0.004}  # the machine got busy: one thread is faster now
-    chooser.features(model, batch)
-    chooser.features(model, batch)
-    assert chooser.best == 2  # not measured again yet
-    chooser.features(model, batch)
-    assert chooser.best == 1
