@@ -62,6 +62,30 @@ def test_latents_through_the_runtime_equal_pytorchs(cache):
     assert len(list(cache.glob("*.onnx"))) == 1 and len(list(cache.glob("*.json"))) == 1
 
 
+def test_a_batch_runs_in_short_runs_that_give_the_whole_batchs_output(cache, monkeypatch):
+    model = tiny_model(seed=0)
+    x = pixels(n=11)
+    with torch.no_grad():
+        whole = cpu_encoder.image_features(model.net, x)  # 11 images: one run
+    runs = []
+    encoder = cpu_encoder.cpu_encoder(model.net)
+    real_session = encoder.session
+
+    def counted_session():
+        session = real_session()
+        run = session.run
+        monkeypatch.setattr(session, "run", lambda names, feed: runs.append(len(feed["pixels"])) or run(names, feed),
+                            raising=False)
+        return session
+
+    monkeypatch.setattr(cpu_encoder, "IMAGES_PER_THREAD", 4)
+    monkeypatch.setattr(encoder, "session", counted_session)
+    with torch.no_grad():
+        short = cpu_encoder.image_features(model.net, x)
+    assert runs == [4, 4, 3]  # 4 images a thread, on the tests' one thread
+    assert torch.allclose(short, whole, atol=1e-6)
+
+
 @pytest.fixture(scope="session")
 def bundled():
     return load_model(bundled_checkpoint_dir(), device="cpu")
