@@ -82,7 +82,8 @@ def make_photos(count: int, cache_dir: Path) -> Path:
 
 class BareEncoder:
     """The encoder's backbone alone under ONNX Runtime (sessions with the runtime's default options, 1 thread
-    and PyTorch's thread count), on the photos already decoded and preprocessed, in batches of the build's size."""
+    and PyTorch's thread count), on the photos already decoded and preprocessed, in batches of the build's size
+    run as the build's encoder runs them."""
 
     def __init__(self, checkpoint: Path, folder: Path, batch_size: int):
         import numpy as np
@@ -97,7 +98,7 @@ class BareEncoder:
         if encoder is None:
             raise SystemExit("ONNX Runtime does not run this encoder here; see the line above")
         pixels = model.preprocess_files(sorted(folder.glob("*.jpg"))).numpy()
-        self.count = len(pixels)
+        self.count, self.batch_size = len(pixels), batch_size
         self.batches = [np.ascontiguousarray(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
         self.sessions = {}
         for threads in sorted({1, torch.get_num_threads()}):
@@ -107,13 +108,18 @@ class BareEncoder:
                                                                   providers=["CPUExecutionProvider"])
 
     def rates(self) -> dict[int, float]:
-        """threads -> images/s, now."""
+        """threads -> images/s, now. Each batch in the runs the build's encoder makes of it (a few images per
+        thread; one run per batch for code from before those runs), so that both run the encoder alike."""
+        from mammut_search import cpu_encoder
+
         rates = {}
         for threads, session in self.sessions.items():
-            session.run(None, {"pixels": self.batches[0]})  # warm-up
+            step = getattr(cpu_encoder, "IMAGES_PER_THREAD", self.batch_size) * threads
+            session.run(None, {"pixels": self.batches[0][:step]})  # warm-up
             start = time.perf_counter()
             for batch in self.batches:
-                session.run(None, {"pixels": batch})
+                for i in range(0, len(batch), step):
+                    session.run(None, {"pixels": batch[i:i + step]})
             rates[threads] = self.count / (time.perf_counter() - start)
         return rates
 

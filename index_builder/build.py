@@ -27,6 +27,7 @@ from mammut_search.index.manifest import MANIFEST_FILE, Manifest, RunStats, mode
 from mammut_search.index.store import OK, IndexStore, items_frame
 from mammut_search.index.tokens import TOKENS_VERSION, describe, tokens_writer
 from mammut_search.index.vectors import require_faiss
+from mammut_search.relevance import calibration_latents
 
 from index_builder.encode import CHANGED, Encoded, EncodeJob, encode
 from index_builder.scan import FoundFile, hash_files, scan_roots
@@ -280,8 +281,11 @@ def run_encoder(model, jobs: list[EncodeJob], shards: ShardWriter, options: Buil
         workers = options.workers if options.workers is not None else default_workers(model.device)
         batch_size = options.batch_size or auto_batch_size(model)
         with model_threads(model.device, workers):
-            for batch in encode(model, jobs, batch_size=batch_size, workers=workers,
-                                captions=options.captions, beam_width=options.caption_beam_width):
+            batches = encode(model, jobs, batch_size=batch_size, workers=workers, captions=options.captions,
+                             beam_width=options.caption_beam_width)
+            if jobs:  # while the first images decode: the text side of the relevance calibration done at the end
+                calibration_latents(model)
+            for batch in batches:
                 shards.add([e for e in batch if e.status != CHANGED])  # a changed file is retried, not resumed
                 bar.update(len(batch))
                 yield from batch

@@ -92,17 +92,28 @@ def collate(samples: list[dict], config: ImageEncoderConfig) -> dict:
 
 def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: int = 1, captions: bool = True,
            beam_width: int = CAPTION_BEAM_WIDTH, caption_max_len: int = CAPTION_MAX_LEN) -> Iterator[list[Encoded]]:
-    """Yield, batch by batch, one Encoded per job. Decoding (workers > 0: in worker processes) overlaps the model."""
+    """Batch by batch, one Encoded per job. Decoding (workers > 0: in worker processes) overlaps the model, and
+    starts now: what the caller does before it asks for the first batch overlaps the first images' decoding."""
     if not jobs:
-        return
+        return iter(())
+    return _encoded(model, _loader(model, jobs, batch_size, workers), captions, beam_width, caption_max_len)
+
+
+def _loader(model, jobs: Sequence[EncodeJob], batch_size: int, workers: int):
+    """The decoded batches of the jobs, their decoding started."""
     on_cuda = model.device.type == "cuda"
     config = model.config.image_encoder
     loader = DataLoader(
-        DecodeDataset(jobs, config), batch_size=batch_size, num_workers=workers,
+        DecodeDataset(jobs, config), batch_sampler=ramped_batches(len(jobs), batch_size), num_workers=workers,
         collate_fn=functools.partial(collate, config=config), pin_memory=on_cuda,
         prefetch_factor=4 if workers > 0 else None, persistent_workers=False, worker_init_fn=_decoding_worker,
     )
-    for batch in _started(loader):
+    return _started(loader)
+
+
+def _encoded(model, batches, captions: bool, beam_width: int, caption_max_len: int) -> Iterator[list[Encoded]]:
+    """The model's results of decoded batches."""
+    for batch in batches:
         samples, pixels = batch["samples"], batch["pixels"]
         latents, tokens, texts = None, None, None
         if pixels is not None:
@@ -113,6 +124,16 @@ def encode(model, jobs: Sequence[EncodeJob], *, batch_size: int = 64, workers: i
             if captions:
                 texts = model.captions_from_tokens(decoder_tokens, beam_width=beam_width, max_len=caption_max_len)
         yield list(_results(samples, latents, tokens, texts))
+
+
+def ramped_batches(count: int, batch_size: int) -> list[list[int]]:
+    """Job indices in order, in batches of `batch_size` after a few smaller first ones (1/8 of it, doubling):
+    the model starts as soon as a few images are decoded instead of waiting idle for a whole batch."""
+    batches, start, size = [], 0, max(1, batch_size // 8)
+    while start < count:
+        batches.append(list(range(start, min(start + size, count))))
+        start, size = start + size, min(batch_size, size * 2)
+    return batches
 
 
 def _started(loader: DataLoader):

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 RUNTIME_ENV = "MAMMUT_CPU_RUNTIME"  # "torch" keeps the CPU encoder in PyTorch (comparisons, a misbehaving runtime)
 OPSET = 17
 EXPORT_VERSION = 1  # what is exported and how; part of the cache key
+# Images per thread in one runtime run: the activations of a whole batch outgrow the CPU's caches, and every image
+# is computed on its own, so shorter runs give the same output for less time (benchmarks/RESULTS.md).
+IMAGES_PER_THREAD = 8
 # A fresh export is used only if its output on a probe batch is within this of PyTorch's, relative to the
 # largest PyTorch output (measured: ~2e-5 absolute on the bundled model's maps, whose values reach 6).
 AGREEMENT = 1e-4
@@ -106,7 +109,9 @@ class CpuImageEncoder:
         if weights_fingerprint(self.encoder) != self._fingerprint:
             self._load()
         inputs = pixels.detach().float().contiguous().numpy()
-        out = torch.from_numpy(self.session().run(None, {"pixels": inputs})[0])
+        session, step = self.session(), IMAGES_PER_THREAD * self.threads
+        runs = [session.run(None, {"pixels": inputs[i:i + step]})[0] for i in range(0, max(1, len(inputs)), step)]
+        out = torch.from_numpy(np.concatenate(runs))
         return self.head(out) if self.head is not None else out
 
     @property

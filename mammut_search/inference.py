@@ -30,9 +30,12 @@ from mammut_search.model.tokenizer import Tokenizer
 
 ImageBatch = Sequence[Image.Image] | torch.Tensor
 
-# Large images are box-reduced (cheap) only down to twice the input size: the bicubic resize from there keeps
-# the pixels within about one grey level of a bicubic resize from full size.
-REDUCING_GAP = 2
+# Large images are reduced (box filter, or a JPEG's DCT scaling) by powers of two while both sides stay at least
+# this many times the input size, then resized bicubic. Our own encoders: 1, which decodes a camera-sized JPEG at
+# 1/4 or 1/8 scale (the retrieval and captions it was checked for are in benchmarks/RESULTS.md). open_clip
+# checkpoints: 2, which keeps their input within a few grey levels of open_clip's own transform.
+REDUCING_GAP = 1
+OPEN_CLIP_REDUCING_GAP = 2
 
 
 # ----- the one image pipeline -----
@@ -54,7 +57,8 @@ def preprocess_images(images: Sequence[Image.Image], config: ImageEncoderConfig)
 def decode_side(config: ImageEncoderConfig) -> int:
     """The smallest side an image needs for this encoder: preprocessing box-reduces larger images by powers
     of two down to it, and the safe loader may decode JPEGs straight at that scale (`min_side`)."""
-    return REDUCING_GAP * config.image_size
+    gap = OPEN_CLIP_REDUCING_GAP if getattr(config, "centre_crop", False) else REDUCING_GAP
+    return gap * config.image_size
 
 
 def square_pixels(image: Image.Image, config: ImageEncoderConfig) -> np.ndarray:

@@ -12,6 +12,7 @@ the other statistics and likelihood ratios tried there.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,23 @@ def encode_texts(model, texts: list[str]) -> np.ndarray:
     return np.concatenate(batches) if batches else np.zeros((0, model.latent_dim), np.float32)
 
 
+# model -> (its weights' identity, the calibration words' latents): made once, e.g. by a build while it waits
+# for its first decoded images, and used when the build calibrates its index at the end
+_word_latents: "weakref.WeakKeyDictionary[Any, tuple[tuple, np.ndarray]]" = weakref.WeakKeyDictionary()
+
+
+def calibration_latents(model) -> np.ndarray:
+    """The latents (t l) of the calibration words under `model`, computed once per model and weights."""
+    net = getattr(model, "net", None)
+    identity = tuple((t.data_ptr(), t._version) for t in net.state_dict(keep_vars=True).values()) if net else ()
+    known = _word_latents.get(model)
+    if known is not None and known[0] == identity:
+        return known[1]
+    latents = np.ascontiguousarray(encode_texts(model, calibration_words(model.tokenizer)), np.float32)
+    _word_latents[model] = (identity, latents)
+    return latents
+
+
 def match(similarities: np.ndarray) -> float:
     """A query's best similarity to an indexed image, from its candidates' similarities; -inf without any."""
     return round(float(np.max(similarities)), 6) if len(similarities) else float("-inf")
@@ -54,7 +72,7 @@ def calibrate(model, vectors) -> dict[str, Any]:
     queries = calibration_words(model.tokenizer)
     if not vectors.ntotal or not queries:
         return {}
-    scores, ids = vectors.search(np.ascontiguousarray(encode_texts(model, queries), np.float32), 1)
+    scores, ids = vectors.search(calibration_latents(model), 1)
     matches = [match(row_scores[row_ids >= 0]) for row_scores, row_ids in zip(scores, ids)]
     return {"version": VERSION, "cutoff": round(float(np.quantile(matches, QUANTILE)), 6),
             "quantile": QUANTILE, "queries": len(queries)}

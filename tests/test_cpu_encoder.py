@@ -14,7 +14,8 @@ from PIL import Image
 
 from mammut_search import cpu_encoder
 from mammut_search.bundled import bundled_checkpoint_dir, demo_dir
-from mammut_search.inference import load_model
+from mammut_search.images import load_image_with_size
+from mammut_search.inference import decode_side, load_model, pixels_tensor
 from mammut_search.model.decoding import generate
 from mammut_search.testing import tiny_model
 
@@ -61,6 +62,30 @@ def test_latents_through_the_runtime_equal_pytorchs(cache):
     assert len(list(cache.glob("*.onnx"))) == 1 and len(list(cache.glob("*.json"))) == 1
 
 
+def test_a_batch_runs_in_short_runs_that_give_the_whole_batchs_output(cache, monkeypatch):
+    model = tiny_model(seed=0)
+    x = pixels(n=11)
+    with torch.no_grad():
+        whole = cpu_encoder.image_features(model.net, x)  # 11 images: one run
+    runs = []
+    encoder = cpu_encoder.cpu_encoder(model.net)
+    real_session = encoder.session
+
+    def counted_session():
+        session = real_session()
+        run = session.run
+        monkeypatch.setattr(session, "run", lambda names, feed: runs.append(len(feed["pixels"])) or run(names, feed),
+                            raising=False)
+        return session
+
+    monkeypatch.setattr(cpu_encoder, "IMAGES_PER_THREAD", 4)
+    monkeypatch.setattr(encoder, "session", counted_session)
+    with torch.no_grad():
+        short = cpu_encoder.image_features(model.net, x)
+    assert runs == [4, 4, 3]  # 4 images a thread, on the tests' one thread
+    assert torch.allclose(short, whole, atol=1e-6)
+
+
 @pytest.fixture(scope="session")
 def bundled():
     return load_model(bundled_checkpoint_dir(), device="cpu")
@@ -90,6 +115,30 @@ def test_bundled_model_gives_pytorchs_latents_and_captions_on_demo_images_and_ph
     cosine = F.cosine_similarity(bundled.latents_from_features(features), bundled.latents_from_features(reference))
     assert cosine.min() >= 0.9999
     assert bundled.captions_from_features(features) == bundled.captions_from_features(reference)
+
+
+def full_resolution_square(path: Path, size: int, background) -> np.ndarray:
+    """Every pixel decoded, then one bicubic resize into the square: the reference the reduced decoding is held to."""
+    image = Image.open(path).convert("RGB")
+    scale = size / max(image.size)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+    square = np.empty((size, size, 3), np.uint8)
+    square[:] = background
+    top, left = (size - image.height) // 2, (size - image.width) // 2
+    square[top:top + image.height, left:left + image.width] = np.asarray(image)
+    return square
+
+
+def test_camera_sized_jpegs_decoded_at_reduced_scale_keep_the_full_resolution_latents(bundled, tmp_path):
+    config = bundled.config.image_encoder
+    paths = photo_like_jpegs(tmp_path / "photos", 3)
+    decoded, full_size = load_image_with_size(paths[0], min_side=decode_side(config))
+    assert full_size == (1024, 768) and decoded.size == (256, 192)  # 1/4 scale: 1/8 would give 96 rows
+
+    reduced = bundled.encode_image(bundled.preprocess_files(paths))
+    full = bundled.encode_image(pixels_tensor([full_resolution_square(p, config.image_size, config.background)
+                                               for p in paths], config))
+    assert F.cosine_similarity(reduced, full).min() >= 0.99
 
 
 def test_greedy_captions_leaving_the_batch_early_equal_the_reference_loop(bundled):

@@ -171,6 +171,37 @@ def test_decoding_in_the_main_process_gives_the_same_index(tmp_path, model):
     assert content(workers) == content(inline)
 
 
+def test_the_model_starts_on_small_batches_that_grow_to_the_batch_size(tmp_path, model, monkeypatch):
+    write_good_images(tmp_path / "a", 30)
+    seen = []
+    encode = model.image_features
+    monkeypatch.setattr(model, "image_features", lambda pixels: seen.append(len(pixels)) or encode(pixels))
+    store = build_index([tmp_path / "a"], tmp_path / "i", model, options=options(batch_size=8))
+    assert seen == [1, 2, 4, 8, 8, 7]
+    assert len(store.ok_items) == 30
+
+
+def test_a_build_encodes_the_calibration_words_once_and_again_after_its_weights_change(tmp_path, model,
+                                                                                     monkeypatch):
+    import torch
+
+    from mammut_search import relevance
+
+    write_good_images(tmp_path / "a", 3)
+    texts = []
+    encode_text = model.encode_text
+    monkeypatch.setattr(model, "encode_text", lambda batch: texts.append(len(batch)) or encode_text(batch))
+    words = len(relevance.calibration_words(model.tokenizer))
+    first = build_index([tmp_path / "a"], tmp_path / "i", model, options=options())
+    build_index([tmp_path / "a"], tmp_path / "j", model, options=options())
+    assert sum(texts) == words  # the second build used the latents of the first
+    with torch.no_grad():
+        next(model.net.parameters()).mul_(0.5)
+    build_index([tmp_path / "a"], tmp_path / "k", model, options=options())
+    assert sum(texts) == 2 * words
+    assert first.manifest.relevance["queries"] == words
+
+
 def test_large_jpegs_decoded_at_reduced_scale_keep_their_full_size_and_nearly_their_latents(tmp_path, model):
     from mammut_search.images import load_image
 
