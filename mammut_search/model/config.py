@@ -15,8 +15,8 @@ CAPTION_MAX_LEN = 24
 
 @dataclass(frozen=True)
 class EfficientNetLite:
-    """What differs between the ImageNet-pretrained EfficientNet-Lite sizes (one code, scaled in depth and width;
-    the head stays 1280 wide at every size, https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet/lite)."""
+    """What differs between the ImageNet-pretrained EfficientNet-Lite sizes: one code, scaled in depth and width,
+    the head 1280 wide at every size (https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet)."""
 
     name: str  # the model name efficientnet_lite_pytorch knows
     native_size: int  # the input size its ImageNet weights were trained at
