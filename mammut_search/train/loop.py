@@ -77,7 +77,7 @@ def build_network(config: TrainConfig, tokenizer: Tokenizer, minilm_ids: list[in
     """A fresh MaMMUT for the recipe: pretrained image encoder, token embeddings from MiniLM if asked."""
     net_config = model_config(config, tokenizer)
     torch.manual_seed(config.seed)
-    net = MaMMUT(net_config, pretrained_encoder=net_config.image_encoder.kind == "efficientnet_lite0")
+    net = MaMMUT(net_config, pretrained_encoder=net_config.image_encoder.efficientnet is not None)
     if config.text_init:
         from mammut_search.train.text_init import initial_token_embeddings
 
@@ -89,7 +89,7 @@ def build_network(config: TrainConfig, tokenizer: Tokenizer, minilm_ids: list[in
 def uses_cached_features(model_config: MammutConfig) -> bool:
     """Frozen EfficientNet: its features can be cached; otherwise the cache holds pixels."""
     image = model_config.image_encoder
-    return image.kind == "efficientnet_lite0" and image.trainable_blocks == 0
+    return image.efficientnet is not None and image.trainable_blocks == 0
 
 
 # fixed parts of the recipe (no recipe has varied them)

@@ -12,7 +12,7 @@ import torch
 
 from mammut_search.errors import UserError
 from mammut_search.inference import missing_gpu
-from mammut_search.model.config import ImageEncoderConfig, MammutConfig
+from mammut_search.model.config import IMAGE_ENCODER_KINDS, ImageEncoderConfig, MammutConfig
 
 # model settings that come from the tokenizer or the run, never from a recipe
 MODEL_SET_BY_TRAINING = {"vocab_size", "pad_id", "bos_id", "eos_id", "training"}
@@ -43,9 +43,9 @@ MODEL_RULES: dict[str, Rule] = {
     "max_text_len": ((lambda v: v >= 4), "at least 4 (a start, an end and two words)"),
 }
 IMAGE_RULES: dict[str, Rule] = {
-    "kind": one_of("efficientnet_lite0", "vit"),
+    "kind": one_of(*IMAGE_ENCODER_KINDS),
     "image_size": ((lambda v: v >= 32), "at least 32 pixels"),
-    "trainable_blocks": ((lambda v: 0 <= v <= 16), "between 0 and 16 (EfficientNet-Lite0 has 16 blocks)"),
+    # at most the kind's block count: ImageEncoderConfig checks that
     **{name: AT_LEAST_1 for name in ("patch_size", "vit_dim", "vit_depth", "vit_heads")},
     "std": ((lambda v: all(x > 0 for x in v)), "a list of 3 numbers above 0 (pixels are divided by them)"),
     "background": ((lambda v: all(0 <= x <= 255 for x in v)), "a list of 3 numbers from 0 to 255"),
