@@ -55,12 +55,13 @@ step "mammut demo"
 port="$("$work/venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 "$mammut" demo --port "$port" >"$work/demo.log" 2>&1 &
 server=$!
+page="$work/page.html"
 for _ in $(seq 300); do  # the first run indexes the 300 demo images: allow up to 5 minutes
-  if curl -fsS --max-time 5 -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null; then break; fi
+  if curl -fsS --max-time 20 -o "$page" "http://127.0.0.1:$port/" 2>/dev/null && grep -qi gradio "$page"; then break; fi
   kill -0 "$server" 2>/dev/null || { cat "$work/demo.log"; fail "mammut demo exited"; }
   sleep 1
 done
-curl -fsS --max-time 30 "http://127.0.0.1:$port/" | grep -qi gradio || { cat "$work/demo.log"; fail "mammut demo did not answer"; }
+grep -qi gradio "$page" 2>/dev/null || { cat "$work/demo.log"; fail "mammut demo did not answer"; }
 [ -f "$XDG_CACHE_HOME/mammut-search/demo.index/manifest.json" ] || fail "no demo index in \$XDG_CACHE_HOME"
 tail -n 2 "$work/demo.log"  # the index it serves and the address
 kill "$server" && wait "$server" 2>/dev/null || true
