@@ -28,10 +28,19 @@ def interleave(tuning: list[str], held_out: list[str]) -> list[str]:
     return [name for pair in zip(tuning, held_out) for name in pair]
 
 
-def write_captions(out: Path, names: list[tuple[str, str]]) -> None:
-    """OUT/captions.csv: each image's true name, as the demo's captions.csv (for telling right results)."""
+def write_collection(out: Path, files: list[tuple[Path, str, str]], about: str, present: list[str],
+                     absent: list[str]) -> None:
+    """Each (source image, file name, true name) copied into OUT/images; OUT/captions.csv with each image's true
+    name, as the demo's captions.csv (for telling right results); OUT/concepts.json with the concept lists."""
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for source, file_name, _ in files:
+        shutil.copy(source, images / file_name)
     with open(out / "captions.csv", "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([("image", "caption")] + [(f"images/{file}", name) for file, name in names])
+        csv.writer(f).writerows([("image", "caption")] + [(f"images/{file}", name) for _, file, name in files])
+    (out / "concepts.json").write_text(json.dumps({"about": about, "present": present, "absent": absent},
+                                                  indent=1) + "\n")
+    print(f"{len(files)} images in {images}; {len(present)} present and {len(absent)} absent concepts")
 
 
 def main() -> None:
@@ -51,19 +60,13 @@ def main() -> None:
     rng.shuffle(entries)
     chosen, rest = entries[:SIZE], entries[SIZE:]
     inside = set().union(*(content_words(e["name"].lower()) for e in chosen))
-    images = args.out / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    for e in chosen:
-        shutil.copy(args.packages / "package/img/google/64" / e["image"], images / e["image"])
-    write_captions(args.out, [(e["image"], e["name"].lower()) for e in chosen])
     present = [e["name"].lower() for e in chosen[:2 * LISTED]]
     absent = [e["name"].lower() for e in rest if not content_words(e["name"].lower()) & inside][:2 * LISTED]
     present, absent = (interleave(names[LISTED:], names[:LISTED]) for names in (present, absent))
     about = ("Names of Google emoji in the second collection (present) and not in it (absent), for the 'nothing "
              "matches' notice: even positions tune its quantile, odd positions test it.")
-    (args.out / "concepts.json").write_text(json.dumps({"about": about, "present": present, "absent": absent},
-                                                       indent=1) + "\n")
-    print(f"{len(chosen)} images in {images}; {len(present)} present and {len(absent)} absent concepts")
+    files = [(args.packages / "package/img/google/64" / e["image"], e["image"], e["name"].lower()) for e in chosen]
+    write_collection(args.out, files, about, present, absent)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 from pathlib import Path
 
 SIZE, LISTED, SEED = 300, 80, 0
@@ -67,7 +66,7 @@ def twitter_rows(emoji: list[dict], twitter: Path) -> list:
 
 
 def main() -> None:
-    from make_second_collection import write_captions
+    from make_second_collection import write_collection
     from mammut_search.eval.domains import content_words
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,11 +80,6 @@ def main() -> None:
               [(r.name, f"{r.concept_id}.png", args.corpus / "corpus" / r.path) for r in fxemoji_rows(args.corpus)])
     chosen = chosen[:SIZE]
     inside = set().union(*(content_words(name.lower()) for name, _, _ in chosen))
-    images = args.out / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    for _, file_name, path in chosen:
-        shutil.copy(path, images / file_name)
-    write_captions(args.out, [(file_name, name.lower()) for name, file_name, _ in chosen])
     present = [name.lower() for name, _, _ in chosen if content_words(name.lower())
                and not content_words(name.lower()) & banned][:LISTED]
     names = sorted({e["name"].lower() for e in emoji if e.get("name") and e["category"] not in ("Flags", "Component")})
@@ -93,9 +87,8 @@ def main() -> None:
     absent = [n for n in names if content_words(n) and not content_words(n) & (inside | banned)][:LISTED]
     about = ("Names of emoji in this tuning collection (present) and of emoji not in it (absent), for tuning the "
              "'nothing matches' rule: every position tunes.")
-    (args.out / "concepts.json").write_text(json.dumps({"about": about, "present": present, "absent": absent},
-                                                       indent=1) + "\n")
-    print(f"{len(chosen)} images in {images}; {len(present)} present and {len(absent)} absent concepts")
+    write_collection(args.out, [(path, file_name, name.lower()) for name, file_name, path in chosen], about,
+                     present, absent)
 
 
 if __name__ == "__main__":
