@@ -69,13 +69,15 @@ def match(similarities: np.ndarray) -> float:
 def calibrate(model, vectors) -> dict[str, Any]:
     """The manifest's `relevance` entry for an index whose VectorIndex is `vectors`: the QUANTILE of the
     matches that calibration words get on it; {} for an empty index or a vocabulary without such words."""
-    queries = calibration_words(model.tokenizer)
-    if not vectors.ntotal or not queries:
+    if not vectors.ntotal:
         return {}
-    scores, ids = vectors.search(calibration_latents(model), 1)
+    latents = calibration_latents(model)  # one row per calibration word
+    if not len(latents):
+        return {}
+    scores, ids = vectors.search(latents, 1)
     matches = [match(row_scores[row_ids >= 0]) for row_scores, row_ids in zip(scores, ids)]
     return {"version": VERSION, "cutoff": round(float(np.quantile(matches, QUANTILE)), 6),
-            "quantile": QUANTILE, "queries": len(queries)}
+            "quantile": QUANTILE, "queries": len(latents)}
 
 
 def cutoff(manifest, fixed: float | None = None) -> float | None:
