@@ -27,7 +27,7 @@ from mammut_search.images import load_image
 from mammut_search.model.config import EFFICIENTNETS
 from mammut_search.train.corpus.imagenet import imagenet_classes
 from mammut_search.train.data import read_manifest
-from mammut_search.train.text_init import MiniLMSentenceEncoder
+from mammut_search.model.minilm import MiniLMSentenceEncoder
 
 SECTION = "## ImageNet bridge alone (ConSE)"
 CHECK_PHOTOS = ("scikit-image/chelsea", "scikit-image/coffee", "scikit-image/motorcycle_left")

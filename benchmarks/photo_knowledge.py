@@ -2,7 +2,7 @@
 default, its levers, the previous default and the ImageNet bridge alone (no training), side by side.
 
     python benchmarks/photo_knowledge.py --checkpoint mammut_search/bundled/checkpoint [--previous OLD_CHECKPOINT]
-        [--label NAME=CHECKPOINT ...] [--weights 0 0.5 1 2] [--gates 0 10] [--rerank] [--oracle-query]
+        [--label NAME=CHECKPOINT ...] [--weights 0 0.5 1 2] [--gates 0 10] [--rerank]
         [--styles-apart] [--image-size 224]
 
 Each image is decoded and encoded once per checkpoint; the fusion weight and the query gate only change how
@@ -27,7 +27,6 @@ from mammut_search.eval.domains import caption_hits, domain_metrics
 from mammut_search.eval.domains import validation_sets as domain_sets
 from mammut_search.images import load_image
 from mammut_search.inference import MammutModel, load_model
-from mammut_search.model.retrieval import fuse, query_gate, text_semantic
 from mammut_search.search import RERANK_CANDIDATES, RERANK_WEIGHT
 from mammut_search.train.data import read_manifest
 
@@ -100,7 +99,7 @@ def score_bridge(model: MammutModel, sets: dict, features: dict) -> dict:
     training. Its caption: the most probable class's name."""
     from mammut_search.eval.bridge import ImageNetBridge
     from mammut_search.train.corpus.imagenet import imagenet_classes
-    from mammut_search.train.text_init import MiniLMSentenceEncoder
+    from mammut_search.model.minilm import MiniLMSentenceEncoder
 
     net = model.net
     bridge = ImageNetBridge(net.image_encoder.net, net.class_embeddings, MiniLMSentenceEncoder(),
@@ -113,25 +112,6 @@ def score_bridge(model: MammutModel, sets: dict, features: dict) -> dict:
         top1 = probabilities.argmax(dim=-1)
         per_set[name]["named"] = float(caption_hits([names[i] for i in top1], sets[name][1]).mean())
     return per_set
-
-
-@torch.no_grad()
-def score_query_oracle(model: MammutModel, sets: dict, features: dict) -> dict:
-    """The model at its shipped fusion setting, but each query's semantic part is MiniLM's own embedding of the
-    query instead of the text CLS's estimate of it (the gate still reads the estimate): how far a perfect query
-    estimate could take the fused vectors."""
-    import torch.nn.functional as F
-
-    from mammut_search.train.text_init import MiniLMSentenceEncoder
-
-    net, minilm = model.net, MiniLMSentenceEncoder()
-
-    def encode_text(texts):
-        latents = F.normalize(model.encode_text(texts)[:, :net.config.dim_latents], dim=-1)
-        semantic = F.normalize(minilm.encode(list(texts), progress=False).float(), dim=-1)
-        return fuse(net, latents, query_gate(net, text_semantic(net, latents)) * semantic)
-
-    return {n: recall(model.latents_from_features(f), sets[n][1], encode_text) for n, f in features.items()}
 
 
 @torch.no_grad()
@@ -191,8 +171,6 @@ def main() -> None:
     parser.add_argument("--centers", nargs="*", type=float, default=[0.5], help="the query gate's centre")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rerank", action="store_true", help="also score the Searcher's re-ranking")
-    parser.add_argument("--oracle-query", action="store_true",
-                        help="also score queries whose semantic part is MiniLM's own embedding (an upper bound)")
     parser.add_argument("--styles-apart", action="store_true", help="a column per held-out style, not their mean")
     parser.add_argument("--image-size", type=int, default=0, help="feed the checkpoint's encoder this input size")
     args = parser.parse_args()
@@ -214,9 +192,6 @@ def main() -> None:
         for label, r in score_model(other, sets, encode_sets(other, sets), [other.config.fusion_weight],
                                     [other.config.fusion_gate], [other.config.fusion_gate_center]):
             rows.append((f"{name}, {label}" if label else name, r))
-    if args.oracle_query and model.net.config.semantic_dim:
-        rows.append(("new default, query's semantic part from MiniLM itself (upper bound)",
-                     score_query_oracle(model, sets, features)))
     if args.rerank:
         per_set = {n: {**rerank_recall(model, f, sets[n][1])} for n, f in features.items()}
         rows.append(("new default, re-ranked (top 50 by log p(query | image))", per_set))

@@ -25,7 +25,7 @@ from mammut_search.model.checkpoint import load_checkpoint, save_checkpoint
 from mammut_search.model.config import CAPTION_BEAM_WIDTH, CAPTION_MAX_LEN, ImageEncoderConfig, MammutConfig
 from mammut_search.model.decoding import generate, score_texts
 from mammut_search.model.mammut import MaMMUT
-from mammut_search.model.retrieval import image_retrieval_vectors, query_retrieval_vectors
+from mammut_search.model.retrieval import image_retrieval_vectors, query_retrieval_vectors, query_sentences
 from mammut_search.model.tokenizer import Tokenizer
 
 ImageBatch = Sequence[Image.Image] | torch.Tensor
@@ -278,8 +278,10 @@ class MammutModel:
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Strings -> unit-norm retrieval vectors of the queries (b r), from the decoder's contrastive pass."""
         ids = self.tokenizer.encode(list(texts), self.config.max_text_len).to(self.device)
+        sentences = query_sentences(self.net, texts)
+        sentences = sentences.to(self.device) if sentences is not None else None
         with self._autocast():
-            return query_retrieval_vectors(self.net, ids).float().cpu()
+            return query_retrieval_vectors(self.net, ids, sentences).float().cpu()
 
     def save(self, directory: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
         """Write a checkpoint directory; remembers and returns its sha256."""

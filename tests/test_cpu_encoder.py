@@ -133,7 +133,10 @@ def test_camera_sized_jpegs_decoded_at_reduced_scale_keep_the_full_resolution_la
     config = bundled.config.image_encoder
     paths = photo_like_jpegs(tmp_path / "photos", 3)
     decoded, full_size = load_image_with_size(paths[0], min_side=decode_side(config))
-    assert full_size == (1024, 768) and decoded.size == (256, 192)  # 1/4 scale: 1/8 would give 96 rows
+    # the largest power-of-two reduction that keeps both sides at least the decode side
+    scale = full_size[0] // decoded.size[0]
+    assert full_size == (1024, 768) and scale > 1 and decoded.size == (1024 // scale, 768 // scale)
+    assert min(decoded.size) >= decode_side(config) > min(decoded.size) // 2
 
     reduced = bundled.encode_image(bundled.preprocess_files(paths))
     full = bundled.encode_image(pixels_tensor([full_resolution_square(p, config.image_size, config.background)

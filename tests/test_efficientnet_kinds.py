@@ -64,7 +64,7 @@ def test_recipes_accept_the_new_kinds(kind):
 
 @pytest.mark.parametrize("override,culprit", [
     ("model.image_encoder.kind='efficientnet_lite3'", "kind"),
-    ("model.image_encoder.trainable_blocks=17", "trainable_blocks"),  # Lite0, the default kind, has 16
+    ("model.image_encoder.trainable_blocks=22", "trainable_blocks"),  # Lite1, the default kind, has 21
     ("model.image_encoder.trainable_blocks=-1", "trainable_blocks"),
 ])
 def test_recipes_refuse_unknown_kinds_and_blocks_the_kind_lacks(override, culprit):

@@ -1,17 +1,17 @@
-"""What `mammut train` needs is declared by the package, and `make setup` installs it from there."""
+"""What queries and `mammut train` need is declared by the package, and `make setup` installs it from there."""
 
 import re
 import tomllib
 from pathlib import Path
 
-from mammut_search.train.text_init import MINILM_PACKAGE, minilm_dir
+from mammut_search.model.minilm import MINILM_PACKAGE, minilm_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_train_extra_declares_the_minilm_package_that_training_reads():
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    names = [re.split(r"[<>=!~ ;\[]", requirement)[0].replace("-", "_") for requirement in extras["train"]]
+def test_the_package_declares_the_minilm_package_that_queries_and_training_read():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = [re.split(r"[<>=!~ ;\[]", requirement)[0].replace("-", "_") for requirement in project["dependencies"]]
     assert MINILM_PACKAGE in names
     assert (minilm_dir() / "model.safetensors").is_file() and (minilm_dir() / "tokenizer.json").is_file()
 

@@ -11,13 +11,14 @@ from mammut_search import load_model
 from mammut_search.inference import MammutModel
 from mammut_search.model.config import ImageEncoderConfig, MammutConfig
 from mammut_search.model.mammut import NUM_CLASSES, MaMMUT
-from mammut_search.model.retrieval import query_gate, query_retrieval_vectors
+from mammut_search.model.minilm import MINILM_DIM, sentence_encoder
+from mammut_search.model.retrieval import query_gate, query_retrieval_vectors, query_sentences
 from mammut_search.model.tokenizer import train_bpe
 from mammut_search.train import prepare
 from mammut_search.train.loop import train
 from test_train import corpus, read_log, tiny_recipe  # noqa: F401 (corpus is a fixture)
 
-SEMANTIC = 8
+SEMANTIC = MINILM_DIM  # the class names' and queries' sentence space
 
 
 def semantic_config(vocab_size: int, **changes) -> MammutConfig:
@@ -70,8 +71,31 @@ def test_fused_vectors_are_one_inner_product_of_both_parts(model):
     # the query's first part is its contrastive latent, up to the norm of the whole
     ids = model.tokenizer.encode(["a red apple"], c.max_text_len)
     plain = net.text_latents(ids)
-    fused = query_retrieval_vectors(net, ids)
+    fused = query_retrieval_vectors(net, ids, query_sentences(net, ["a red apple"]))
     assert torch.allclose(fused[:, :c.dim_latents] / fused[:, :c.dim_latents].norm(), plain, atol=1e-5)
+
+
+def test_a_querys_semantic_part_is_its_own_minilm_embedding_scaled_by_its_gate(model):
+    net, c = model.net, model.net.config
+    texts = ["a red apple", "an octopus in the sea", "tabby cat"]
+    queries = model.encode_text(texts)
+    semantic = queries[:, c.dim_latents:]
+    expected = sentence_encoder().encode(texts, progress=False)
+    assert torch.allclose(F.normalize(semantic, dim=-1), expected, atol=1e-4)
+    # its length relative to the latent part is the fusion weight times the gate
+    ratio = semantic.norm(dim=-1) / queries[:, :c.dim_latents].norm(dim=-1)
+    assert torch.allclose(ratio, c.fusion_weight * query_gate(net, expected)[:, 0], atol=1e-4)
+
+
+def test_a_checkpoint_with_the_retired_query_estimate_head_still_loads(model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model.save(tmp_path / "old")
+    weights = load_file(str(tmp_path / "old" / "model.safetensors"))
+    save_file({**weights, "text_to_semantic.weight": torch.zeros(SEMANTIC, model.config.dim_latents)},
+              str(tmp_path / "old" / "model.safetensors"))
+    loaded = load_model(tmp_path / "old", device="cpu")
+    assert torch.allclose(loaded.encode_text(["an octopus"]), model.encode_text(["an octopus"]), atol=1e-5)
 
 
 def test_query_gate_opens_for_class_names_only(model):

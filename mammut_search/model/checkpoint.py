@@ -100,6 +100,11 @@ def read_config(directory: str | Path) -> MammutConfig | OpenMammutConfig:
         raise CheckpointError(f"{path}: not a valid model config ({e})") from None
 
 
+# weights older checkpoints hold that this code no longer uses: the text latent's estimate of a query's sentence
+# embedding, which MiniLM now computes (model/retrieval.py)
+RETIRED_WEIGHTS = ("text_to_semantic.weight",)
+
+
 def load_checkpoint(directory: str | Path,
                     device: str | torch.device = "cpu") -> tuple[MaMMUT | OpenMammut, Tokenizer, str]:
     """Checkpoint directory -> (network in eval mode, tokenizer, sha256 of the weights).
@@ -124,6 +129,8 @@ def load_checkpoint(directory: str | Path,
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights_path}: corrupt or truncated weights ({e})") from None
+    for name in RETIRED_WEIGHTS:
+        tensors.pop(name, None)
     # an open_clip MaMMUT keeps no tensor outside its state dict: built on no memory, its weights loaded in place
     # (hundreds of millions of initial values would only be overwritten)
     empty = isinstance(config, OpenMammutConfig)

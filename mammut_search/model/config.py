@@ -42,8 +42,8 @@ class ImageEncoderConfig:
     """Which image encoder turns pixels into image tokens, and how images are prepared for it. The defaults are
     the bundled checkpoint's (a ViT needs classifier_token = False)."""
 
-    kind: str = "efficientnet_lite0"  # one of EFFICIENTNETS (ImageNet-pretrained) or "vit" (from scratch)
-    image_size: int = 160
+    kind: str = "efficientnet_lite1"  # one of EFFICIENTNETS (ImageNet-pretrained) or "vit" (from scratch)
+    image_size: int = 240
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels are composited onto this colour
@@ -119,12 +119,12 @@ class MammutConfig:
     semantic_dim: int = 384
     semantic_top_k: int = 10
     # retrieval vectors = [contrastive latent ; fusion_weight * semantic part]: the image's semantic vector beside
-    # the query's estimate of it (from the text CLS latent), one inner product for both (0: latents alone)
-    fusion_weight: float = 1.5
+    # the query's MiniLM sentence embedding, one inner product for both (0: latents alone)
+    fusion_weight: float = 1.0
     # the query's semantic part is gated by how much the query names an ImageNet class:
     # sigmoid(fusion_gate * (best cosine to a class name - fusion_gate_center)); 0: no gate
     fusion_gate: float = 20.0
-    fusion_gate_center: float = 0.7
+    fusion_gate_center: float = 0.6
     caption_loss_weight: float = 1.0
     contrastive_loss_weight: float = 1.0
     pad_id: int = 0

@@ -52,8 +52,6 @@ class MaMMUT(nn.Module):
             self.semantic_to_context = nn.Linear(c.semantic_dim, c.image_encoder.feature_dim)
             self.semantic_to_token = nn.Sequential(nn.Linear(c.semantic_dim, c.dim), LayerNorm(c.dim))
             self.semantic_to_latents = nn.Linear(c.semantic_dim, c.dim_latents, bias=False)
-            # the text CLS latent's estimate of the sentence embedding the class names live in
-            self.text_to_semantic = nn.Linear(c.dim_latents, c.semantic_dim, bias=False)
         # learnable log temperature, initialised like CLIP's 1/0.07 and clamped at 100 where used
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 

@@ -3,8 +3,9 @@
 A network gives contrastive latents (`image_latents`, `text_latents`: the paper's, compared by the contrastive
 loss). A checkpoint of our own with the ImageNet semantic token may fuse more into the vectors it retrieves with
 (`fusion_weight` > 0): [contrastive latent ; w · semantic part], unit norm, so that one inner product scores both.
-The image's semantic part is its semantic vector (the classifier's top classes mixing their name embeddings), the
-query's the text latent's estimate of its sentence embedding, gated by how much the query names an ImageNet class.
+The image's semantic part is its semantic vector (the classifier's top classes mixing their name embeddings, in
+MiniLM's sentence space), the query's its own MiniLM sentence embedding (model/minilm.py), gated by how much the
+query names an ImageNet class.
 Without fusion (and for open_clip checkpoints, which have no semantic token) a retrieval vector is the latent.
 
 einstein notation: b batch, l latent width, s semantic width, r retrieval width (l, or l + s with fusion).
@@ -12,9 +13,13 @@ einstein notation: b batch, l latent width, s semantic width, r retrieval width 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mammut_search.model.minilm import sentence_encoder
 
 
 def fusion_weight(net: nn.Module) -> float:
@@ -31,13 +36,21 @@ def image_retrieval_vectors(net: nn.Module, features: torch.Tensor) -> torch.Ten
     return fuse(net, latents, F.normalize(semantic.float(), dim=-1).to(latents.dtype))
 
 
-def query_retrieval_vectors(net: nn.Module, text: torch.Tensor) -> torch.Tensor:
-    """Query ids (b n) -> the unit-norm vectors queries search with (b r)."""
+def query_retrieval_vectors(net: nn.Module, text: torch.Tensor, sentences: torch.Tensor | None = None) -> torch.Tensor:
+    """Query ids (b n) and, for a network that fuses, the queries' unit-norm MiniLM sentence embeddings (b s)
+    -> the unit-norm vectors queries search with (b r)."""
     latents = net.text_latents(text)
     if not fusion_weight(net):
         return latents
-    semantic = text_semantic(net, latents)
+    if sentences is None:
+        raise ValueError("a fusing network's queries need their sentence embeddings")
+    semantic = F.normalize(sentences.float(), dim=-1).to(latents.dtype)
     return fuse(net, latents, query_gate(net, semantic) * semantic)
+
+
+def query_sentences(net: nn.Module, texts: Sequence[str]) -> torch.Tensor | None:
+    """The queries' unit-norm MiniLM sentence embeddings (b s) when the network fuses them in, else None."""
+    return sentence_encoder().encode(list(texts), progress=False) if fusion_weight(net) else None
 
 
 def fuse(net: nn.Module, latents: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
@@ -47,7 +60,7 @@ def fuse(net: nn.Module, latents: torch.Tensor, semantic: torch.Tensor) -> torch
 
 
 def query_gate(net: nn.Module, semantic: torch.Tensor) -> torch.Tensor:
-    """Unit-norm semantic estimates of queries (b s) -> how much each names an ImageNet class (b 1):
+    """Unit-norm sentence embeddings of queries (b s) -> how much each names an ImageNet class (b 1):
     sigmoid(fusion_gate * (best cosine to a class name - fusion_gate_center)); 1 without a gate."""
     c = net.config
     if not c.fusion_gate:
@@ -55,9 +68,3 @@ def query_gate(net: nn.Module, semantic: torch.Tensor) -> torch.Tensor:
     classes = F.normalize(net.class_embeddings.float(), dim=-1).to(semantic.dtype)
     best = (semantic @ classes.t()).amax(dim=-1, keepdim=True)
     return torch.sigmoid(c.fusion_gate * (best - c.fusion_gate_center))
-
-
-def text_semantic(net: nn.Module, latents: torch.Tensor) -> torch.Tensor:
-    """Text latents (b l) -> unit-norm estimates of their sentence embeddings (b s), through the network's
-    text_to_semantic head."""
-    return F.normalize(net.text_to_semantic(latents).float(), dim=-1).to(latents.dtype)

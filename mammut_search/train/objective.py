@@ -25,12 +25,7 @@ class TrainingObjective(nn.Module):
         self.net = net
         self.cached_features = cached_features
         # maps a text latent to MiniLM's sentence space; discarded after training
-        # (a semantic model has its own, text_to_semantic, which it keeps: queries use it)
-        self.distill_head = None
-        if distill_dim and not net.config.semantic_dim:
-            self.distill_head = nn.Linear(net.config.dim_latents, distill_dim, bias=False)
-        elif distill_dim and distill_dim != net.config.semantic_dim:
-            raise ValueError(f"semantic_dim {net.config.semantic_dim} must be the teacher's width {distill_dim}")
+        self.distill_head = nn.Linear(net.config.dim_latents, distill_dim, bias=False) if distill_dim else None
         self.distills = bool(distill_dim)
 
     def forward(self, inputs: torch.Tensor, text: torch.Tensor, caption: torch.Tensor, groups: torch.Tensor,
@@ -75,8 +70,7 @@ class TrainingObjective(nn.Module):
             if extra_text is not None:
                 latents = torch.cat([latents, net.text_latents(extra_text)])
                 teacher = torch.cat([teacher, extra_teacher])
-            head = self.distill_head if self.distill_head is not None else net.text_to_semantic
-            predicted = F.normalize(head(latents).float(), dim=-1)
+            predicted = F.normalize(self.distill_head(latents).float(), dim=-1)
             losses["distill"] = (1 - (predicted * teacher).sum(dim=-1)).mean()
         if self.label_weight > 0 and label_semantic is not None:
             losses["labels"] = self.label_loss(label_semantic, label_text, label_caption, label_groups)

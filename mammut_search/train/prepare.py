@@ -351,7 +351,7 @@ def _encode_rows(tokenizer: Tokenizer, texts: list[str], max_len: int) -> list[l
 
 def minilm_targets(texts: list[str], cache_root: Path, *, progress: bool) -> torch.Tensor:
     """MiniLM sentence embeddings (t 384) of texts, cached on disk by content."""
-    from mammut_search.train.text_init import MiniLMSentenceEncoder
+    from mammut_search.model.minilm import MiniLMSentenceEncoder
 
     path = cache_root / f"minilm-{td.cache_key(texts)}.npy"
     if path.is_file():

@@ -21,7 +21,7 @@ from mammut_search.eval import metrics
 from mammut_search.eval.domains import caption_hits
 from mammut_search.model.decoding import generate
 from mammut_search.model.mammut import MaMMUT
-from mammut_search.model.retrieval import image_retrieval_vectors, query_retrieval_vectors
+from mammut_search.model.retrieval import image_retrieval_vectors, query_retrieval_vectors, query_sentences
 from mammut_search.model.tokenizer import Tokenizer
 from mammut_search.train.data import sentence_query
 
@@ -77,7 +77,9 @@ def text_latents(net: MaMMUT, tokenizer: Tokenizer, texts: list[str], device, ba
     out = []
     for s in range(0, len(texts), batch):
         ids = tokenizer.encode(texts[s:s + batch], net.config.max_text_len).to(device)
-        out.append(query_retrieval_vectors(net, ids).float().cpu())
+        sentences = query_sentences(net, texts[s:s + batch])
+        sentences = sentences.to(device) if sentences is not None else None
+        out.append(query_retrieval_vectors(net, ids, sentences).float().cpu())
     return torch.cat(out)
 
 
