@@ -123,8 +123,8 @@ class MammutConfig:
     fusion_weight: float = 1.0
     # the query's semantic part is gated by how much the query names an ImageNet class:
     # sigmoid(fusion_gate * (best cosine to a class name - fusion_gate_center)); 0: no gate
-    fusion_gate: float = 20.0
-    fusion_gate_center: float = 0.6
+    fusion_gate: float = 10.0
+    fusion_gate_center: float = 0.5
     caption_loss_weight: float = 1.0
     contrastive_loss_weight: float = 1.0
     pad_id: int = 0
