@@ -122,7 +122,8 @@ def _encoded(model, batches, captions: bool, beam_width: int, caption_max_len: i
             decoder_tokens = model.decoder_tokens(features)
             tokens = decoder_tokens.to(torch.float16).cpu().numpy()
             if captions:
-                texts = model.captions_from_tokens(decoder_tokens, beam_width=beam_width, max_len=caption_max_len)
+                texts = model.captions_from_features(features, beam_width=beam_width, max_len=caption_max_len,
+                                                     tokens=decoder_tokens)
         yield list(_results(samples, latents, tokens, texts))
 
 

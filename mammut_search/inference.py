@@ -25,6 +25,7 @@ from mammut_search.model.checkpoint import load_checkpoint, save_checkpoint
 from mammut_search.model.config import CAPTION_BEAM_WIDTH, CAPTION_MAX_LEN, ImageEncoderConfig, MammutConfig
 from mammut_search.model.decoding import generate, score_texts
 from mammut_search.model.mammut import MaMMUT
+from mammut_search.model.naming import named_classes
 from mammut_search.model.retrieval import image_retrieval_vectors, query_retrieval_vectors, query_sentences
 from mammut_search.model.tokenizer import Tokenizer
 
@@ -232,15 +233,6 @@ class MammutModel:
             return self.net.pool_image(features)[1]
 
     @torch.no_grad()
-    def captions_from_tokens(self, tokens: torch.Tensor, *, beam_width: int = CAPTION_BEAM_WIDTH,
-                             max_len: int = CAPTION_MAX_LEN) -> list[str]:
-        """decoder image tokens (b q d) -> one generated caption per image."""
-        with self._autocast():
-            ids = generate(self.net, to_device(tokens, self.device), beam_width=beam_width,
-                           max_len=max_len)
-        return [self.tokenizer.decode(row) for row in ids.tolist()]
-
-    @torch.no_grad()
     def score_text_from_tokens(self, tokens: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """decoder image tokens (b q d) and b texts -> length-normalised log p(text_i | image_i) (b)."""
         if len(texts) != tokens.shape[0]:
@@ -249,10 +241,18 @@ class MammutModel:
         with self._autocast():
             return score_texts(self.net, to_device(tokens, self.device), ids).float().cpu()
 
+    @torch.no_grad()
     def captions_from_features(self, features: torch.Tensor, *, beam_width: int = CAPTION_BEAM_WIDTH,
-                               max_len: int = CAPTION_MAX_LEN) -> list[str]:
-        """image encoder tokens (b j c) -> one generated caption per image."""
-        return self.captions_from_tokens(self.decoder_tokens(features), beam_width=beam_width, max_len=max_len)
+                               max_len: int = CAPTION_MAX_LEN, tokens: torch.Tensor | None = None) -> list[str]:
+        """image encoder tokens (b j c) -> one caption per image: the decoder's, or, with the semantic token,
+        the classifier's top class name where it is confident and agrees with the image (model.naming).
+        `tokens`: the images' decoder tokens (b q d) when the caller has them already."""
+        tokens = self.decoder_tokens(features) if tokens is None else to_device(tokens, self.device)
+        with self._autocast():
+            ids = generate(self.net, tokens, beam_width=beam_width, max_len=max_len)
+            names = ([None] * len(ids) if not getattr(self.config, "semantic_dim", 0) else
+                     named_classes(self.net, self.tokenizer, to_device(features, self.device), ids))
+        return [name or self.tokenizer.decode(row) for name, row in zip(names, ids.tolist())]
 
     def score_text_from_features(self, features: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """image encoder tokens (b j c) and b texts -> length-normalised log p(text_i | image_i) (b)."""

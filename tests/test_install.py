@@ -54,6 +54,7 @@ def test_the_wheel_carries_the_checkpoint_and_demo_and_finds_them_once_installed
     assert {f"{bundled}checkpoint/{name}" for name in CHECKPOINT_FILES} <= names
     demo_files = {f"{bundled}demo/{p.relative_to(demo_dir()).as_posix()}" for p in demo_dir().rglob("*") if p.is_file()}
     assert demo_files and demo_files <= names
+    assert "mammut_search/model/imagenet_classes.txt" in names  # the class names captions may use
     assert not any(name.startswith("data/") for name in names)
 
     site = tmp_path / "site"

@@ -3,17 +3,22 @@ the latent; label-only training examples; the fused retrieval vectors and their 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mammut_search import load_model
 from mammut_search.inference import MammutModel
-from mammut_search.model.config import ImageEncoderConfig, MammutConfig
+from mammut_search.model.config import CAPTION_MAX_LEN, ImageEncoderConfig, MammutConfig
+from mammut_search.model.decoding import generate
 from mammut_search.model.mammut import NUM_CLASSES, MaMMUT
 from mammut_search.model.minilm import MINILM_DIM, sentence_encoder
+from mammut_search.model.naming import NAMING_MARGIN, class_names
 from mammut_search.model.retrieval import query_gate, query_retrieval_vectors, query_sentences
 from mammut_search.model.tokenizer import train_bpe
+from mammut_search.testing import tiny_model
 from mammut_search.train import prepare
 from mammut_search.train.loop import train
 from test_train import corpus, read_log, tiny_recipe  # noqa: F401 (corpus is a fixture)
@@ -113,6 +118,76 @@ def test_checkpoint_keeps_classifier_and_class_embeddings(model, tmp_path):
     pixels = torch.randn(2, 3, 64, 64)
     assert torch.allclose(loaded.encode_image(pixels), model.encode_image(pixels), atol=1e-5)
     assert loaded.caption(pixels) == model.caption(pixels)
+
+
+def confident(model: MammutModel, class_index: int | None) -> MammutModel:
+    """A copy of the model whose classifier gives `class_index` all the probability (None: none to any class)."""
+    net = copy.deepcopy(model.net)
+    head = net.image_encoder.net._fc
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        if class_index is not None:
+            head.bias[class_index] = 50.0
+    return MammutModel(net, model.tokenizer, device="cpu")
+
+
+def decoder_ids(model: MammutModel, pixels: torch.Tensor) -> torch.Tensor:
+    """The decoder's own greedy caption ids of the images (b n)."""
+    return generate(model.net, model.decoder_tokens(model.image_features(pixels)), max_len=CAPTION_MAX_LEN)
+
+
+def decoder_captions(model: MammutModel, pixels: torch.Tensor) -> list[str]:
+    """The decoder's own greedy captions of the images."""
+    return [model.tokenizer.decode(row) for row in decoder_ids(model, pixels).tolist()]
+
+
+def image_latents_toward(model: MammutModel, direction: torch.Tensor) -> None:
+    """Make every image's contrastive latent the unit vector along `direction` (l)."""
+    net = model.net
+    with torch.no_grad():
+        for layer in (net.img_to_latents, net.img_grid_to_latents, net.semantic_to_latents):
+            layer.weight.zero_()
+        net.img_grid_to_latents.bias.copy_(direction)
+
+
+def test_a_confident_class_names_the_image_only_where_its_name_agrees_with_the_image(model):
+    pixels = torch.randn(1, 3, 64, 64)
+    sure, name = confident(model, 3), class_names()[3]
+    caption_ids = decoder_ids(sure, pixels)
+    caption = sure.tokenizer.decode(caption_ids[0].tolist())
+    caption_latent = sure.net.text_latents(caption_ids)[0]
+    name_latent = sure.net.text_latents(sure.tokenizer.encode([name], sure.config.max_text_len))[0]
+    assert (caption_latent - name_latent).norm() > 2 * NAMING_MARGIN  # the two texts' latents differ enough
+    image_latents_toward(sure, name_latent - caption_latent)
+    assert sure.caption(pixels) == [name]
+    image_latents_toward(sure, caption_latent - name_latent)
+    assert sure.caption(pixels) == [caption] != [name]
+
+
+def test_without_a_confident_class_the_caption_is_the_decoder_s(model):
+    pixels = torch.randn(4, 3, 64, 64)
+    unsure = confident(model, None)  # every class at 1/1000
+    unsure.net.text_to_latents.weight.data.zero_()  # every text's latent alike: agreement does not decide
+    assert unsure.caption(pixels) == decoder_captions(unsure, pixels)
+
+
+def test_an_index_holds_the_class_name_where_the_model_names_the_image(model, tmp_path):
+    from index_builder.build import BuildOptions, build_index
+    from search_testkit import write_collection
+
+    sure = confident(model, 7)
+    sure.net.text_to_latents.weight.data.zero_()  # every text's latent alike: the name agrees as well as any
+    write_collection(tmp_path / "images", 4)
+    store = build_index([tmp_path / "images"], tmp_path / "index", sure,
+                        options=BuildOptions(batch_size=4, workers=0, progress=False))
+    assert list(store.items["caption"]) == [class_names()[7]] * 4 == sure.caption(torch.randn(4, 3, 64, 64))
+
+
+def test_a_model_without_the_semantic_token_keeps_the_decoder_s_captions():
+    plain = tiny_model()
+    pixels = torch.randn(3, 3, 32, 32)
+    assert plain.caption(pixels) == decoder_captions(plain, pixels)
 
 
 @pytest.mark.slow
