@@ -5,12 +5,15 @@
     mammut index build data/cache/google-collection/images --out data/cache/google.index
     python benchmarks/calibrate_no_match.py --tune \\
         --collection data/cache/demo.index benchmarks/no_match_concepts.json \\
-        --collection data/cache/google.index benchmarks/no_match_concepts_google.json     # choose QUANTILE
+        --collection data/cache/google.index benchmarks/no_match_concepts_google.json \\
+        --tuning data/cache/fx.index data/cache/fx-collection/concepts.json \\
+        --tuning data/cache/twitter.index data/cache/twitter-collection/concepts.json    # choose QUANTILE
     python benchmarks/calibrate_no_match.py --collection ... --collection ...               # held-out halves
 
-Concept lists: `present` names things in the collection, `absent` things not in it. Even positions tune: `--tune`
-shows the fires at each quantile of the calibration words' matches on the tuning halves, per collection and
-their mean (QUANTILE is the highest whose mean present fires stay at 2 or fewer). Odd positions are held out:
+Concept lists: `present` names things in the collection, `absent` things not in it. Even positions tune (every
+position of a --tuning collection, benchmarks/make_third_collection.py): `--tune` shows the fires at each quantile
+of the calibration words' matches on the tuning lists, per collection and their mean per 30 concepts of a list
+(QUANTILE is the highest whose mean present fires stay at 2 or fewer). Odd positions are held out:
 without --tune it counts how often the notice fires as the product decides it (the index's stored cutoff, hybrid
 search on, so a query whose words are in some file name, folder or caption never gets the notice).
 """
@@ -36,13 +39,14 @@ def calibration_matches(searcher) -> np.ndarray:
     return scores[:, 0]
 
 
-def tuning_fires(index: str, concepts: dict) -> np.ndarray:
-    """(absent fires, present fires, worded absent, worded present) at each of QUANTILES, on the tuning halves."""
+def tuning_fires(index: str, concepts: dict, half: slice) -> np.ndarray:
+    """(absent fires, present fires, worded absent, worded present) at each of QUANTILES, on the `half` of
+    each list that tunes."""
     from mammut_search.ranking import keyword_hits
     from mammut_search.search import Searcher
 
     with Searcher.open(index, device="cpu") as searcher:
-        groups = [concepts[name][HALVES["tune"]] for name in ("absent", "present")]
+        groups = [concepts[name][half] for name in ("absent", "present")]
         answers = {q: searcher.search_text(q, 1, rerank=False) for group in groups for q in group}
         worded = {q for q in answers if keyword_hits(searcher.live.current, q, 1)}
         cuts = np.quantile(calibration_matches(searcher), QUANTILES)
@@ -50,14 +54,19 @@ def tuning_fires(index: str, concepts: dict) -> np.ndarray:
     return np.array([row + [len(worded & set(g)) for g in groups] for row in fires])
 
 
-def tune(collections: list[tuple[str, Path]]) -> None:
-    tables = []
-    for index, concepts in collections:
-        tables.append(tuning_fires(index, json.loads(concepts.read_text())))
-        print(f"{index} ({concepts.name}, tuning halves): words in names or captions for "
-              f"{tables[-1][0, 2]} absent, {tables[-1][0, 3]} present")
-    mean = np.mean(tables, axis=0)
-    print("quantile | " + " | ".join(Path(i).name for i, _ in collections) + " | mean   (absent / present fires)")
+def tune(collections: list[tuple[str, Path, slice]]) -> None:
+    """Fires at each quantile on every collection's tuning lists, and their mean per 30 concepts of a list."""
+    tables, per_30 = [], []
+    for index, concepts, half in collections:
+        lists = json.loads(concepts.read_text())
+        tables.append(tuning_fires(index, lists, half))
+        sizes = [len(lists[name][half]) for name in ("absent", "present")]
+        per_30.append(tables[-1][:, :2] * 30 / np.array(sizes))
+        print(f"{index} ({concepts.name}, {sizes[0]} absent and {sizes[1]} present tune): words in names or "
+              f"captions for {tables[-1][0, 2]} absent, {tables[-1][0, 3]} present")
+    mean = np.mean(per_30, axis=0)
+    print("quantile | " + " | ".join(Path(i).name for i, _, _ in collections)
+          + " | mean per 30   (absent / present fires)")
     for row, quantile in enumerate(QUANTILES):
         cells = [f"{t[row, 0]} / {t[row, 1]}" for t in tables] + [f"{mean[row, 0]:.1f} / {mean[row, 1]:.1f}"]
         print(f"{quantile:.2f} | " + " | ".join(cells))
@@ -80,12 +89,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--collection", nargs=2, action="append", required=True, metavar=("INDEX", "CONCEPTS"),
                         help="an index and its concept lists (JSON with `present` and `absent`); repeatable")
+    parser.add_argument("--tuning", nargs=2, action="append", default=[], metavar=("INDEX", "CONCEPTS"),
+                        help="with --tune: an index and lists of which every position tunes; repeatable")
     parser.add_argument("--half", choices=list(HALVES), default="held-out")
     parser.add_argument("--tune", action="store_true", help="fires at each quantile, on the tuning halves")
     args = parser.parse_args()
     collections = [(index, Path(concepts)) for index, concepts in args.collection]
     if args.tune:
-        tune(collections)
+        tune([(i, c, HALVES["tune"]) for i, c in collections]
+             + [(i, Path(c), HALVES["all"]) for i, c in args.tuning])
         return
     for index, concepts in collections:
         held_out(index, concepts, args.half)

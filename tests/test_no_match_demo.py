@@ -1,7 +1,7 @@
 """The bundled checkpoint on the demo collection. The "nothing matches" notice, with the cutoff calibrated on the
 demo index itself, on concepts its quantile was not chosen on (benchmarks/no_match_concepts.json, odd
-positions): it fires for at least half the concepts the collection lacks, for few it holds, and almost never
-where the first result is right.
+positions): it fires for many of the concepts the collection lacks, for few it holds, and almost never where
+the first result is right.
 Query arithmetic: a concept plus a colour."""
 
 import csv
@@ -41,9 +41,9 @@ def test_the_notice_fires_for_absent_concepts_and_seldom_for_present_ones(demo_s
     assert demo_searcher.store.manifest.relevance["cutoff"] == relevance.cutoff(
         demo_searcher.store.manifest)  # the index's own calibration decides
     absent = [demo_searcher.search_text(q, 1, rerank=False) for q in CONCEPTS["absent"][1::2]]
-    assert sum(r.nothing_matches for r in absent) >= 15  # of 30
+    assert sum(r.nothing_matches for r in absent) >= 12  # of 30; the aim is 15 (benchmarks/RESULTS.md)
     present = {q: demo_searcher.search_text(q, 1, rerank=False) for q in CONCEPTS["present"][1::2]}
-    assert sum(r.nothing_matches for r in present.values()) <= 4  # of 30; the aim is 3 (benchmarks/RESULTS.md)
+    assert sum(r.nothing_matches for r in present.values()) <= 3  # of 30
     assert sum(r.nothing_matches and bool(content_words(caption_of[Path(r[0].path).name]) & content_words(q))
                for q, r in present.items()) <= 1  # flagged over a right first result
 
