@@ -13,7 +13,7 @@
 Concept lists: `present` names things in the collection, `absent` things not in it. Even positions tune (every
 position of a --tuning collection, benchmarks/make_third_collection.py): `--tune` shows the fires at each quantile
 of the calibration words' matches on the tuning lists, per collection and their mean per 30 concepts of a list
-(QUANTILE is the highest whose mean present fires stay at 2 or fewer). Odd positions are held out:
+(QUANTILE: the widest worst margin to the target over the lists, benchmarks/RESULTS.md). Odd positions are held out:
 without --tune it counts how often the notice fires as the product decides it (the index's stored cutoff, hybrid
 search on, so a query whose words are in some file name, folder or caption never gets the notice).
 """
@@ -55,7 +55,8 @@ def tuning_fires(index: str, concepts: dict, half: slice) -> np.ndarray:
 
 
 def tune(collections: list[tuple[str, Path, slice]]) -> None:
-    """Fires at each quantile on every collection's tuning lists, and their mean per 30 concepts of a list."""
+    """Fires at each quantile on every collection's tuning lists, their mean per 30 concepts of a list, and the worst
+    margin to the target over the lists."""
     tables, per_30 = [], []
     for index, concepts, half in collections:
         lists = json.loads(concepts.read_text())
@@ -65,11 +66,15 @@ def tune(collections: list[tuple[str, Path, slice]]) -> None:
         print(f"{index} ({concepts.name}, {sizes[0]} absent and {sizes[1]} present tune): words in names or "
               f"captions for {tables[-1][0, 2]} absent, {tables[-1][0, 3]} present")
     mean = np.mean(per_30, axis=0)
+    # a list's margin to the target (>= 15 absent, <= 3 present fires of 30); the worst over the lists decides
+    worst = np.min([np.minimum(t[:, 0] - 15, 3 - t[:, 1]) for t in per_30], axis=0)
     print("quantile | " + " | ".join(Path(i).name for i, _, _ in collections)
-          + " | mean per 30   (absent / present fires)")
+          + " | mean per 30   (absent / present fires) | worst margin")
     for row, quantile in enumerate(QUANTILES):
-        cells = [f"{t[row, 0]} / {t[row, 1]}" for t in tables] + [f"{mean[row, 0]:.1f} / {mean[row, 1]:.1f}"]
+        cells = [f"{t[row, 0]} / {t[row, 1]}" for t in tables] + [f"{mean[row, 0]:.1f} / {mean[row, 1]:.1f}",
+                                                                  f"{worst[row]:+.1f}"]
         print(f"{quantile:.2f} | " + " | ".join(cells))
+    print(f"QUANTILE: {QUANTILES[int(np.argmax(worst))]} (the widest worst margin)")
 
 
 def held_out(index: str, concepts: Path, half: str) -> None:

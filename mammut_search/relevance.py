@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 CALIBRATION_WORDS = 400  # queries unrelated to the collection
-QUANTILE = 0.6
+QUANTILE = 0.8
 # 1: a margin over the candidates' usual words; its cutoffs mean nothing to this statistic. 2: calibrated with
 # the query latents before MiniLM's own sentence embedding became their semantic part
 VERSION = 3
