@@ -14,6 +14,7 @@ pass, resized to 1024x768, written under benchmarks/out/ (git-ignored).
 
     python benchmarks/bench_photo_build.py                           # this tree, the bundled checkpoint
     python benchmarks/bench_photo_build.py --code b636e0b HEAD      # the code of commits instead, interleaved
+    python benchmarks/bench_photo_build.py --code b636e0b=OLD_CHECKPOINT HEAD   # each with its own checkpoint
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def child_build(folder: Path, checkpoint: Path, captions: bool, keep: Path) -> N
 
 def kept(name: str) -> Path:
     """Where the captions and latents of the last captions-on build of `name` are kept."""
-    return OUT / f"latest-on-{name.replace(' ', '-')}.npz"
+    return OUT / f"latest-on-{''.join(c if c.isalnum() else '-' for c in name)}.npz"
 
 
 def agreement(a: Path, b: Path) -> str:
@@ -193,13 +194,23 @@ def code_of(revision: str) -> Path:
     return folder
 
 
+def code_and_checkpoint(item: str, default: Path) -> tuple[str, tuple[Path, Path]]:
+    """"REVISION[=CHECKPOINT]" -> (its name, (the project's files at the revision, the checkpoint its builds use));
+    a checkpoint other than the bundled one times that model's builds (their ratios are to the bundled one's bare
+    encoder)."""
+    revision, _, other = item.partition("=")
+    name = f"{revision} ({Path(other).name})" if other else revision
+    return name, (code_of(revision), Path(other) if other else default)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="checkpoint directory (default: the bundled one)")
     parser.add_argument("--images", type=int, default=384, help="photos to index (default 384)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
-    parser.add_argument("--code", nargs="+", metavar="REVISION",
-                        help="time the builds of the code at these git revisions (default: this working tree)")
+    parser.add_argument("--code", nargs="+", metavar="REVISION[=CHECKPOINT]",
+                        help="time the builds of the code at these git revisions (default: this working tree), "
+                             "each with the given checkpoint or --checkpoint's")
     parser.add_argument("--cache-dir", default=str(REPO / "data" / "cache"), help="where photo packages go")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--captions", choices=["on", "off"], help=argparse.SUPPRESS)
@@ -218,7 +229,8 @@ def main() -> None:
     folder = make_photos(args.images, Path(args.cache_dir))
     model = load_model(checkpoint, device="cpu")
     encoder, batch = model.config.image_encoder, auto_batch_size(model)
-    codes = {revision: code_of(revision) for revision in args.code} if args.code else {"this tree": REPO}
+    codes = dict(code_and_checkpoint(item, checkpoint) for item in args.code) if args.code else {
+        "this tree": (REPO, checkpoint)}
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"onnxruntime {onnxruntime.__version__}, {torch.get_num_threads()} threads; {encoder.kind} at "
           f"{encoder.image_size} px, batch {batch}; {args.images} photos 1024x768 JPEG; load average "
@@ -230,10 +242,10 @@ def main() -> None:
     print("|---" * (5 + len(threads)) + "|")
     ratios: dict[tuple[str, bool], list[float]] = {}
     for round_ in range(1, args.rounds + 1):
-        for name, code in codes.items():
+        for name, (code, code_checkpoint) in codes.items():
             for captions in (True, False):
                 rates = bare.rates()  # just before the build, so both see the same load
-                build = timed_build(code, checkpoint, folder, captions,
+                build = timed_build(code, code_checkpoint, folder, captions,
                                     keep=kept(name) if captions else OUT / "latest-off.npz")
                 ratio = build / max(rates.values())
                 ratios.setdefault((name, captions), []).append(ratio)
@@ -244,7 +256,8 @@ def main() -> None:
               f"captions off {statistics.median(ratios[name, False]):.2f}")
     first, *others = codes
     for name in others:
-        print(f"{name} against {first}: {agreement(kept(first), kept(name))}")
+        if codes[name][1] == codes[first][1]:  # captions and latents of other checkpoints differ anyway
+            print(f"{name} against {first}: {agreement(kept(first), kept(name))}")
     print(f"load average {os.getloadavg()[0]:.1f} at end")
 
 
