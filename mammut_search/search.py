@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mammut_search import hybrid, query as q, ranking, relevance, rerank as rr
-from mammut_search.errors import UserError
 from mammut_search.image_access import indexed_image
 from mammut_search.index.duplicates import DUPLICATE_SIMILARITY, check_threshold
 from mammut_search.index.manifest import rebuild_command

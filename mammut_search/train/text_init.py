@@ -6,7 +6,6 @@ embeddings. Its sentence embeddings, the distillation target for the text latent
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
