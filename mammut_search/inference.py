@@ -279,7 +279,6 @@ class MammutModel:
         """Strings -> unit-norm retrieval vectors of the queries (b r), from the decoder's contrastive pass."""
         ids = self.tokenizer.encode(list(texts), self.config.max_text_len).to(self.device)
         sentences = query_sentences(self.net, texts)
-        sentences = sentences.to(self.device) if sentences is not None else None
         with self._autocast():
             return query_retrieval_vectors(self.net, ids, sentences).float().cpu()
 

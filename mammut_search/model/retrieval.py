@@ -49,8 +49,11 @@ def query_retrieval_vectors(net: nn.Module, text: torch.Tensor, sentences: torch
 
 
 def query_sentences(net: nn.Module, texts: Sequence[str]) -> torch.Tensor | None:
-    """The queries' unit-norm MiniLM sentence embeddings (b s) when the network fuses them in, else None."""
-    return sentence_encoder().encode(list(texts), progress=False) if fusion_weight(net) else None
+    """The queries' unit-norm MiniLM sentence embeddings (b s), on the network's device, when the network fuses
+    them in; else None."""
+    if not fusion_weight(net):
+        return None
+    return sentence_encoder().encode(list(texts), progress=False).to(net.class_embeddings.device)
 
 
 def fuse(net: nn.Module, latents: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,6 @@ class TrainingObjective(nn.Module):
         self.cached_features = cached_features
         # maps a text latent to MiniLM's sentence space; discarded after training
         self.distill_head = nn.Linear(net.config.dim_latents, distill_dim, bias=False) if distill_dim else None
-        self.distills = bool(distill_dim)
 
     def forward(self, inputs: torch.Tensor, text: torch.Tensor, caption: torch.Tensor, groups: torch.Tensor,
                 teacher: torch.Tensor | None, keep_index: torch.Tensor | None,
@@ -53,7 +52,7 @@ class TrainingObjective(nn.Module):
         if c.caption_loss_weight > 0:
             losses["caption"] = net.caption_loss(caption, image_tokens)
         text_latents = None
-        if c.contrastive_loss_weight > 0 or self.distills:
+        if c.contrastive_loss_weight > 0 or self.distill_head is not None:
             text_latents = net.text_latents(text)
         if c.contrastive_loss_weight > 0:
             image_latents = net.contrastive_image_latents(image_cls, features, keep_index)
@@ -65,7 +64,7 @@ class TrainingObjective(nn.Module):
                     words = net.text_latents(word_text)
                 losses["words"] = word_image_loss(words.float(), image_latents.float(), scale.detach(),
                                                   word_positives, cached=cached)
-        if self.distills and teacher is not None:
+        if self.distill_head is not None and teacher is not None:
             latents = text_latents
             if extra_text is not None:
                 latents = torch.cat([latents, net.text_latents(extra_text)])

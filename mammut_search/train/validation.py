@@ -78,7 +78,6 @@ def text_latents(net: MaMMUT, tokenizer: Tokenizer, texts: list[str], device, ba
     for s in range(0, len(texts), batch):
         ids = tokenizer.encode(texts[s:s + batch], net.config.max_text_len).to(device)
         sentences = query_sentences(net, texts[s:s + batch])
-        sentences = sentences.to(device) if sentences is not None else None
         out.append(query_retrieval_vectors(net, ids, sentences).float().cpu())
     return torch.cat(out)
 
