@@ -6,8 +6,8 @@ of its first lemma that the bundled checkpoint keeps.
 
 The new class embeddings replace the checkpoint's everywhere they are read (the semantic token that the latent,
 the attention pool and the decoder read, the query gate, and the images' semantic part of the retrieval vectors);
-nothing is retrained. Prints, for each set of class embeddings, the ImageNet bridge alone and the checkpoint at the fusion
-settings below, as markdown (the same sets and measure as photo_knowledge.py).
+nothing is retrained. Prints, for each set of class embeddings, the ImageNet bridge alone and the checkpoint at
+the fusion settings below, as markdown (the same sets and measure as photo_knowledge.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from photo_knowledge import by_domain, encode_sets, score_bridge, score_model, table, validation_sets
 from mammut_search.bundled import bundled_checkpoint_dir
+from mammut_search.eval.bridge import class_prompts
 from mammut_search.inference import load_model
 from mammut_search.model.minilm import MiniLMSentenceEncoder
 from mammut_search.train.corpus.imagenet import imagenet_classes
@@ -33,7 +34,7 @@ def lemma_hypernym_embeddings(cache_dir: str) -> torch.Tensor:
     encoder = MiniLMSentenceEncoder()
     classes = imagenet_classes(cache_dir)
     lemmas = [c.lemmas[:LEMMAS] for c in classes]
-    prompts = F.normalize(encoder.encode([f"a photo of a {name}." for names in lemmas for name in names],
+    prompts = F.normalize(encoder.encode(class_prompts([name for names in lemmas for name in names]),
                                          progress=True).float(), dim=-1)
     means, start = [], 0
     for names in lemmas:
@@ -48,7 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=str(bundled_checkpoint_dir()))
     parser.add_argument("--manifest", default="data/cache/corpus/manifest.parquet")
-    parser.add_argument("--cache-dir", default="data/cache", help="where the corpus build keeps the ImageNet class list")
+    parser.add_argument("--cache-dir", default="data/cache",
+                        help="where the corpus build keeps the ImageNet class list")
     parser.add_argument("--weights", nargs="*", type=float, default=[1.0, 1.25])
     parser.add_argument("--gates", nargs="*", type=float, default=[10.0, 20.0])
     parser.add_argument("--centers", nargs="*", type=float, default=[0.5, 0.6, 0.65])
